@@ -1,0 +1,41 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   # builds .venv, runs the whole pipeline on the built-in default data
+#   make test   # builds .venv, runs the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FIXTURES ?= $(abspath ../shared/fixtures)
+
+# Defaults for local runs; every one can be overridden from the environment.
+export NUSCENES_DATAROOT ?= $(FIXTURES)/nuscenes-real-slice
+export NUSCENES_VERSION ?= v1.0-mini
+export CONCEPTMINE_STORE ?= $(abspath data/store)
+export CONCEPTMINE_PROFILE ?= offline
+export CONCEPTMINE_YOLO_WEIGHTS ?= $(FIXTURES)/models/yolov8n_int8.tflite
+export DAGSTER_HOME ?= $(abspath data/dagster_home)
+export HF_HUB_OFFLINE ?= 1
+export YOLO_OFFLINE ?= 1
+export YOLO_CONFIG_DIR ?= $(abspath data/.ultralytics)
+
+.PHONY: demo test ui install clean-data
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip check
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/conceptmine demo
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+ui: $(BIN)/.installed
+	$(BIN)/dagster dev -w workspace.yaml
+
+clean-data:
+	rm -rf data/store data/splits data/gallery

@@ -1,0 +1,135 @@
+"""`frames`: one row per camera keyframe of a scene, with what later stages need to project."""
+
+import time
+from typing import Literal
+
+import dagster as dg
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from conceptmine_assets.errors import DatasetError
+from conceptmine_assets.lib.sampling import keep
+from conceptmine_assets.partitions import scene_partitions
+from conceptmine_assets.resources.nuscenes import NuScenesResource
+from conceptmine_assets.schemas import FRAMES, column_schema
+
+CAMERAS = (
+    "CAM_FRONT",
+    "CAM_FRONT_LEFT",
+    "CAM_FRONT_RIGHT",
+    "CAM_BACK",
+    "CAM_BACK_LEFT",
+    "CAM_BACK_RIGHT",
+)
+
+
+class FramesConfig(dg.Config):
+    """Which keyframes of a scene enter the pipeline."""
+
+    cameras: list[str] = ["CAM_FRONT"]  # the paper mines CAM_FRONT; any of the six
+    sampling_rate: float = 1.0  # share of keyframes kept (the paper's --sampling-rate)
+    seed: int = 0
+    max_frames: int | None = None  # per scene, after sampling, earliest first
+    on_bad_image: Literal["flag", "fail"] = "flag"  # flag: keep the row with image_ok=False
+
+
+def check_image(path: str, width: int, height: int) -> str | None:
+    """Why the image at ``path`` is unusable, or None if its header reads and its size matches."""
+    try:
+        with Image.open(path) as im:
+            size = im.size
+    except FileNotFoundError:
+        return f"missing image file {path}"
+    except (UnidentifiedImageError, OSError) as exc:
+        return f"unreadable image file {path}: {exc}"
+    if width and height and size != (width, height):
+        return f"image file {path} is {size[0]}x{size[1]}, the table says {width}x{height}"
+    return None
+
+
+def _frame_rows(nuscenes: NuScenesResource, scene: dict, config: FramesConfig) -> tuple[list[dict], int]:
+    nusc = nuscenes.nusc
+    rows, absent = [], 0
+    for sample_token in nuscenes.sample_tokens(scene):
+        if not keep(config.seed, sample_token, config.sampling_rate):
+            continue
+        sample = nusc.get("sample", sample_token)
+        lidar = sample["data"].get("LIDAR_TOP")
+        for channel in config.cameras:
+            sd_token = sample["data"].get(channel)
+            if sd_token is None:
+                absent += 1
+                continue
+            sd = nusc.get("sample_data", sd_token)
+            cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+            pose = nusc.get("ego_pose", sd["ego_pose_token"])
+            rows.append(
+                {
+                    "scene_name": scene["name"],
+                    "scene_token": scene["token"],
+                    "sample_token": sample_token,
+                    "sample_data_token": sd_token,
+                    "channel": channel,
+                    "timestamp": sd["timestamp"],
+                    "image_path": sd["filename"],
+                    "width": sd.get("width") or 0,
+                    "height": sd.get("height") or 0,
+                    "camera_intrinsic": [float(v) for row in cs["camera_intrinsic"] for v in row],
+                    "sensor2ego_translation": cs["translation"],
+                    "sensor2ego_rotation": cs["rotation"],
+                    "ego2global_translation": pose["translation"],
+                    "ego2global_rotation": pose["rotation"],
+                    "lidar_sample_data_token": lidar,
+                }
+            )
+    rows.sort(key=lambda r: (r["timestamp"], r["channel"]))
+    return rows, absent
+
+
+@dg.asset(
+    partitions_def=scene_partitions,
+    code_version="1",
+    kinds={"nuscenes", "parquet"},
+    group_name="perception",
+    metadata=column_schema("frames"),
+)
+def frames(context: dg.AssetExecutionContext, config: FramesConfig, nuscenes: NuScenesResource) -> pd.DataFrame:
+    """One row per camera keyframe of the scene: scene_name, sample_token, sample_data_token,
+    channel, image_path (relative to the dataroot), size, intrinsic and the sensor→ego and
+    ego→global poses. A frame whose image is missing, unreadable or of the wrong size is kept
+    with ``image_ok = False`` and listed in the metadata (or fails the run with
+    ``on_bad_image = "fail"``)."""
+    unknown = sorted(set(config.cameras) - set(CAMERAS))
+    if unknown:
+        raise DatasetError(f"unknown camera channels {unknown}; choose from {list(CAMERAS)}")
+    started = time.perf_counter()
+    scene = nuscenes.scene(context.partition_key)
+    rows, absent = _frame_rows(nuscenes, scene, config)
+    if config.max_frames is not None:
+        keep_samples = sorted({r["sample_token"]: r["timestamp"] for r in rows}.items(), key=lambda kv: kv[1])
+        chosen = {tok for tok, _ in keep_samples[: config.max_frames]}
+        rows = [r for r in rows if r["sample_token"] in chosen]
+    bad: list[str] = []
+    for row in rows:
+        error = check_image(str(nuscenes.path(row["image_path"])), row["width"], row["height"])
+        row["image_ok"], row["image_error"] = error is None, error
+        if error:
+            if config.on_bad_image == "fail":
+                raise DatasetError(f"scene {scene['name']}: {error}")
+            bad.append(error)
+            context.log.warning(f"scene {scene['name']}: {error}")
+    if not rows:
+        context.log.warning(f"scene {scene['name']}: no keyframes selected for cameras {config.cameras}")
+    df = pd.DataFrame(rows, columns=FRAMES.names)
+    context.add_output_metadata(
+        {
+            "num_frames": len(df),
+            "num_samples": int(df["sample_token"].nunique()),
+            "num_bad_images": len(bad),
+            "bad_images": dg.MetadataValue.md("\n".join(f"- {b}" for b in bad) or "none"),
+            "num_channel_absent": absent,
+            "cameras": ", ".join(config.cameras),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+    return df

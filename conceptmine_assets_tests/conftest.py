@@ -1,0 +1,65 @@
+"""Shared test fixtures: paths to ../shared/fixtures, a tmp store, an ephemeral instance."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+# Hub look-ups hang offline; every model in the tests is local.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo-config-"))
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("CONCEPTMINE_FIXTURES", REPO.parent / "shared" / "fixtures"))
+REAL_SLICE = FIXTURES / "nuscenes-real-slice"
+HIGHWAY = FIXTURES / "nuscenes-udacity-highway"
+YOLO_TFLITE = FIXTURES / "models" / "yolov8n_int8.tflite"
+REAL_SCENE = "scene-0061"
+HIGHWAY_SCENES = ["scene-udacity-0001", "scene-udacity-0002", "scene-udacity-0003"]
+
+
+def require(path: Path) -> Path:
+    """Skip the calling test with a clear reason when a shared fixture is absent."""
+    if not path.exists():
+        pytest.skip(f"shared fixture {path} is absent (see ../shared/fixtures/README.md)")
+    return path
+
+
+@pytest.fixture
+def real_slice() -> Path:
+    return require(REAL_SLICE)
+
+
+@pytest.fixture
+def highway() -> Path:
+    return require(HIGHWAY)
+
+
+@pytest.fixture
+def yolo_tflite() -> Path:
+    return require(YOLO_TFLITE)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    path = tmp_path / "store"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def instance():
+    with dg.DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+def materialize_scene(assets, scene: str, instance: dg.DagsterInstance, resources: dict, **kwargs):
+    """Materialise ``assets`` for one scene partition, registering the partition first."""
+    from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
+
+    if not instance.has_dynamic_partition(SCENE_PARTITIONS_NAME, scene):
+        instance.add_dynamic_partitions(SCENE_PARTITIONS_NAME, [scene])
+    return dg.materialize(assets, partition_key=scene, instance=instance, resources=resources, **kwargs)
