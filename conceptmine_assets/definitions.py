@@ -4,7 +4,6 @@
 import dagster as dg
 
 from conceptmine_assets.assets import frames as frames_module
-from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager, PickleIOManager
 from conceptmine_assets.sensors import scene_discovery_sensor
@@ -34,19 +33,22 @@ def build_resources(settings: Settings) -> dict:
     }
 
 
-scene_job = dg.define_asset_job(
-    "scene_job",
-    selection=dg.AssetSelection.groups("perception", "mining_scene"),
-    partitions_def=scene_partitions,
-    description="All per-scene stages for one scene partition.",
+perception_job = dg.define_asset_job(
+    "perception_job",
+    selection=dg.AssetSelection.groups("perception"),
+    description="Per scene: frames, detections, crops, embeddings.",
 )
+
+# Run order of the whole pipeline: each per-scene stage job over all scenes, then its global job.
+SCENE_STAGES = ["perception_job"]
+GLOBAL_STAGES: list[str | None] = [None]
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[*scene_assets(), *global_assets()],
         resources=build_resources(settings),
-        jobs=[scene_job],
+        jobs=[perception_job],
         sensors=[scene_discovery_sensor],
     )
 

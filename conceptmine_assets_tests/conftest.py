@@ -63,3 +63,16 @@ def materialize_scene(assets, scene: str, instance: dg.DagsterInstance, resource
     if not instance.has_dynamic_partition(SCENE_PARTITIONS_NAME, scene):
         instance.add_dynamic_partitions(SCENE_PARTITIONS_NAME, [scene])
     return dg.materialize(assets, partition_key=scene, instance=instance, resources=resources, **kwargs)
+
+
+def copy_dataroot(src: Path, dst: Path, version: str = "v1.0-mini") -> Path:
+    """A writable nuScenes dataroot under ``dst``: tables copied, sensor files copied per file.
+
+    Tests corrupt or delete files in the copy; the shared fixture is never touched.
+    """
+    import shutil
+
+    shutil.copytree(src / version, dst / version)
+    shutil.copytree(src / "maps", dst / "maps")
+    shutil.copytree(src / "samples", dst / "samples")
+    return dst
