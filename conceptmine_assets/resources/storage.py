@@ -87,9 +87,12 @@ def to_arrow(df: pd.DataFrame | pa.Table, asset_name: str, where: str) -> pa.Tab
             extra = [c for c in df.columns if c not in schema.names]
             if missing or extra:
                 raise SchemaError(f"{where}: missing columns {missing}, unexpected columns {extra}")
+            frame = df[schema.names]
+            if frame.empty:  # pandas gives empty columns float64/object dtypes; let the schema decide
+                frame = frame.astype(object)
             try:
-                table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
                 raise SchemaError(f"{where}: does not match the {asset_name} schema: {exc}") from exc
     return _fix_vector_columns(table, dims, where)
 
