@@ -1,54 +1,96 @@
 """The Dagster definitions of conceptmine: assets, resources, jobs and sensors."""
 
-
 import dagster as dg
 
-from conceptmine_assets.assets import frames as frames_module
+from conceptmine_assets.assets import (
+    captions,
+    concepts,
+    crops,
+    detections,
+    embeddings,
+    frames,
+    outliers,
+    splits,
+)
+from conceptmine_assets.resources.captioner import CaptionerResource
+from conceptmine_assets.resources.detector import DetectorResource
+from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager, PickleIOManager
 from conceptmine_assets.sensors import scene_discovery_sensor
 from conceptmine_assets.settings import Settings
 
-SCENE_ASSET_MODULES = [frames_module]
-GLOBAL_ASSET_MODULES: list = []
-
-
-def scene_assets() -> list:
-    return dg.load_assets_from_modules(SCENE_ASSET_MODULES)
-
-
-def global_assets() -> list:
-    return dg.load_assets_from_modules(GLOBAL_ASSET_MODULES) if GLOBAL_ASSET_MODULES else []
-
-
-def build_resources(settings: Settings) -> dict:
-    """Resources for a deployment; tests build their own with ``tmp_path`` stores."""
-    return {
-        "nuscenes": NuScenesResource(
-            dataroot=dg.EnvVar("NUSCENES_DATAROOT"), version=settings.nuscenes_version
-        ),
-        "io_manager": ParquetIOManager(base_path=settings.store),
-        "pickle_io_manager": PickleIOManager(base_path=settings.store),
-        "duckdb": DuckDBResource(base_path=settings.store),
-    }
-
+ASSET_MODULES = [frames, detections, crops, embeddings, outliers, captions, concepts, splits]
 
 perception_job = dg.define_asset_job(
     "perception_job",
     selection=dg.AssetSelection.groups("perception"),
     description="Per scene: frames, detections, crops, embeddings.",
 )
+outlier_reference_job = dg.define_asset_job(
+    "outlier_reference_job",
+    selection=dg.AssetSelection.assets("outlier_reference"),
+    description="Refit the global outlier reference from all scenes' embeddings.",
+)
+mining_scene_job = dg.define_asset_job(
+    "mining_scene_job",
+    selection=dg.AssetSelection.groups("mining_scene"),
+    description="Per scene: outlier flags, captions, concept scores.",
+)
+mining_global_job = dg.define_asset_job(
+    "mining_global_job",
+    selection=dg.AssetSelection.groups("mining_global") - dg.AssetSelection.assets("outlier_reference"),
+    description="Across scenes: the mined split and the mining-quality report.",
+)
 
-# Run order of the whole pipeline: each per-scene stage job over all scenes, then its global job.
-SCENE_STAGES = ["perception_job"]
-GLOBAL_STAGES: list[str | None] = [None]
+# Run order of the whole pipeline: each per-scene job over all scenes, then its global job.
+PIPELINE: list[tuple[str, str]] = [
+    ("perception_job", "outlier_reference_job"),
+    ("mining_scene_job", "mining_global_job"),
+]
+
+
+def model_resources(settings: Settings) -> dict:
+    """Detector, embedder and captioner for the configured profile (and overrides)."""
+    if settings.detector == "annotations":
+        detector = DetectorResource(backend="annotations")
+    elif settings.profile == "paper":
+        detector = DetectorResource(backend="yolo", weights="yolov8l.pt", device="auto")
+    else:
+        detector = DetectorResource(backend="yolo", weights=dg.EnvVar("CONCEPTMINE_YOLO_WEIGHTS"), device="cpu")
+    if settings.profile == "paper":
+        embedder = EmbedderResource(backend="open_clip", model="ViT-B-32", pretrained="laion2b_s34b_b79k")
+    else:
+        embedder = EmbedderResource(backend="offline")
+    captioner_backend = settings.captioner or ("qwen2_vl" if settings.profile == "paper" else "template")
+    if captioner_backend == "openai":
+        captioner = CaptionerResource(
+            backend="openai",
+            base_url=dg.EnvVar("CONCEPTMINE_VLM_BASE_URL"),
+            model=dg.EnvVar("CONCEPTMINE_VLM_MODEL"),
+            api_key=dg.EnvVar("CONCEPTMINE_VLM_API_KEY"),
+        )
+    else:
+        captioner = CaptionerResource(backend=captioner_backend)
+    return {"detector": detector, "embedder": embedder, "captioner": captioner}
+
+
+def build_resources(settings: Settings) -> dict:
+    """All resources of a deployment; tests build their own with ``tmp_path`` stores."""
+    return {
+        "nuscenes": NuScenesResource(dataroot=dg.EnvVar("NUSCENES_DATAROOT"), version=settings.nuscenes_version),
+        "io_manager": ParquetIOManager(base_path=settings.store),
+        "pickle_io_manager": PickleIOManager(base_path=settings.store),
+        "duckdb": DuckDBResource(base_path=settings.store),
+        **model_resources(settings),
+    }
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
-        assets=[*scene_assets(), *global_assets()],
+        assets=dg.load_assets_from_modules(ASSET_MODULES),
         resources=build_resources(settings),
-        jobs=[perception_job],
+        jobs=[perception_job, outlier_reference_job, mining_scene_job, mining_global_job],
         sensors=[scene_discovery_sensor],
     )
 

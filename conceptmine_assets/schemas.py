@@ -153,6 +153,20 @@ CONCEPT_SCORES = pa.schema(
     ]
 )
 
+MINED_SPLIT = pa.schema(
+    [
+        ("sample_token", _str),
+        ("scene_name", _str),
+        ("reason", _str),  # target_outlier | target | rare_outlier | rare | random
+        ("rank", _i64),
+        ("detection_ids", _strs),  # the crops that qualified the sample, and why:
+        ("top_concepts", _strs),
+        ("top_scores", pa.list_(_f64)),
+        ("captions", _strs),
+        ("outlier_detectors", _strs),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "frames": FRAMES,
     "detections": DETECTIONS,
@@ -161,6 +175,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "outlier_flags": OUTLIER_FLAGS,
     "captions": CAPTIONS,
     "concept_scores": CONCEPT_SCORES,
+    "mined_split": MINED_SPLIT,
 }
 
 VECTOR_COLUMNS = {"embedding"}

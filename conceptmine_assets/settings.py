@@ -6,6 +6,8 @@
 | ``NUSCENES_VERSION`` | ``v1.0-mini`` | table folder under the dataroot |
 | ``CONCEPTMINE_STORE`` | ``data/store`` | where Parquet outputs go: a path or fsspec URL (``s3://...``) |
 | ``CONCEPTMINE_PROFILE`` | ``offline`` | model profile: ``offline`` (weights shipped by pip) or ``paper`` |
+| ``CONCEPTMINE_DETECTOR`` | ``yolo`` | ``yolo`` or ``annotations`` (the dataset's own boxes) |
+| ``CONCEPTMINE_CAPTIONER`` | by profile | ``template``, ``qwen2_vl`` or ``openai`` |
 """
 
 from __future__ import annotations
@@ -23,14 +25,24 @@ class Settings:
     store: str = "data/store"
     nuscenes_version: str = "v1.0-mini"
     profile: Profile = "offline"
+    detector: Literal["yolo", "annotations"] = "yolo"
+    captioner: Literal["template", "qwen2_vl", "openai"] | None = None  # None: the profile's
 
     @classmethod
     def from_env(cls) -> Settings:
         profile = os.environ.get("CONCEPTMINE_PROFILE", "offline")
         if profile not in PROFILES:
             raise ValueError(f"CONCEPTMINE_PROFILE={profile!r}; choose one of {PROFILES}")
+        detector = os.environ.get("CONCEPTMINE_DETECTOR", "yolo")
+        if detector not in ("yolo", "annotations"):
+            raise ValueError(f"CONCEPTMINE_DETECTOR={detector!r}; choose yolo or annotations")
+        captioner = os.environ.get("CONCEPTMINE_CAPTIONER") or None
+        if captioner not in (None, "template", "qwen2_vl", "openai"):
+            raise ValueError(f"CONCEPTMINE_CAPTIONER={captioner!r}; choose template, qwen2_vl or openai")
         return cls(
             store=os.environ.get("CONCEPTMINE_STORE", cls.store),
             nuscenes_version=os.environ.get("NUSCENES_VERSION", cls.nuscenes_version),
             profile=profile,  # type: ignore[arg-type]
+            detector=detector,  # type: ignore[arg-type]
+            captioner=captioner,  # type: ignore[arg-type]
         )

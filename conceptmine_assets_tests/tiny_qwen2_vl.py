@@ -68,8 +68,13 @@ def build_processor():
     )
 
 
-def build_tiny_qwen2_vl(folder: Path, seed: int = 0) -> Path:
-    """Save a tiny random Qwen2-VL model and its processor under ``folder``; return the folder."""
+def build_tiny_qwen2_vl(folder: Path, seed: int = 0, logit_scale: float = 100.0) -> Path:
+    """Save a tiny random Qwen2-VL model and its processor under ``folder``; return the folder.
+
+    ``logit_scale`` multiplies the random output head so greedy decoding has clear winners:
+    batched (left-padded) and one-by-one generation then pick the same tokens despite float
+    rounding, which lets tests compare the two.
+    """
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
@@ -107,6 +112,8 @@ def build_tiny_qwen2_vl(folder: Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(logit_scale)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,8 @@ class Quality:
 
 def luma(rgb: np.ndarray) -> np.ndarray:
     """8-bit luma (ITU-R BT.601, as OpenCV's RGB→gray) of an ``(h, w, 3)`` uint8 RGB image."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected an (h, w, 3) uint8 RGB image, got {rgb.dtype} {rgb.shape}")
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.size == 0:
+        raise ValueError(f"expected a non-empty (h, w, 3) uint8 RGB image, got {rgb.dtype} {rgb.shape}")
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
 
@@ -34,8 +34,6 @@ def blur_laplacian_var(gray: np.ndarray) -> float:
 def image_quality(rgb: np.ndarray) -> Quality:
     """Brightness, share of over-exposed and of dark pixels, and Laplacian variance of a crop."""
     gray = luma(rgb)
-    if gray.size == 0:
-        raise ValueError("image quality of an empty image is undefined")
     return Quality(
         brightness=float(gray.mean()) / 255.0,
         overexposed_frac=float(np.mean(gray >= OVEREXPOSED_LUMA)),

@@ -1,0 +1,192 @@
+"""`captions`: one caption per crop; a VLM (or template) for outliers and rare/target candidates,
+the class name for everything else (as in the paper)."""
+
+import time
+from collections import Counter
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from conceptmine_assets.lib.vocabulary import Vocabulary, humanize, load_vocabulary
+from conceptmine_assets.partitions import scene_partitions
+from conceptmine_assets.resources.captioner import CaptionerResource, CaptionRequest, CaptionResult
+from conceptmine_assets.schemas import CAPTIONS, column_schema
+
+KEY_COLUMNS = ["detection_id", "scene_name", "sample_token", "sample_data_token", "channel", "class_name"]
+_KIND_RANK = {"target": 0, "rare": 1, "unknown": 2}
+MAX_LISTED = 20
+
+
+class CaptionsConfig(dg.Config):
+    """Which crops go to the captioner."""
+
+    vocabulary_path: str | None = None  # None = the packaged concepts_v1.yaml
+    max_per_scene: int | None = 64  # VLM budget per scene, highest priority first; None = no limit
+    caption_outliers: bool = True  # send outliers (any class)
+    caption_candidates: bool = True  # send crops whose class is a target/rare/unknown candidate
+
+
+def _as_list(value: object) -> list[str]:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    return [str(v) for v in value]
+
+
+def crop_table(crops: pd.DataFrame, detections: pd.DataFrame, outlier_flags: pd.DataFrame) -> pd.DataFrame:
+    """Crops joined (by detection_id) with their nuScenes category/attributes and outlier flags;
+    a crop without a flags row counts as not an outlier."""
+    det = detections[["detection_id", "category", "attributes"]].drop_duplicates("detection_id")
+    flags = outlier_flags[["detection_id", "is_outlier", "outlier_detectors"]].drop_duplicates("detection_id")
+    table = crops.merge(det, on="detection_id", how="left").merge(flags, on="detection_id", how="left")
+    table["has_flags"] = table["is_outlier"].notna()
+    table["is_outlier"] = table["is_outlier"].astype("boolean").fillna(False).astype(bool)
+    table["outlier_detectors"] = table["outlier_detectors"].map(_as_list)
+    table["attributes"] = table["attributes"].map(_as_list)
+    return table.reset_index(drop=True)
+
+
+def select_for_vlm(
+    table: pd.DataFrame, vocabulary: Vocabulary, config: CaptionsConfig
+) -> tuple[list[int], list[int], Counter]:
+    """Row positions sent to the captioner (in priority order, within budget), those over the
+    budget, and why each was chosen.
+
+    Priority: outliers first (more detectors firing first), then by class kind (target, rare,
+    unknown to the vocabulary), then higher confidence, then detection_id (deterministic).
+    """
+    ranked: list[tuple[tuple, int, str]] = []
+    for pos, row in enumerate(table.itertuples(index=False)):
+        kind = vocabulary.candidate_kind(row.class_name)
+        outlier = bool(row.is_outlier) and config.caption_outliers
+        candidate = kind in _KIND_RANK and config.caption_candidates
+        if not (outlier or candidate):
+            continue
+        conf = float(row.confidence) if row.confidence is not None and not np.isnan(row.confidence) else 0.0
+        fired = len(row.outlier_detectors) if outlier else 0
+        key = (0 if outlier else 1, -fired, _KIND_RANK.get(kind, 3), -conf, row.detection_id)
+        ranked.append((key, pos, "outlier" if outlier else kind))
+    ranked.sort()
+    budget = len(ranked) if config.max_per_scene is None else max(0, config.max_per_scene)
+    chosen, over = ranked[:budget], ranked[budget:]
+    return [pos for _, pos, _ in chosen], [pos for _, pos, _ in over], Counter(why for _, _, why in chosen)
+
+
+def _class_name_row(row: pd.Series) -> dict:
+    return {
+        "status": "class_name",
+        "backend": None,
+        "model_id": None,
+        "raw_answer": None,
+        "vlm_class": None,
+        "description": None,
+        "caption": humanize(row["class_name"]),
+        "error": None,
+        "attempts": 0,
+        "latency_s": 0.0,
+    }
+
+
+def _result_row(result: CaptionResult, captioner: CaptionerResource) -> dict:
+    return {
+        "status": result.status,
+        "backend": captioner.backend,
+        "model_id": captioner.model_id,
+        "raw_answer": result.raw_answer,
+        "vlm_class": result.vlm_class,
+        "description": result.description,
+        "caption": result.caption,
+        "error": result.error,
+        "attempts": result.attempts,
+        "latency_s": float(result.latency_s),
+    }
+
+
+def _request(row: pd.Series) -> CaptionRequest:
+    category = row["category"] if isinstance(row["category"], str) else None
+    return CaptionRequest(
+        detection_id=row["detection_id"],
+        image_jpeg=row["image_jpeg"],
+        class_name=row["class_name"],
+        category=category,
+        attributes=tuple(row["attributes"]),
+    )
+
+
+def captions_frame(table: pd.DataFrame, per_row: list[dict]) -> pd.DataFrame:
+    df = pd.concat([table[KEY_COLUMNS].reset_index(drop=True), pd.DataFrame(per_row, index=table.index)], axis=1)
+    df = df.reindex(columns=CAPTIONS.names)
+    if df.empty:  # no float64 guesses for the string columns of an empty frame
+        df = df.astype(object)
+    df["attempts"] = df["attempts"].astype("int32")
+    df["latency_s"] = df["latency_s"].astype("float32")
+    return df
+
+
+@dg.asset(
+    partitions_def=scene_partitions,
+    code_version="1",
+    kinds={"transformers", "parquet"},
+    group_name="mining_scene",
+    metadata=column_schema("captions"),
+)
+def captions(
+    context: dg.AssetExecutionContext,
+    config: CaptionsConfig,
+    crops: pd.DataFrame,
+    detections: pd.DataFrame,
+    outlier_flags: pd.DataFrame,
+    captioner: CaptionerResource,
+) -> pd.DataFrame:
+    """One row per crop of the scene (key: detection_id, plus scene_name, sample_token,
+    sample_data_token, channel, class_name) with the caption used for concept scoring.
+
+    Outliers and crops whose class is a target/rare candidate in the vocabulary (or unknown to
+    it) go to the ``captioner`` resource in priority order, up to ``max_per_scene``: status
+    ``ok`` with the raw answer, the parsed ``vlm_class`` and description, or ``failed`` with the
+    error and attempts (the caption is then the class name). All other crops get
+    ``status = "class_name"`` and their class name as caption."""
+    scene = context.partition_key
+    started = time.perf_counter()
+    vocabulary = load_vocabulary(config.vocabulary_path)
+    table = crop_table(crops, detections, outlier_flags)
+    chosen, over_budget, reasons = select_for_vlm(table, vocabulary, config)
+    per_row = [_class_name_row(row) for _, row in table.iterrows()]
+    vlm_started = time.perf_counter()
+    results = captioner.caption([_request(table.iloc[pos]) for pos in chosen])
+    vlm_s = time.perf_counter() - vlm_started
+    for pos, result in zip(chosen, results):
+        per_row[pos] = _result_row(result, captioner)
+    df = captions_frame(table, per_row)
+
+    failures = [f"{table.at[pos, 'detection_id']}: {r.error}" for pos, r in zip(chosen, results) if r.status == "failed"]
+    for line in failures[:MAX_LISTED]:
+        context.log.warning(f"scene {scene}: caption failed for crop {line}")
+    missing_flags = int((~table["has_flags"]).sum())
+    if missing_flags:
+        context.log.warning(f"scene {scene}: {missing_flags} crops have no outlier_flags row; treated as inliers")
+    context.log.info(
+        f"scene {scene}: {len(chosen)} of {len(df)} crops captioned with {captioner.model_id} in {vlm_s:.2f} s, "
+        f"{len(failures)} failed"
+    )
+    status_counts = df["status"].value_counts().to_dict()
+    context.add_output_metadata(
+        {
+            "num_crops": len(df),
+            "num_sent_to_captioner": len(chosen),
+            "num_ok": int(status_counts.get("ok", 0)),
+            "num_failed": len(failures),
+            "num_class_name": int(status_counts.get("class_name", 0)),
+            "num_over_budget": len(over_budget),
+            "num_without_outlier_flags": missing_flags,
+            "selected_by_reason": dg.MetadataValue.json(dict(reasons)),
+            "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures[:MAX_LISTED]) or "none"),
+            "backend": captioner.backend,
+            "model_id": captioner.model_id,
+            "vocabulary_version": vocabulary.identity,
+            "captioner_seconds": round(vlm_s, 3),
+            "captions_per_s": round(len(chosen) / vlm_s, 2) if chosen and vlm_s > 0 else None,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+    return df

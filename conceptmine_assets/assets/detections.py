@@ -1,0 +1,146 @@
+"""`detections`: one row per 2D box found in a scene's camera frames."""
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import dagster as dg
+import pandas as pd
+
+from conceptmine_assets.lib.images import ImageDecodeError, read_rgb
+from conceptmine_assets.partitions import scene_partitions
+from conceptmine_assets.resources.detector import Box, DetectorResource, class_map, normalise_class, stable_id
+from conceptmine_assets.resources.nuscenes import NuScenesResource
+from conceptmine_assets.schemas import DETECTIONS, column_schema
+
+
+def detection_id(frame: dict, box: Box, model_id: str) -> str:
+    """Stable across re-runs: the annotation for ground truth, else frame + model + class + box."""
+    if box.annotation_token is not None:
+        return stable_id(model_id, box.annotation_token, frame["channel"])
+    rounded = ",".join(f"{v:.0f}" for v in (box.x1, box.y1, box.x2, box.y2))
+    return stable_id(frame["sample_data_token"], model_id, box.source_class, rounded)
+
+
+def box_rows(frame: dict, boxes: list[Box], model_id: str) -> list[dict]:
+    """Detection rows of one frame; duplicate ids (identical boxes) get an ordinal suffix."""
+    rows, seen = [], Counter()
+    for box in boxes:
+        det_id = detection_id(frame, box, model_id)
+        seen[det_id] += 1
+        rows.append(
+            {
+                "detection_id": det_id if seen[det_id] == 1 else f"{det_id}-{seen[det_id] - 1}",
+                "scene_name": frame["scene_name"],
+                "sample_token": frame["sample_token"],
+                "sample_data_token": frame["sample_data_token"],
+                "channel": frame["channel"],
+                "class_name": normalise_class(box.source_class),
+                "detector": model_id,
+                "source_class": box.source_class,
+                "confidence": box.confidence,
+                "x1": box.x1,
+                "y1": box.y1,
+                "x2": box.x2,
+                "y2": box.y2,
+                "annotation_token": box.annotation_token,
+                "category": box.category,
+                "attributes": list(box.attributes) if box.attributes is not None else None,
+                "visibility": box.visibility,
+            }
+        )
+    return rows
+
+
+def _batches(items: list[dict], size: int) -> Iterator[list[dict]]:
+    for start in range(0, len(items), max(1, size)):
+        yield items[start : start + size]
+
+
+def _run_yolo(
+    context: dg.AssetExecutionContext, frames: list[dict], detector: DetectorResource, nuscenes: NuScenesResource
+) -> tuple[list[dict], list[str], int, float]:
+    """Rows, skipped images (with why), frames processed and seconds spent in the model: each image
+    is decoded once and each batch of ``batch_size`` frames goes to the model in one call."""
+    rows, skipped, done, model_seconds = [], [], 0, 0.0
+    for batch in _batches(frames, detector.batch_size):
+        kept, images = [], []
+        for frame in batch:
+            try:
+                images.append(read_rgb(nuscenes.path(frame["image_path"])))
+                kept.append(frame)
+            except ImageDecodeError as exc:
+                skipped.append(str(exc))
+                context.log.warning(f"scene {frame['scene_name']}: skipping frame: {exc}")
+        started = time.perf_counter()
+        boxes_per_image = detector.predict(images)
+        model_seconds += time.perf_counter() - started
+        for frame, boxes in zip(kept, boxes_per_image, strict=True):
+            rows.extend(box_rows(frame, boxes, detector.model_id))
+        done += len(kept)
+    return rows, skipped, done, model_seconds
+
+
+def _run_annotations(
+    context: dg.AssetExecutionContext, frames: list[dict], detector: DetectorResource, nuscenes: NuScenesResource
+) -> tuple[list[dict], dict[str, int]]:
+    rows, dropped = [], Counter()
+    for frame in frames:
+        found = detector.annotation_boxes(nuscenes.nusc, frame["sample_data_token"])
+        dropped["behind_camera"] += found.behind_camera
+        dropped["below_min_visibility"] += found.below_min_visibility
+        rows.extend(box_rows(frame, found.boxes, detector.model_id))
+    return rows, dict(dropped)
+
+
+@dg.asset(
+    partitions_def=scene_partitions,
+    code_version="1",
+    kinds={"ultralytics", "nuscenes", "parquet"},
+    group_name="perception",
+    metadata=column_schema("detections"),
+)
+def detections(
+    context: dg.AssetExecutionContext,
+    frames: pd.DataFrame,
+    detector: DetectorResource,
+    nuscenes: NuScenesResource,
+) -> pd.DataFrame:
+    """One row per 2D box in the scene's frames (key ``detection_id``, stable across re-runs), with
+    sample_data_token, channel, the detector's ``source_class``, the normalised ``class_name``
+    (``data/class_map.csv``), confidence and the box ``x1, y1, x2, y2`` in original pixels. The
+    ``annotations`` backend also fills annotation_token, category, attributes and visibility.
+    Frames with ``image_ok = False`` or an image that does not decode are skipped and listed."""
+    started = time.perf_counter()
+    records = frames.to_dict("records")
+    usable = [f for f in records if f["image_ok"]]
+    skipped = [f"{f['image_path']}: {f['image_error']}" for f in records if not f["image_ok"]]
+    dropped: dict[str, int] = {}
+    if detector.backend == "yolo":
+        rows, decode_failures, done, model_seconds = _run_yolo(context, usable, detector, nuscenes)
+        skipped += decode_failures
+    else:
+        rows, dropped = _run_annotations(context, usable, detector, nuscenes)
+        done, model_seconds = len(usable), time.perf_counter() - started
+    df = pd.DataFrame(rows, columns=DETECTIONS.names)
+    unmapped = sorted(set(df["source_class"]) - set(class_map()))
+    if unmapped:
+        context.log.warning(f"classes not in class_map.csv, stored as 'others': {unmapped}")
+    context.add_output_metadata(
+        {
+            "model_id": detector.model_id,
+            "num_frames_in": len(records),
+            "num_frames_out": done,
+            "num_skipped_frames": len(skipped),
+            "skipped_frames": dg.MetadataValue.md("\n".join(f"- {s}" for s in skipped) or "none"),
+            "num_boxes": len(df),
+            "boxes_per_class": dg.MetadataValue.json(
+                {k: int(v) for k, v in df["class_name"].value_counts().sort_index().items()}
+            ),
+            "unmapped_source_classes": ", ".join(unmapped) or "none",
+            **{f"num_annotations_{k}": v for k, v in dropped.items()},
+            "seconds": round(time.perf_counter() - started, 3),  # includes a first model load
+            "ms_per_frame": round(1000 * model_seconds / done, 1) if done else 0.0,  # detector time only
+        }
+    )
+    return df

@@ -1,0 +1,232 @@
+"""`outlier_reference` (fitted once over all scenes) and `outlier_flags` (one scoring pass per scene)."""
+
+import time
+from typing import Literal
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.lib.outliers import (
+    DETECTORS,
+    MIN_REFERENCE_ROWS,
+    OutlierParams,
+    OutlierReference,
+    QualityThresholds,
+    apply_thresholds,
+    combine,
+    fit_reference,
+    quality_flags,
+    score,
+)
+from conceptmine_assets.partitions import scene_partitions
+from conceptmine_assets.resources.storage import DuckDBResource
+from conceptmine_assets.schemas import OUTLIER_FLAGS, column_schema
+
+
+class OutlierReferenceConfig(dg.Config):
+    """How the global reference sample is drawn and the detectors fitted."""
+
+    max_reference: int = 50_000  # reservoir sample size over all scenes' embeddings
+    seed: int = 0
+    contamination: float = 0.1  # IsolationForest and LOF; the paper uses 0.1-0.2
+    lof_k: int = 20
+    knn_k: int = 10  # neighbours of the mean-kNN-distance detector (the paper's script: 10)
+    knn_percentile: float = 80.0  # kNN flag above this percentile of the reference scores
+    n_estimators: int = 100
+    tsne_max_points: int = 5_000  # t-SNE map of at most this many members, for plots; 0: none
+    tsne_perplexity: float = 30.0
+
+
+def _check_one_model(duckdb: DuckDBResource) -> tuple[str, int, int, int]:
+    """(model_id, dim, rows, scenes) of all stored embeddings; an error if they are mixed."""
+    if "embeddings" not in duckdb.stored_assets():
+        raise ConceptmineError(f"no `embeddings` stored under {duckdb.base_path}; materialise some scenes first")
+    groups = duckdb.query(
+        "SELECT model_id, len(embedding) AS dim, count(*) AS n, count(DISTINCT scene_name) AS scenes "
+        "FROM embeddings GROUP BY ALL ORDER BY n DESC"
+    )
+    if groups.empty:
+        raise ConceptmineError(f"`embeddings` under {duckdb.base_path} has no rows; nothing to fit the reference on")
+    if len(groups) != 1:
+        found = "; ".join(f"{r.model_id} dim {r.dim}: {r.n} rows in {r.scenes} scenes" for r in groups.itertuples())
+        raise ConceptmineError(
+            f"embeddings under {duckdb.base_path} mix models or dimensions ({found}); "
+            "re-materialise `embeddings` for every scene with one model"
+        )
+    row = groups.iloc[0]
+    return str(row["model_id"]), int(row["dim"]), int(row["n"]), int(row["scenes"])
+
+
+def _reservoir_sample(duckdb: DuckDBResource, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded reservoir sample of at most ``n`` embeddings, streamed by DuckDB (ids, scenes, X)."""
+    sql = (
+        "SELECT detection_id, scene_name, embedding FROM "
+        f"(SELECT detection_id, scene_name, embedding FROM embeddings "
+        f"USING SAMPLE reservoir({int(n)} ROWS) REPEATABLE ({int(seed)})) ORDER BY detection_id"
+    )
+    with duckdb.connect() as con:
+        con.execute("SET threads = 1")  # the seeded sample is reproducible on one thread
+        sample = con.execute(sql).df()
+    ids = sample["detection_id"].to_numpy(dtype=object)
+    scenes = sample["scene_name"].to_numpy(dtype=object)
+    X = np.stack(sample["embedding"].to_numpy()).astype(np.float32) if len(sample) else np.zeros((0, 0), np.float32)
+    return ids, scenes, X
+
+
+@dg.asset(
+    deps=["embeddings"],
+    io_manager_key="pickle_io_manager",
+    code_version="1",
+    kinds={"scikit-learn", "duckdb"},
+    group_name="mining_global",
+)
+def outlier_reference(
+    context: dg.AssetExecutionContext, config: OutlierReferenceConfig, duckdb: DuckDBResource
+) -> OutlierReference:
+    """The outlier detectors fitted once on a seeded reservoir sample (``max_reference`` rows)
+    of all materialised scenes' embeddings, read through DuckDB so no scene is loaded whole.
+    Stores IsolationForest and LOF (``novelty=True``), per-detector score thresholds, the
+    reference sample (for the kNN-distance detector), the embeddings' model id and a 2-D t-SNE
+    of the reference that is for plots only: t-SNE is transductive, so new scenes are scored in
+    embedding space against the reference (kNN distance) and never through the t-SNE map.
+    Fewer than k + 1 sampled rows: k drops to n - 1 with a logged warning; fewer than 3: an
+    error. Re-materialise it after re-embedding with another model; `outlier_flags` refuses a
+    mismatch."""
+    started = time.perf_counter()
+    if config.max_reference < MIN_REFERENCE_ROWS:
+        raise ConceptmineError(f"max_reference must be at least {MIN_REFERENCE_ROWS}, got {config.max_reference}")
+    model_id, dim, total, scenes = _check_one_model(duckdb)
+    ids, member_scenes, X = _reservoir_sample(duckdb, config.max_reference, config.seed)
+    params = OutlierParams(
+        contamination=config.contamination,
+        lof_k=config.lof_k,
+        knn_k=config.knn_k,
+        knn_percentile=config.knn_percentile,
+        n_estimators=config.n_estimators,
+        seed=config.seed,
+    )
+    reference = fit_reference(
+        X, ids, model_id, params, member_scenes, config.tsne_max_points, config.tsne_perplexity
+    )
+    for warning in reference.warnings:
+        context.log.warning(warning)
+    member_flags = apply_thresholds(reference.member_scores, reference.thresholds)
+    context.add_output_metadata(
+        {
+            "model_id": model_id,
+            "dim": dim,
+            "num_embeddings_total": total,
+            "num_scenes": scenes,
+            "num_reference": reference.size,
+            "lof_k": reference.lof_k,
+            "knn_k": reference.knn_k,
+            "thresholds": dg.MetadataValue.json({k: round(v, 6) for k, v in reference.thresholds.items()}),
+            "reference_flag_rates": dg.MetadataValue.json(
+                {d: round(float(member_flags[d].mean()), 4) for d in DETECTORS}
+            ),
+            "num_tsne_points": 0 if reference.tsne is None else len(reference.tsne),
+            "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in reference.warnings) or "none"),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+    return reference
+
+
+class OutlierFlagsConfig(dg.Config):
+    """How detector flags combine, and the image-quality limits."""
+
+    combine: Literal["union", "vote"] = "union"  # union: any detector; vote: >= min_votes of 3
+    min_votes: int = 2
+    glare_overexposed_frac: float = 0.10  # glare if overexposed_frac is above this
+    dark_frac: float = 0.50  # dark if dark_frac is above this
+    blur_laplacian_var: float = 50.0  # blur if blur_laplacian_var is below this (resolution-dependent)
+
+
+_QUALITY_COLUMNS = ["detection_id", "overexposed_frac", "dark_frac", "blur_laplacian_var"]
+
+
+def _join_quality(embeddings: pd.DataFrame, crops: pd.DataFrame, scene: str) -> pd.DataFrame:
+    """Embeddings with their crop's quality columns; every embedding must have its crop."""
+    if embeddings["detection_id"].duplicated().any():
+        raise ConceptmineError(f"scene {scene}: `embeddings` has duplicate detection_ids")
+    joined = embeddings.merge(crops[_QUALITY_COLUMNS], on="detection_id", how="left", indicator=True)
+    missing = joined.loc[joined["_merge"] == "left_only", "detection_id"].tolist()
+    if missing:
+        raise ConceptmineError(
+            f"scene {scene}: {len(missing)} embeddings have no row in `crops` (e.g. {missing[:3]}); "
+            "re-materialise `embeddings` for this scene"
+        )
+    if len(joined) != len(embeddings):
+        raise ConceptmineError(f"scene {scene}: `crops` has duplicate detection_ids")
+    return joined.drop(columns="_merge")
+
+
+def _check_model(embeddings: pd.DataFrame, reference: OutlierReference, scene: str) -> None:
+    found = sorted(set(embeddings["model_id"]))
+    if found and found != [reference.model_id]:
+        raise ConceptmineError(
+            f"scene {scene}: embeddings were made by {found}, the outlier_reference was fitted on "
+            f"{reference.model_id!r}; re-materialise `outlier_reference` (and embeddings of all scenes)"
+        )
+
+
+@dg.asset(
+    partitions_def=scene_partitions,
+    code_version="1",
+    kinds={"scikit-learn", "parquet"},
+    group_name="mining_scene",
+    metadata=column_schema("outlier_flags"),
+)
+def outlier_flags(
+    context: dg.AssetExecutionContext,
+    config: OutlierFlagsConfig,
+    embeddings: pd.DataFrame,
+    crops: pd.DataFrame,
+    outlier_reference: OutlierReference,
+) -> pd.DataFrame:
+    """One row per embedded crop of the scene (detection_id, sample_token, class_name): the
+    IsolationForest, LOF and kNN-distance scores against the global `outlier_reference`
+    (higher = more anomalous; no refit), each detector's flag from the reference's threshold,
+    ``is_outlier`` (union, or ``vote``) with the detectors that fired, and separately the
+    image-quality flags glare / dark / blur with ``is_quality_outlier``."""
+    started = time.perf_counter()
+    scene = context.partition_key
+    _check_model(embeddings, outlier_reference, scene)
+    df = _join_quality(embeddings, crops, scene)
+    X = np.stack(df["embedding"].to_numpy()) if len(df) else np.zeros((0, outlier_reference.dim), np.float32)
+    scores = score(outlier_reference, X, df["detection_id"].to_numpy(dtype=object))
+    flags = apply_thresholds(scores, outlier_reference.thresholds)
+    is_outlier, fired = combine(flags, config.combine, config.min_votes)
+    limits = QualityThresholds(config.glare_overexposed_frac, config.dark_frac, config.blur_laplacian_var)
+    qflags, unknown_quality = quality_flags(df, limits)
+    out = df[["detection_id", "scene_name", "sample_token", "sample_data_token", "channel", "class_name"]].copy()
+    for d in DETECTORS:
+        out[f"{d}_score"] = scores[d].astype(np.float32)
+        out[f"{d}_flag"] = flags[d]
+    out["is_outlier"] = is_outlier.astype(bool)
+    out["outlier_detectors"] = pd.Series(fired, index=out.index, dtype=object)
+    out["quality_flags"] = pd.Series(qflags, index=out.index, dtype=object)
+    out["is_quality_outlier"] = np.array([bool(q) for q in qflags], dtype=bool)
+    out = out[OUTLIER_FLAGS.names].reset_index(drop=True)
+    if unknown_quality:
+        context.log.warning(f"scene {scene}: {unknown_quality} crops have null quality values (no quality flag)")
+    if not len(out):
+        context.log.warning(f"scene {scene}: no embeddings to score")
+    context.add_output_metadata(
+        {
+            "num_crops": len(out),
+            "num_outliers": int(out["is_outlier"].sum()),
+            **{f"num_{d}": int(flags[d].sum()) for d in DETECTORS},
+            "num_quality_outliers": int(out["is_quality_outlier"].sum()),
+            **{f"num_{q}": int(sum(q in f for f in qflags)) for q in ("glare", "dark", "blur")},
+            "num_null_quality": unknown_quality,
+            "num_crops_without_embedding": int((~crops["detection_id"].isin(df["detection_id"])).sum()),
+            "combine": config.combine if config.combine == "union" else f"vote >= {config.min_votes}",
+            "reference_model_id": outlier_reference.model_id,
+            "reference_size": outlier_reference.size,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+    return out

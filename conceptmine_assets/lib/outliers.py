@@ -1,0 +1,264 @@
+"""Embedding-space outlier detection against a reference fitted once, and image-quality flags.
+
+Three detectors, as in the paper (arXiv 2512.05482), all oriented so that a higher score is
+more anomalous:
+
+- ``iforest``: ``IsolationForest`` (``contamination`` 0.1 by default, the paper uses 0.1-0.2);
+  score ``-score_samples``, threshold ``-offset_`` (exactly ``predict``'s decision).
+- ``lof``: ``LocalOutlierFactor(n_neighbors=k, novelty=True)`` (paper k = 20); score = the LOF,
+  threshold = the LOF at the ``1 - contamination`` quantile of the reference (``-offset_``).
+- ``knn``: mean Euclidean distance to the ``knn_k`` nearest reference embeddings (the paper's
+  script: k = 10, mean distance); flagged above the ``knn_percentile`` (paper 80) of the
+  reference's own leave-one-out scores. It reuses the LOF's fitted neighbour index.
+
+The paper ran the kNN detector on a t-SNE of baseline + new crops and took the percentile over
+the new crops. t-SNE is transductive (it has no ``transform``), so a new scene could only be
+scored by refitting the whole map. Here the kNN detector runs in the embedding space against
+the reference sample, so a new scene is scored with the stored thresholds and no refit; the
+t-SNE of the reference is kept only for plots (:attr:`OutlierReference.tsne`) and never scores.
+
+Reference members scored again (a scene that was in the reservoir sample) get their
+leave-one-out LOF and kNN scores from the fit: ``LocalOutlierFactor.score_samples`` would
+count the point as its own neighbour and under-score it (see the scikit-learn docstring).
+
+Small references: fewer than :data:`MIN_REFERENCE_ROWS` rows is an error; with fewer than
+``k + 1`` rows a neighbour count is reduced to ``n - 1`` and a warning is recorded in
+:attr:`OutlierReference.warnings` (the asset logs it and puts it in the metadata).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import IsolationForest
+from sklearn.manifold import TSNE
+from sklearn.neighbors import LocalOutlierFactor
+
+from conceptmine_assets.errors import ConceptmineError
+
+DETECTORS: tuple[str, ...] = ("iforest", "lof", "knn")
+MIN_REFERENCE_ROWS = 3
+QUALITY_FLAGS: tuple[str, ...] = ("glare", "dark", "blur")
+
+
+@dataclass(frozen=True)
+class OutlierParams:
+    """Fit-time settings of the three detectors."""
+
+    contamination: float = 0.1
+    lof_k: int = 20
+    knn_k: int = 10
+    knn_percentile: float = 80.0
+    n_estimators: int = 100
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not 0.0 < self.contamination <= 0.5:
+            raise ConceptmineError(f"contamination must be in (0, 0.5], got {self.contamination}")
+        if self.lof_k < 1 or self.knn_k < 1:
+            raise ConceptmineError(f"lof_k and knn_k must be >= 1, got {self.lof_k}, {self.knn_k}")
+        if not 0.0 < self.knn_percentile < 100.0:
+            raise ConceptmineError(f"knn_percentile must be in (0, 100), got {self.knn_percentile}")
+
+
+@dataclass
+class OutlierReference:
+    """Fitted detectors, their score thresholds and the reference sample they were fitted on."""
+
+    model_id: str
+    dim: int
+    params: OutlierParams
+    lof_k: int  # effective neighbour counts (reduced for tiny references)
+    knn_k: int
+    iforest: IsolationForest
+    lof: LocalOutlierFactor
+    thresholds: dict[str, float]
+    member_ids: np.ndarray  # detection_id of each reference row
+    member_scenes: np.ndarray
+    embeddings: np.ndarray  # (n, dim) float32, the reference sample
+    member_scores: dict[str, np.ndarray]  # per detector, leave-one-out scores of the members
+    tsne: np.ndarray | None = None  # (m, 2) t-SNE of members tsne_index; plots only
+    tsne_index: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.member_ids)
+
+
+def effective_k(n: int, k: int, name: str) -> tuple[int, str | None]:
+    """``k`` if the reference has at least ``k + 1`` rows, else ``n - 1`` and a warning."""
+    if n < MIN_REFERENCE_ROWS:
+        raise ConceptmineError(
+            f"the outlier reference needs at least {MIN_REFERENCE_ROWS} embeddings, found {n}; "
+            "materialise more scenes of `embeddings` first"
+        )
+    if k + 1 <= n:
+        return k, None
+    return n - 1, f"{name}: only {n} reference embeddings, k reduced from {k} to {n - 1}"
+
+
+def knn_distance(lof: LocalOutlierFactor, X: np.ndarray | None, k: int) -> np.ndarray:
+    """Mean distance to the ``k`` nearest reference rows; ``X=None``: members, leaving themselves out."""
+    distances, _ = lof.kneighbors(X, n_neighbors=k)
+    return distances.mean(axis=1)
+
+
+def tsne_map(X: np.ndarray, max_points: int, perplexity: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """2-D t-SNE of at most ``max_points`` seeded-random rows of ``X`` (for plots); None if too few."""
+    n = len(X)
+    m = min(n, max_points)
+    if m < 4:
+        return None
+    index = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
+    perplexity = min(perplexity, (m - 1) / 3)
+    coords = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(X[index])
+    return coords.astype(np.float32), index
+
+
+def fit_reference(
+    X: np.ndarray,
+    ids: np.ndarray,
+    model_id: str,
+    params: OutlierParams = OutlierParams(),
+    scenes: np.ndarray | None = None,
+    tsne_max_points: int = 0,
+    tsne_perplexity: float = 30.0,
+) -> OutlierReference:
+    """Fit the three detectors on the reference sample ``X`` (rows = embeddings, ids = detection_id)."""
+    params.validate()
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if X.ndim != 2 or len(X) != len(ids):
+        raise ConceptmineError(f"reference embeddings must be (n, dim) with one id per row, got {X.shape}, {len(ids)} ids")
+    n = len(X)
+    lof_k, lof_warn = effective_k(n, params.lof_k, "lof")
+    knn_k, knn_warn = effective_k(n, params.knn_k, "knn")
+    iforest = IsolationForest(
+        n_estimators=params.n_estimators, contamination=params.contamination, random_state=params.seed
+    ).fit(X)
+    lof = LocalOutlierFactor(n_neighbors=lof_k, contamination=params.contamination, novelty=True).fit(X)
+    member_scores = {
+        "iforest": -iforest.score_samples(X),
+        "lof": -lof.negative_outlier_factor_,
+        "knn": knn_distance(lof, None, knn_k),
+    }
+    thresholds = {
+        "iforest": float(-iforest.offset_),
+        "lof": float(-lof.offset_),
+        "knn": float(np.percentile(member_scores["knn"], params.knn_percentile)),
+    }
+    tsne = tsne_map(X, tsne_max_points, tsne_perplexity, params.seed) if tsne_max_points > 0 else None
+    return OutlierReference(
+        model_id=model_id,
+        dim=X.shape[1],
+        params=params,
+        lof_k=lof_k,
+        knn_k=knn_k,
+        iforest=iforest,
+        lof=lof,
+        thresholds=thresholds,
+        member_ids=np.asarray(ids, dtype=object),
+        member_scenes=np.asarray(scenes if scenes is not None else [None] * n, dtype=object),
+        embeddings=X,
+        member_scores=member_scores,
+        tsne=None if tsne is None else tsne[0],
+        tsne_index=None if tsne is None else tsne[1],
+        warnings=[w for w in (lof_warn, knn_warn) if w],
+    )
+
+
+def _member_rows(reference: OutlierReference, X: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row positions in X, member positions) of rows that are reference members, unchanged."""
+    position = {d: i for i, d in enumerate(reference.member_ids)}
+    rows, members = [], []
+    for r, d in enumerate(ids):
+        m = position.get(d)
+        if m is not None and np.allclose(X[r], reference.embeddings[m], atol=1e-6):
+            rows.append(r)
+            members.append(m)
+    return np.asarray(rows, dtype=int), np.asarray(members, dtype=int)
+
+
+def score(reference: OutlierReference, X: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores of new rows per detector (higher = more anomalous), without refitting anything."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if len(X) == 0:
+        return {d: np.zeros(0, dtype=np.float64) for d in DETECTORS}
+    if X.ndim != 2 or X.shape[1] != reference.dim:
+        raise ConceptmineError(f"embeddings have shape {X.shape}, the outlier reference expects dim {reference.dim}")
+    scores = {
+        "iforest": -reference.iforest.score_samples(X),
+        "lof": -reference.lof.score_samples(X),
+        "knn": knn_distance(reference.lof, X, reference.knn_k),
+    }
+    rows, members = _member_rows(reference, X, np.asarray(ids, dtype=object))
+    for name in ("lof", "knn"):
+        scores[name][rows] = reference.member_scores[name][members]
+    return scores
+
+
+def apply_thresholds(scores: dict[str, np.ndarray], thresholds: dict[str, float]) -> dict[str, np.ndarray]:
+    """Per detector: score strictly above its threshold."""
+    return {d: np.asarray(scores[d]) > thresholds[d] for d in DETECTORS}
+
+
+def combine(
+    flags: dict[str, np.ndarray], rule: Literal["union", "vote"] = "union", min_votes: int = 2
+) -> tuple[np.ndarray, list[list[str]]]:
+    """``is_outlier`` (union: any detector; vote: at least ``min_votes``) and which detectors fired."""
+    if rule not in ("union", "vote"):
+        raise ConceptmineError(f"combine rule must be 'union' or 'vote', got {rule!r}")
+    if rule == "vote" and not 1 <= min_votes <= len(DETECTORS):
+        raise ConceptmineError(f"min_votes must be in 1..{len(DETECTORS)}, got {min_votes}")
+    stacked = np.column_stack([np.asarray(flags[d], dtype=bool) for d in DETECTORS])
+    votes = stacked.sum(axis=1)
+    is_outlier = votes >= (1 if rule == "union" else min_votes)
+    fired = [[d for d, f in zip(DETECTORS, row) if f] for row in stacked]
+    return is_outlier, fired
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """Image-quality limits on a crop (columns of ``crops``)."""
+
+    glare_overexposed_frac: float = 0.10  # glare: more than this share of pixels saturated
+    dark_frac: float = 0.50  # dark: more than this share of pixels near black
+    blur_laplacian_var: float = 50.0  # blur: variance of the Laplacian below this
+
+
+def quality_flags(crops: pd.DataFrame, limits: QualityThresholds = QualityThresholds()) -> tuple[list[list[str]], int]:
+    """Per row the quality flags that apply, and how many rows had a null quality value.
+
+    A null value raises no flag for that measure; the count lets the caller report it.
+    """
+    over = crops["overexposed_frac"].to_numpy(dtype=float)
+    dark = crops["dark_frac"].to_numpy(dtype=float)
+    blur = crops["blur_laplacian_var"].to_numpy(dtype=float)
+    checks = {
+        "glare": over > limits.glare_overexposed_frac,
+        "dark": dark > limits.dark_frac,
+        "blur": blur < limits.blur_laplacian_var,
+    }
+    unknown = int((np.isnan(over) | np.isnan(dark) | np.isnan(blur)).sum())
+    flags = [[name for name in QUALITY_FLAGS if checks[name][i]] for i in range(len(crops))]
+    return flags, unknown
+
+
+__all__ = [
+    "DETECTORS",
+    "MIN_REFERENCE_ROWS",
+    "OutlierParams",
+    "OutlierReference",
+    "QualityThresholds",
+    "apply_thresholds",
+    "combine",
+    "effective_k",
+    "fit_reference",
+    "knn_distance",
+    "quality_flags",
+    "score",
+    "tsne_map",
+]
