@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 import dagster as dg
 
@@ -47,18 +48,18 @@ def run_pipeline(instance: dg.DagsterInstance, scenes: list[str], cameras: list[
     from conceptmine_assets.definitions import PIPELINE
 
     defs = _definitions()
-    run_config = {"ops": {"frames": {"config": {"cameras": cameras}}}}
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    run_config = {**quiet, "ops": {"frames": {"config": {"cameras": cameras}}}}
     for stage_job, global_job in PIPELINE:
-        for scene in scenes:
+        for scene in scenes if stage_job else []:
             started = time.perf_counter()
             job = defs.resolve_job_def(stage_job)
-            config = run_config if "frames" in {n.name for n in job.graph.node_defs} else {}
+            config = run_config if "frames" in {n.name for n in job.graph.node_defs} else quiet
             job.execute_in_process(partition_key=scene, instance=instance, run_config=config)
             sys.stdout.write(f"{stage_job} {scene}: ok in {time.perf_counter() - started:.1f}s\n")
         started = time.perf_counter()
-        if global_job:
-            defs.resolve_job_def(global_job).execute_in_process(instance=instance)
-            sys.stdout.write(f"{global_job}: ok in {time.perf_counter() - started:.1f}s\n")
+        defs.resolve_job_def(global_job).execute_in_process(instance=instance, run_config=quiet)
+        sys.stdout.write(f"{global_job}: ok in {time.perf_counter() - started:.1f}s\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     sql = sub.add_parser("sql", help="run SQL over the DuckDB views of the store")
     sql.add_argument("query")
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
     if args.command == "sql":
         from conceptmine_assets.resources.storage import DuckDBResource

@@ -9,42 +9,53 @@ from conceptmine_assets.assets import (
     detections,
     embeddings,
     frames,
+    models,
     outliers,
     splits,
 )
+from conceptmine_assets.automation import automation_sensor, with_automation
+from conceptmine_assets.checks import CHECKS
 from conceptmine_assets.resources.captioner import CaptionerResource
 from conceptmine_assets.resources.detector import DetectorResource
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager, PickleIOManager
+from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.sensors import scene_discovery_sensor
 from conceptmine_assets.settings import Settings
 
-ASSET_MODULES = [frames, detections, crops, embeddings, outliers, captions, concepts, splits]
+ASSET_MODULES = [models, frames, detections, crops, embeddings, outliers, captions, concepts, splits]
 
+observe_models_job = dg.define_asset_job(
+    "observe_models_job",
+    selection=dg.AssetSelection.groups("models"),
+    description="Record the identities of the models and the concept vocabulary.",
+)
 perception_job = dg.define_asset_job(
     "perception_job",
-    selection=dg.AssetSelection.groups("perception"),
+    selection=dg.AssetSelection.groups("perception").without_checks(),
     description="Per scene: frames, detections, crops, embeddings.",
 )
 outlier_reference_job = dg.define_asset_job(
     "outlier_reference_job",
-    selection=dg.AssetSelection.assets("outlier_reference"),
+    selection=dg.AssetSelection.assets("outlier_reference").without_checks(),
     description="Refit the global outlier reference from all scenes' embeddings.",
 )
 mining_scene_job = dg.define_asset_job(
     "mining_scene_job",
-    selection=dg.AssetSelection.groups("mining_scene"),
+    selection=dg.AssetSelection.groups("mining_scene").without_checks(),
     description="Per scene: outlier flags, captions, concept scores.",
 )
 mining_global_job = dg.define_asset_job(
     "mining_global_job",
-    selection=dg.AssetSelection.groups("mining_global") - dg.AssetSelection.assets("outlier_reference"),
-    description="Across scenes: the mined split and the mining-quality report.",
+    selection=(dg.AssetSelection.groups("mining_global") - dg.AssetSelection.assets("outlier_reference"))
+    | dg.AssetSelection.checks(*CHECKS),
+    description="Across scenes: the mined split, the mining-quality report and the invariant checks.",
 )
 
 # Run order of the whole pipeline: each per-scene job over all scenes, then its global job.
-PIPELINE: list[tuple[str, str]] = [
+PIPELINE: list[tuple[str | None, str]] = [
+    (None, "observe_models_job"),
     ("perception_job", "outlier_reference_job"),
     ("mining_scene_job", "mining_global_job"),
 ]
@@ -82,16 +93,26 @@ def build_resources(settings: Settings) -> dict:
         "io_manager": ParquetIOManager(base_path=settings.store),
         "pickle_io_manager": PickleIOManager(base_path=settings.store),
         "duckdb": DuckDBResource(base_path=settings.store),
+        "vocabulary_file": VocabularyResource(path=settings.vocabulary),
         **model_resources(settings),
     }
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    remine = dg.ScheduleDefinition(
+        name="weekly_remine",
+        cron_schedule=settings.remine_cron,
+        target=dg.AssetSelection.groups("mining_global") | dg.AssetSelection.checks(*CHECKS),
+        description="Refit the outlier reference and re-mine the split over all scenes.",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
     return dg.Definitions(
-        assets=dg.load_assets_from_modules(ASSET_MODULES),
+        assets=with_automation(dg.load_assets_from_modules(ASSET_MODULES), settings.remine_cron),
+        asset_checks=CHECKS,
         resources=build_resources(settings),
-        jobs=[perception_job, outlier_reference_job, mining_scene_job, mining_global_job],
-        sensors=[scene_discovery_sensor],
+        jobs=[observe_models_job, perception_job, outlier_reference_job, mining_scene_job, mining_global_job],
+        schedules=[remine],
+        sensors=[scene_discovery_sensor, automation_sensor],
     )
 
 

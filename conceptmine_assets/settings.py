@@ -8,6 +8,8 @@
 | ``CONCEPTMINE_PROFILE`` | ``offline`` | model profile: ``offline`` (weights shipped by pip) or ``paper`` |
 | ``CONCEPTMINE_DETECTOR`` | ``yolo`` | ``yolo`` or ``annotations`` (the dataset's own boxes) |
 | ``CONCEPTMINE_CAPTIONER`` | by profile | ``template``, ``qwen2_vl`` or ``openai`` |
+| ``CONCEPTMINE_VOCABULARY`` | packaged ``concepts_v1.yaml`` | path of a concept vocabulary file |
+| ``CONCEPTMINE_REMINE_CRON`` | ``0 3 * * 1`` | cron of the global re-mining (outlier reference, split) |
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class Settings:
     profile: Profile = "offline"
     detector: Literal["yolo", "annotations"] = "yolo"
     captioner: Literal["template", "qwen2_vl", "openai"] | None = None  # None: the profile's
+    vocabulary: str | None = None  # None: the packaged vocabulary
+    remine_cron: str = "0 3 * * 1"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -45,4 +49,6 @@ class Settings:
             profile=profile,  # type: ignore[arg-type]
             detector=detector,  # type: ignore[arg-type]
             captioner=captioner,  # type: ignore[arg-type]
+            vocabulary=os.environ.get("CONCEPTMINE_VOCABULARY") or None,
+            remine_cron=os.environ.get("CONCEPTMINE_REMINE_CRON", cls.remine_cron),
         )

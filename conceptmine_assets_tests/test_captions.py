@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+
+from conceptmine_assets.resources.vocabulary import VocabularyResource
 from PIL import Image
 from upath import UPath
 
@@ -358,7 +360,8 @@ UPSTREAM = [dg.AssetSpec(n, partitions_def=scene_partitions) for n in ("crops", 
 def _materialize(store: Path, instance, captioner: CaptionerResource, config: dict | None = None):
     result = materialize_scene(
         [captions, *UPSTREAM], SCENE, instance,
-        {"io_manager": ParquetIOManager(base_path=str(store)), "captioner": captioner},
+        {"io_manager": ParquetIOManager(base_path=str(store)), "captioner": captioner,
+         "vocabulary_file": VocabularyResource()},
         run_config={"ops": {"captions": {"config": config or {}}}},
         selection=[captions],
     )

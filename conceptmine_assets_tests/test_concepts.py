@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+
+from conceptmine_assets.resources.vocabulary import VocabularyResource
 from PIL import Image
 from upath import UPath
 
@@ -350,10 +352,13 @@ UPSTREAM = [dg.AssetSpec(name, partitions_def=scene_partitions) for name in ("ca
 
 
 def _run(store: Path, instance, embedder: EmbedderResource, config: dict | None = None):
+    config = dict(config or {})
+    vocabulary = VocabularyResource(path=config.pop("vocabulary_path", None),
+                                    extra_concepts=config.pop("extra_concepts", []))
     result = materialize_scene(
         [concept_scores, *UPSTREAM], SCENE, instance,
-        {"io_manager": ParquetIOManager(base_path=str(store)), "embedder": embedder},
-        run_config={"ops": {"concept_scores": {"config": config or {}}}},
+        {"io_manager": ParquetIOManager(base_path=str(store)), "embedder": embedder, "vocabulary_file": vocabulary},
+        run_config={"ops": {"concept_scores": {"config": config}}},
         selection=[concept_scores],
     )
     assert result.success
@@ -442,7 +447,7 @@ def test_concept_scores_refuses_embeddings_of_another_model(store, instance):
     _write_table(store, "embeddings", _embeddings(["d1"], ["truck"], np.ones((1, 64)) / 8, "open_clip:ViT-B-32/other"))
     result = materialize_scene(
         [concept_scores, *UPSTREAM], SCENE, instance,
-        {"io_manager": ParquetIOManager(base_path=str(store)), "embedder": embedder},
+        {"io_manager": ParquetIOManager(base_path=str(store)), "embedder": embedder, "vocabulary_file": VocabularyResource()},
         selection=[concept_scores], raise_on_error=False,
     )
     assert not result.success

@@ -8,7 +8,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from conceptmine_assets.lib.vocabulary import Vocabulary, humanize, load_vocabulary
+from conceptmine_assets.lib.vocabulary import Vocabulary, humanize
+from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.captioner import CaptionerResource, CaptionRequest, CaptionResult
 from conceptmine_assets.schemas import CAPTIONS, column_schema
@@ -21,7 +22,6 @@ MAX_LISTED = 20
 class CaptionsConfig(dg.Config):
     """Which crops go to the captioner."""
 
-    vocabulary_path: str | None = None  # None = the packaged concepts_v1.yaml
     max_per_scene: int | None = 64  # VLM budget per scene, highest priority first; None = no limit
     caption_outliers: bool = True  # send outliers (any class)
     caption_candidates: bool = True  # send crops whose class is a target/rare/unknown candidate
@@ -124,6 +124,7 @@ def captions_frame(table: pd.DataFrame, per_row: list[dict]) -> pd.DataFrame:
 
 
 @dg.asset(
+    deps=["captioner_model"],
     partitions_def=scene_partitions,
     code_version="1",
     kinds={"transformers", "parquet"},
@@ -137,6 +138,7 @@ def captions(
     detections: pd.DataFrame,
     outlier_flags: pd.DataFrame,
     captioner: CaptionerResource,
+    vocabulary_file: VocabularyResource,
 ) -> pd.DataFrame:
     """One row per crop of the scene (key: detection_id, plus scene_name, sample_token,
     sample_data_token, channel, class_name) with the caption used for concept scoring.
@@ -148,7 +150,7 @@ def captions(
     ``status = "class_name"`` and their class name as caption."""
     scene = context.partition_key
     started = time.perf_counter()
-    vocabulary = load_vocabulary(config.vocabulary_path)
+    vocabulary = vocabulary_file.load()
     table = crop_table(crops, detections, outlier_flags)
     chosen, over_budget, reasons = select_for_vlm(table, vocabulary, config)
     per_row = [_class_name_row(row) for _, row in table.iterrows()]

@@ -10,7 +10,8 @@ import pandas as pd
 
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.concepts import assign_group, rank_concepts, score_concepts, text_weights, top_superclass
-from conceptmine_assets.lib.vocabulary import Vocabulary, load_vocabulary
+from conceptmine_assets.lib.vocabulary import Vocabulary
+from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.schemas import CONCEPT_SCORES, column_schema
@@ -25,8 +26,6 @@ _PROMPT_CACHE_SIZE = 8
 class ConceptScoresConfig(dg.Config):
     """How crops are scored against the vocabulary."""
 
-    vocabulary_path: str | None = None  # None = the packaged concepts_v1.yaml
-    extra_concepts: list[str] = []  # outlier concepts appended at test time (VL4AD), free text
     weight_text: float = 0.5  # w_t: caption share of the fused score (paper default 0.5)
     adaptive: bool = False  # paper's adaptive w_t from cos(crop, caption)
     joint_margin: float = 0.05  # top-2 within this → joint label "a|b"
@@ -109,6 +108,7 @@ def score_rows(
 
 
 @dg.asset(
+    deps=["concept_vocabulary", "embedding_model"],
     partitions_def=scene_partitions,
     code_version="1",
     kinds={"pytorch", "parquet"},
@@ -121,6 +121,7 @@ def concept_scores(
     captions: pd.DataFrame,
     embeddings: pd.DataFrame,
     embedder: EmbedderResource,
+    vocabulary_file: VocabularyResource,
 ) -> pd.DataFrame:
     """One row per crop of the scene (key: detection_id, plus scene_name, sample_token,
     sample_data_token, channel, class_name): the caption, every concept's score
@@ -133,7 +134,7 @@ def concept_scores(
     ``score_mode = "text_only"``). A VLM class that names a concept is the top concept."""
     scene = context.partition_key
     started = time.perf_counter()
-    vocabulary = load_vocabulary(config.vocabulary_path, config.extra_concepts)
+    vocabulary = vocabulary_file.load()
     prompts, owners = vocabulary.prompt_table(config.prompt_template)
     prompt_emb = prompt_embeddings(embedder, prompts)
     caption_emb = embedder.encode_texts(captions["caption"].astype(str).tolist())

@@ -94,6 +94,7 @@ def _run_annotations(
 
 
 @dg.asset(
+    deps=["detector_model"],
     partitions_def=scene_partitions,
     code_version="1",
     kinds={"ultralytics", "nuscenes", "parquet"},

@@ -58,6 +58,7 @@ def embeddings_frame(crops: pd.DataFrame, vectors: np.ndarray, model_id: str) ->
 
 
 @dg.asset(
+    deps=["embedding_model"],
     partitions_def=scene_partitions,
     code_version="1",
     kinds={"pytorch", "parquet"},
