@@ -28,7 +28,7 @@ ASSET_MODULES = [models, frames, detections, crops, embeddings, outliers, captio
 
 observe_models_job = dg.define_asset_job(
     "observe_models_job",
-    selection=dg.AssetSelection.groups("models"),
+    selection=dg.AssetSelection.groups("models", include_sources=True),
     description="Record the identities of the models and the concept vocabulary.",
 )
 perception_job = dg.define_asset_job(
@@ -99,19 +99,11 @@ def build_resources(settings: Settings) -> dict:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    remine = dg.ScheduleDefinition(
-        name="weekly_remine",
-        cron_schedule=settings.remine_cron,
-        target=dg.AssetSelection.groups("mining_global") | dg.AssetSelection.checks(*CHECKS),
-        description="Refit the outlier reference and re-mine the split over all scenes.",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-    )
     return dg.Definitions(
         assets=with_automation(dg.load_assets_from_modules(ASSET_MODULES), settings.remine_cron),
         asset_checks=CHECKS,
         resources=build_resources(settings),
         jobs=[observe_models_job, perception_job, outlier_reference_job, mining_scene_job, mining_global_job],
-        schedules=[remine],
         sensors=[scene_discovery_sensor, automation_sensor],
     )
 

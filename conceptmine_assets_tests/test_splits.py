@@ -385,5 +385,6 @@ def test_mining_quality_report_on_real_slice(real_slice, store, instance):
 def test_mining_quality_report_needs_annotations(highway, store, instance):
     write(store, "frames", frames_df("scene-udacity-0001", ["x"]), "scene-udacity-0001")
     write(store, "mined_split", pd.DataFrame({"sample_token": ["x"]}))
-    with pytest.raises(ConceptmineError, match="annotated dataroot"):
-        run_report(store, instance, highway)
+    result = run_report(store, instance, highway)  # an unannotated dataroot: an empty report, logged
+    assert pd.read_parquet(store / "mining_quality_report.parquet").empty
+    assert result.asset_materializations_for_node("mining_quality_report")[0].metadata["num_annotations"].value == 0

@@ -19,7 +19,10 @@ from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.vocabulary import VocabularyResource
 
 OBSERVE_CRON = "0 * * * *"  # hourly; observing is cheap (hashes are cached by size and mtime)
-_observe = dg.AutomationCondition.cron_tick_passed(OBSERVE_CRON) & ~dg.AutomationCondition.in_progress()
+# Observed when automation first runs, then hourly.
+_observe = (
+    dg.AutomationCondition.cron_tick_passed(OBSERVE_CRON) | dg.AutomationCondition.initial_evaluation()
+) & ~dg.AutomationCondition.in_progress()
 
 
 def _version(*parts: object) -> str:

@@ -44,9 +44,15 @@ def _find_bad_table(table_dir: Path) -> str | None:
     return None
 
 
+def _tables_stamp(table_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime) of every table: a dataroot that grows gets a fresh devkit."""
+    stats = ((t, (table_dir / f"{t}.json").stat()) for t in NUSCENES_TABLES)
+    return tuple((t, st.st_size, st.st_mtime_ns) for t, st in stats)
+
+
 @functools.lru_cache(maxsize=4)
-def _load_nuscenes(dataroot: str, version: str) -> NuScenes:
-    """Load the devkit once per (dataroot, version) per process."""
+def _load_nuscenes(dataroot: str, version: str, stamp: tuple) -> NuScenes:
+    """Load the devkit once per (dataroot, version, table stamp) per process."""
     from nuscenes.nuscenes import NuScenes
 
     try:
@@ -95,7 +101,7 @@ class NuScenesResource(dg.ConfigurableResource):
     @property
     def nusc(self) -> NuScenes:
         self.check()
-        return _load_nuscenes(str(Path(self.dataroot).resolve()), self.version)
+        return _load_nuscenes(str(Path(self.dataroot).resolve()), self.version, _tables_stamp(self.table_dir))
 
     def scene(self, name: str) -> dict[str, Any]:
         """The scene record called ``name``; a clear error if the dataroot has no such scene."""

@@ -1,0 +1,127 @@
+"""Incremental operation: declarative automation over a dataroot that grows, and staleness."""
+
+import json
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from conceptmine_assets.definitions import build_definitions
+from conceptmine_assets.lib.vocabulary import default_vocabulary_path
+from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
+from conceptmine_assets.sensors import register_scenes
+from conceptmine_assets.settings import Settings
+from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, copy_dataroot
+
+SCENE_ASSETS = ["frames", "detections", "crops", "embeddings", "outlier_flags", "captions", "concept_scores"]
+GLOBAL_ASSETS = ["outlier_reference", "mined_split", "mining_quality_report"]
+SOURCES = ["detector_model", "embedding_model", "captioner_model", "concept_vocabulary"]
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+MONDAY_4AM = datetime(2026, 11, 23, 4, 0, tzinfo=timezone.utc)  # just after the weekly re-mining tick
+
+
+def _drop_scene(root: Path, name: str) -> dict:
+    """Remove scene ``name`` from scene.json (the dataroot 'before the drive arrived')."""
+    table = root / "v1.0-mini" / "scene.json"
+    scenes = json.loads(table.read_text())
+    table.write_text(json.dumps([s for s in scenes if s["name"] != name]))
+    return next(s for s in scenes if s["name"] == name)
+
+
+def _add_scene(root: Path, record: dict) -> None:
+    table = root / "v1.0-mini" / "scene.json"
+    table.write_text(json.dumps([*json.loads(table.read_text()), record]))
+
+
+class Automation:
+    """Drives declarative automation in process: evaluate, then execute what was requested."""
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, nuscenes) -> None:
+        self.defs, self.instance, self.nuscenes = defs, instance, nuscenes
+        self.cursor = None
+        self.done: list[tuple[str, str | None]] = []
+
+    def tick(self, when: datetime) -> int:
+        result = dg.evaluate_automation_conditions(self.defs, self.instance, cursor=self.cursor, evaluation_time=when)
+        self.cursor = result.cursor
+        graph = self.defs.resolve_asset_graph()
+        by_partition: dict[str | None, list[dg.AssetKey]] = {}
+        for key in graph.get_all_asset_keys():
+            for pk in result.get_requested_partitions(key):
+                by_partition.setdefault(pk, []).append(key)
+        unpartitioned = by_partition.pop(None, [])
+        if any(k.to_user_string() in SOURCES for k in unpartitioned):
+            self.defs.resolve_job_def("observe_models_job").execute_in_process(instance=self.instance, run_config=QUIET)
+        assets = [k for k in unpartitioned if k.to_user_string() not in SOURCES]
+        if assets:
+            by_partition[None] = assets
+        for pk, keys in sorted(by_partition.items(), key=lambda kv: (kv[0] is None, kv[0] or "")):
+            job = self.defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(keys))
+            job.execute_in_process(instance=self.instance, partition_key=pk, run_config=QUIET)
+            self.done += [(k.to_user_string(), pk) for k in keys]
+        return result.total_requested
+
+    def settle(self, when: datetime, max_ticks: int = 12) -> None:
+        """Tick until nothing more is requested (each tick a minute later); the discovery
+        sensor's work (registering new scenes) happens between ticks, as in a deployment."""
+        for i in range(max_ticks):
+            requested = self.tick(when + timedelta(minutes=i))
+            if register_scenes(self.instance, self.nuscenes) or requested:
+                continue
+            return
+        raise AssertionError(f"automation did not settle; last done: {self.done[-10:]}")
+
+
+@pytest.fixture
+def pipeline(highway, yolo_tflite, tmp_path, monkeypatch):
+    root = copy_dataroot(highway, tmp_path / "root")
+    vocabulary = tmp_path / "concepts.yaml"
+    shutil.copy(default_vocabulary_path(), vocabulary)
+    monkeypatch.setenv("NUSCENES_DATAROOT", str(root))
+    monkeypatch.setenv("CONCEPTMINE_YOLO_WEIGHTS", str(yolo_tflite))
+    monkeypatch.chdir(tmp_path)  # the split's side files go under ./data/splits
+    defs = build_definitions(Settings(store=str(tmp_path / "store"), vocabulary=str(vocabulary)))
+    with dg.DagsterInstance.ephemeral() as instance:
+        auto = Automation(defs, instance, defs.resources["nuscenes"].__class__(dataroot=str(root)))
+        yield auto, root, vocabulary
+
+
+@pytest.mark.slow
+def test_new_scene_flows_through_and_vocabulary_restales_only_scores(pipeline):
+    auto, root, vocabulary = pipeline
+    new_scene = _drop_scene(root, HIGHWAY_SCENES[2])
+    old = HIGHWAY_SCENES[:2]
+
+    # A fresh deployment: every stage for the two scenes, the first reference fit, the split.
+    auto.settle(MONDAY_4AM - timedelta(days=1))
+    assert {(a, s) for a, s in auto.done if s} == {(a, s) for a in SCENE_ASSETS for s in old}
+    assert {a for a, s in auto.done if s is None} == set(GLOBAL_ASSETS)
+
+    # A new drive lands: only its partitions run, scored against the existing reference (no
+    # refit), then the global split and report refresh.
+    auto.done.clear()
+    _add_scene(root, new_scene)
+    auto.settle(MONDAY_4AM - timedelta(hours=12))
+    assert sorted((a, s) for a, s in auto.done if s) == sorted((a, HIGHWAY_SCENES[2]) for a in SCENE_ASSETS)
+    assert sorted(a for a, s in auto.done if s is None) == ["mined_split", "mining_quality_report"]
+
+    # The weekly tick refits the reference; every scene is re-scored and the split re-mined.
+    auto.done.clear()
+    auto.settle(MONDAY_4AM)
+    assert ("outlier_reference", None) in auto.done
+    assert {s for a, s in auto.done if a == "outlier_flags"} == set(HIGHWAY_SCENES)
+    assert not {a for a, s in auto.done} & {"frames", "detections", "crops", "embeddings"}
+
+    # A changed vocabulary: concept scores and what is downstream of them recompute, nothing else
+    # (no detections, embeddings or captions).
+    auto.done.clear()
+    doc = yaml.safe_load(vocabulary.read_text())
+    doc["concepts"].append({"name": "mattress_on_road", "group": "rare", "alternatives": ["a mattress on the road"]})
+    vocabulary.write_text(yaml.safe_dump(doc))
+    auto.settle(MONDAY_4AM + timedelta(hours=2))
+    assert sorted(auto.done) == sorted(
+        [("concept_scores", s) for s in HIGHWAY_SCENES] + [("mined_split", None), ("mining_quality_report", None)]
+    )
