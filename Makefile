@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export YOLO_OFFLINE ?= 1
 export YOLO_CONFIG_DIR ?= $(abspath data/.ultralytics)
 
-.PHONY: demo test ui install clean-data
+.PHONY: demo test ui install browser clean-data
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,13 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/conceptmine demo
 
-test: $(BIN)/.installed
+# Debian's Chromium for the browser tests (they skip, saying why, where it cannot be installed).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium not installed: browser tests will skip"
+
+test: $(BIN)/.installed browser
 	$(BIN)/python -m pytest
 
 ui: $(BIN)/.installed

@@ -21,6 +21,7 @@ from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager, PickleIOManager
 from conceptmine_assets.resources.vocabulary import VocabularyResource
+from conceptmine_assets.scaling import scale
 from conceptmine_assets.sensors import scene_discovery_sensor
 from conceptmine_assets.settings import Settings
 
@@ -99,8 +100,15 @@ def build_resources(settings: Settings) -> dict:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    assets, executor = scale(
+        with_automation(dg.load_assets_from_modules(ASSET_MODULES), settings.remine_cron),
+        settings.executor,
+        settings.dask_scheduler,
+        settings.gpu_routing,
+    )
     return dg.Definitions(
-        assets=with_automation(dg.load_assets_from_modules(ASSET_MODULES), settings.remine_cron),
+        assets=assets,
+        executor=executor,
         asset_checks=CHECKS,
         resources=build_resources(settings),
         jobs=[observe_models_job, perception_job, outlier_reference_job, mining_scene_job, mining_global_job],

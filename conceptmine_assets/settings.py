@@ -10,6 +10,9 @@
 | ``CONCEPTMINE_CAPTIONER`` | by profile | ``template``, ``qwen2_vl`` or ``openai`` |
 | ``CONCEPTMINE_VOCABULARY`` | packaged ``concepts_v1.yaml`` | path of a concept vocabulary file |
 | ``CONCEPTMINE_REMINE_CRON`` | ``0 3 * * 1`` | cron of the global re-mining (outlier reference, split) |
+| ``CONCEPTMINE_EXECUTOR`` | ``multiprocess`` | ``multiprocess``, ``dask`` or ``k8s`` (see ``scaling.py``) |
+| ``CONCEPTMINE_DASK_SCHEDULER`` | none | scheduler address for ``dask``, e.g. ``tcp://127.0.0.1:8786`` |
+| ``CONCEPTMINE_GPU_ROUTING`` | ``0`` | ``1``: model steps run only on GPU workers |
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ class Settings:
     captioner: Literal["template", "qwen2_vl", "openai"] | None = None  # None: the profile's
     vocabulary: str | None = None  # None: the packaged vocabulary
     remine_cron: str = "0 3 * * 1"
+    executor: Literal["multiprocess", "dask", "k8s"] = "multiprocess"
+    dask_scheduler: str | None = None
+    gpu_routing: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -43,6 +49,12 @@ class Settings:
         captioner = os.environ.get("CONCEPTMINE_CAPTIONER") or None
         if captioner not in (None, "template", "qwen2_vl", "openai"):
             raise ValueError(f"CONCEPTMINE_CAPTIONER={captioner!r}; choose template, qwen2_vl or openai")
+        executor = os.environ.get("CONCEPTMINE_EXECUTOR", "multiprocess")
+        if executor not in ("multiprocess", "dask", "k8s"):
+            raise ValueError(f"CONCEPTMINE_EXECUTOR={executor!r}; choose multiprocess, dask or k8s")
+        routing = os.environ.get("CONCEPTMINE_GPU_ROUTING", "").strip().lower()
+        if routing not in ("", "0", "false", "no", "1", "true", "yes"):
+            raise ValueError(f"CONCEPTMINE_GPU_ROUTING={routing!r}; use 1 or 0")
         return cls(
             store=os.environ.get("CONCEPTMINE_STORE", cls.store),
             nuscenes_version=os.environ.get("NUSCENES_VERSION", cls.nuscenes_version),
@@ -51,4 +63,7 @@ class Settings:
             captioner=captioner,  # type: ignore[arg-type]
             vocabulary=os.environ.get("CONCEPTMINE_VOCABULARY") or None,
             remine_cron=os.environ.get("CONCEPTMINE_REMINE_CRON", cls.remine_cron),
+            executor=executor,  # type: ignore[arg-type]
+            dask_scheduler=os.environ.get("CONCEPTMINE_DASK_SCHEDULER") or None,
+            gpu_routing=routing in ("1", "true", "yes"),
         )
