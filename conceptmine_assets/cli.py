@@ -3,6 +3,7 @@
     conceptmine register-scenes     # add every scene of $NUSCENES_DATAROOT as a partition
     conceptmine demo                # the whole pipeline on the configured dataroot, in process
     conceptmine sql "SELECT ..."    # SQL over the DuckDB views of the store
+    conceptmine search "a person pushing a cart" [-k 10]   # free-text search over the crops
 
 The Dagster instance is ``$DAGSTER_HOME`` (``make`` sets ``data/dagster_home``), so the runs
 show up in ``dagster dev`` afterwards.
@@ -62,6 +63,20 @@ def run_pipeline(instance: dg.DagsterInstance, scenes: list[str], cameras: list[
         sys.stdout.write(f"{global_job}: ok in {time.perf_counter() - started:.1f}s\n")
 
 
+def search_command(text: str, k: int) -> int:
+    """Print the ``k`` best crops for ``text`` and which mode ranked them (embedder of the profile)."""
+    from conceptmine_assets.definitions import model_resources
+    from conceptmine_assets.lib.search import search_crops
+    from conceptmine_assets.resources.storage import DuckDBResource
+    from conceptmine_assets.settings import Settings
+
+    settings = Settings.from_env()
+    result = search_crops(DuckDBResource(base_path=settings.store), model_resources(settings)["embedder"], text, k)
+    table = result.hits.to_string(index=False, max_colwidth=50, float_format=lambda v: f"{v:.3f}")
+    sys.stdout.write(f"{result.describe()}\n{table}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="conceptmine", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--scenes", nargs="+", help="only these scenes (default: all)")
     sql = sub.add_parser("sql", help="run SQL over the DuckDB views of the store")
     sql.add_argument("query")
+    search = sub.add_parser("search", help="rank the stored crops by a free-text query")
+    search.add_argument("text", help='e.g. "a person pushing a cart"')
+    search.add_argument("-k", type=int, default=10, help="number of crops to list (default 10)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -82,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         df = DuckDBResource(base_path=Settings.from_env().store).query(args.query)
         sys.stdout.write(df.to_string(max_rows=200, max_colwidth=60) + "\n")
         return 0
+
+    if args.command == "search":
+        return search_command(args.text, args.k)
 
     with dg.DagsterInstance.get() as instance:
         new = register_scenes(instance)

@@ -8,6 +8,7 @@ from conceptmine_assets.assets import (
     crops,
     detections,
     embeddings,
+    explain,
     frames,
     models,
     outliers,
@@ -25,7 +26,7 @@ from conceptmine_assets.scaling import scale
 from conceptmine_assets.sensors import scene_discovery_sensor
 from conceptmine_assets.settings import Settings
 
-ASSET_MODULES = [models, frames, detections, crops, embeddings, outliers, captions, concepts, splits]
+ASSET_MODULES = [models, frames, detections, crops, embeddings, outliers, captions, concepts, splits, explain]
 
 observe_models_job = dg.define_asset_job(
     "observe_models_job",

@@ -9,6 +9,7 @@ import pandas as pd
 from upath import UPath
 
 from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.lib.plots import class_counts_plot, png_markdown
 from conceptmine_assets.lib.splits import (
     REASONS,
     SplitParams,
@@ -220,6 +221,7 @@ def mining_quality_report(
     context.add_output_metadata(
         {
             "report": dg.MetadataValue.md(markdown_table(report)),
+            "per_class_plot": dg.MetadataValue.md(png_markdown(class_counts_plot(report), "per-class counts")),
             "num_split_samples": len(split),
             "num_training_samples": len(universe),
             "num_annotations": len(gt),
