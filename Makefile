@@ -6,8 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 FIXTURES ?= $(abspath ../shared/fixtures)
 
-# Defaults for local runs; every one can be overridden from the environment.
-export NUSCENES_DATAROOT ?= $(FIXTURES)/nuscenes-real-slice
+# Defaults for local runs; every one can be overridden from the environment. The built-in demo
+# data is both fixtures merged into one dataroot (4 scenes; files symlinked, never copied).
+DEMO_DATAROOT := $(abspath data/demo-dataroot)
+export NUSCENES_DATAROOT ?= $(DEMO_DATAROOT)
 export NUSCENES_VERSION ?= v1.0-mini
 export CONCEPTMINE_STORE ?= $(abspath data/store)
 export CONCEPTMINE_PROFILE ?= offline
@@ -16,6 +18,8 @@ export DAGSTER_HOME ?= $(abspath data/dagster_home)
 export HF_HUB_OFFLINE ?= 1
 export YOLO_OFFLINE ?= 1
 export YOLO_CONFIG_DIR ?= $(abspath data/.ultralytics)
+# The demo set has 5 samples: 20% target + 20% random gives a split of 2 (10% of 5 rounds to 0).
+DEMO_ARGS ?= --target-frac 0.2 --random-frac 0.2
 
 .PHONY: demo test ui install browser clean-data
 
@@ -29,7 +33,10 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/conceptmine demo
+	@if [ "$(NUSCENES_DATAROOT)" = "$(DEMO_DATAROOT)" ]; then \
+	  $(BIN)/conceptmine synth-dataroot --out $(DEMO_DATAROOT) \
+	    $(FIXTURES)/nuscenes-real-slice $(FIXTURES)/nuscenes-udacity-highway; fi
+	$(BIN)/conceptmine demo $(DEMO_ARGS)
 
 # Debian's Chromium for the browser tests (they skip, saying why, where it cannot be installed).
 browser:
@@ -44,4 +51,4 @@ ui: $(BIN)/.installed
 	$(BIN)/dagster dev -w workspace.yaml
 
 clean-data:
-	rm -rf data/store data/splits data/gallery
+	rm -rf data/store data/splits data/gallery data/demo-dataroot

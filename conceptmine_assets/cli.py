@@ -4,6 +4,7 @@
     conceptmine demo                # the whole pipeline on the configured dataroot, in process
     conceptmine sql "SELECT ..."    # SQL over the DuckDB views of the store
     conceptmine search "a person pushing a cart" [-k 10]   # free-text search over the crops
+    conceptmine synth-dataroot --out DIR SRC [SRC ...]   # merge (and replicate) nuScenes dataroots
 
 The Dagster instance is ``$DAGSTER_HOME`` (``make`` sets ``data/dagster_home``), so the runs
 show up in ``dagster dev`` afterwards.
@@ -44,7 +45,9 @@ def register_scenes(instance: dg.DagsterInstance) -> list[str]:
     return register(instance, _nuscenes())
 
 
-def run_pipeline(instance: dg.DagsterInstance, scenes: list[str], cameras: list[str]) -> None:
+def run_pipeline(
+    instance: dg.DagsterInstance, scenes: list[str], cameras: list[str], split: dict | None = None
+) -> None:
     """Per-scene stages for every scene, then the global stages, each as a recorded run."""
     from conceptmine_assets.definitions import PIPELINE
 
@@ -59,7 +62,8 @@ def run_pipeline(instance: dg.DagsterInstance, scenes: list[str], cameras: list[
             job.execute_in_process(partition_key=scene, instance=instance, run_config=config)
             sys.stdout.write(f"{stage_job} {scene}: ok in {time.perf_counter() - started:.1f}s\n")
         started = time.perf_counter()
-        defs.resolve_job_def(global_job).execute_in_process(instance=instance, run_config=quiet)
+        global_config = {**quiet, "ops": {"mined_split": {"config": split}}} if split and global_job == "mining_global_job" else quiet
+        defs.resolve_job_def(global_job).execute_in_process(instance=instance, run_config=global_config)
         sys.stdout.write(f"{global_job}: ok in {time.perf_counter() - started:.1f}s\n")
 
 
@@ -84,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the whole pipeline on the configured dataroot")
     demo.add_argument("--cameras", nargs="+", default=list(CAMERAS), choices=CAMERAS)
     demo.add_argument("--scenes", nargs="+", help="only these scenes (default: all)")
+    demo.add_argument("--random-frac", type=float, help="mined_split: random share of all samples")
+    demo.add_argument("--target-frac", type=float, help="mined_split: target share of all samples")
+    synth = sub.add_parser("synth-dataroot", help="merge and replicate nuScenes dataroots (symlinked files)")
+    synth.add_argument("sources", nargs="+", help="source dataroots")
+    synth.add_argument("--out", required=True, help="output dataroot (created; re-running refreshes it)")
+    synth.add_argument("--copies", type=int, default=1, help="copies of every scene (default 1)")
     sql = sub.add_parser("sql", help="run SQL over the DuckDB views of the store")
     sql.add_argument("query")
     search = sub.add_parser("search", help="rank the stored crops by a free-text query")
@@ -103,13 +113,22 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "search":
         return search_command(args.text, args.k)
+    if args.command == "synth-dataroot":
+        from pathlib import Path
+
+        from conceptmine_assets.lib.synth import synth_dataroot
+
+        names = synth_dataroot([Path(s) for s in args.sources], Path(args.out), args.copies)
+        sys.stdout.write(f"{args.out}: {len(names)} scenes ({', '.join(names[:8])}{' ...' if len(names) > 8 else ''})\n")
+        return 0
 
     with dg.DagsterInstance.get() as instance:
         new = register_scenes(instance)
         sys.stdout.write(f"registered {len(new)} new scene partitions\n")
         if args.command == "demo":
             scenes = args.scenes or _nuscenes().scene_names()
-            run_pipeline(instance, scenes, args.cameras)
+            split = {k: v for k, v in (("random_frac", args.random_frac), ("target_frac", args.target_frac)) if v is not None}
+            run_pipeline(instance, scenes, args.cameras, split)
             store = os.environ.get("CONCEPTMINE_STORE", "data/store")
             sys.stdout.write(
                 f"\ndone. Outputs: {store}/<asset>/<scene>.parquet\n"

@@ -60,30 +60,38 @@ def _frame_rows(nuscenes: NuScenesResource, scene: dict, config: FramesConfig) -
             if sd_token is None:
                 absent += 1
                 continue
-            sd = nusc.get("sample_data", sd_token)
-            cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-            pose = nusc.get("ego_pose", sd["ego_pose_token"])
-            rows.append(
-                {
-                    "scene_name": scene["name"],
-                    "scene_token": scene["token"],
-                    "sample_token": sample_token,
-                    "sample_data_token": sd_token,
-                    "channel": channel,
-                    "timestamp": sd["timestamp"],
-                    "image_path": sd["filename"],
-                    "width": sd.get("width") or 0,
-                    "height": sd.get("height") or 0,
-                    "camera_intrinsic": [float(v) for row in cs["camera_intrinsic"] for v in row],
-                    "sensor2ego_translation": cs["translation"],
-                    "sensor2ego_rotation": cs["rotation"],
-                    "ego2global_translation": pose["translation"],
-                    "ego2global_rotation": pose["rotation"],
-                    "lidar_sample_data_token": lidar,
-                }
-            )
+            try:
+                rows.append(_frame_row(nusc, scene, sample_token, channel, sd_token, lidar))
+            except KeyError as exc:
+                raise DatasetError(
+                    f"scene {scene['name']}: sample_data {sd_token} in {nuscenes.table_dir / 'sample_data.json'} "
+                    f"lacks field {exc} (or points at a missing record)"
+                ) from exc
     rows.sort(key=lambda r: (r["timestamp"], r["channel"]))
     return rows, absent
+
+
+def _frame_row(nusc, scene: dict, sample_token: str, channel: str, sd_token: str, lidar: str | None) -> dict:
+    sd = nusc.get("sample_data", sd_token)
+    cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+    pose = nusc.get("ego_pose", sd["ego_pose_token"])
+    return {
+        "scene_name": scene["name"],
+        "scene_token": scene["token"],
+        "sample_token": sample_token,
+        "sample_data_token": sd_token,
+        "channel": channel,
+        "timestamp": sd["timestamp"],
+        "image_path": sd["filename"],
+        "width": sd.get("width") or 0,
+        "height": sd.get("height") or 0,
+        "camera_intrinsic": [float(v) for row in cs["camera_intrinsic"] for v in row],
+        "sensor2ego_translation": cs["translation"],
+        "sensor2ego_rotation": cs["rotation"],
+        "ego2global_translation": pose["translation"],
+        "ego2global_rotation": pose["rotation"],
+        "lidar_sample_data_token": lidar,
+    }
 
 
 @dg.asset(

@@ -33,14 +33,21 @@ NUSCENES_TABLES = (
 
 
 def _find_bad_table(table_dir: Path) -> str | None:
-    """Name the first table that is not valid JSON (only called after the devkit failed)."""
+    """Name the first table that is not a JSON list of records with a ``token`` (only called
+    after the devkit failed, so a healthy load never parses the tables twice)."""
     for name in NUSCENES_TABLES:
         path = table_dir / f"{name}.json"
         try:
             with path.open() as fh:
-                json.load(fh)
+                records = json.load(fh)
         except (OSError, ValueError) as exc:
             return f"{path}: {exc}"
+        if not isinstance(records, list):
+            return f"{path}: expected a list of records, found a {type(records).__name__}"
+        key = "level" if name == "visibility" else "token"
+        bad = next((i for i, r in enumerate(records) if not isinstance(r, dict) or key not in r), None)
+        if bad is not None:
+            return f"{path}: record {bad} has no {key!r}"
     return None
 
 
@@ -119,7 +126,13 @@ class NuScenesResource(dg.ConfigurableResource):
         tokens, token = [], scene["first_sample_token"]
         while token:
             tokens.append(token)
-            token = self.nusc.get("sample", token)["next"]
+            try:
+                token = self.nusc.get("sample", token)["next"]
+            except KeyError as exc:
+                raise DatasetError(
+                    f"scene {scene['name']}: sample {token} is not in {self.table_dir / 'sample.json'} "
+                    f"(reached through the scene's sample chain)"
+                ) from exc
         return tokens
 
     def path(self, relative: str) -> Path:
