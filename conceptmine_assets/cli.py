@@ -132,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             store = os.environ.get("CONCEPTMINE_STORE", "data/store")
             sys.stdout.write(
                 f"\ndone. Outputs: {store}/<asset>/<scene>.parquet\n"
+                "Mined split: data/splits/mined.txt   Gallery: data/gallery/index.html (open in a browser)\n"
                 "Browse lineage and metadata: make ui  (then open http://127.0.0.1:3000)\n"
-                "Query: .venv/bin/conceptmine sql \"SELECT * FROM frames\"\n"
+                'Query: .venv/bin/conceptmine sql "SELECT * FROM mined_split"   '
+                '.venv/bin/conceptmine search "a parked truck"\n'
             )
     return 0
 
