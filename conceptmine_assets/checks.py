@@ -14,14 +14,9 @@ def _result(passed: bool, **metadata) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=bool(passed), metadata=metadata)
 
 
-def _views(duckdb: DuckDBResource, *names: str) -> list[str]:
-    stored = duckdb.stored_assets()
-    return [n for n in names if n not in stored]
-
-
 @dg.asset_check(asset="embeddings", description="Every crop has exactly one finite embedding, one dimension per model.")
 def every_crop_has_an_embedding(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    missing = _views(duckdb, "crops", "embeddings")
+    missing = duckdb.missing(["crops", "embeddings"])
     if missing:
         return _result(False, missing_tables=", ".join(missing))
     counts = duckdb.query(
@@ -43,7 +38,7 @@ def every_crop_has_an_embedding(duckdb: DuckDBResource) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset="detections", description="detection_id is unique across all scenes.")
 def detection_ids_are_unique(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    if _views(duckdb, "detections"):
+    if duckdb.missing(["detections"]):
         return _result(False, missing_tables="detections")
     dupes = duckdb.query("SELECT detection_id, count(*) AS n FROM detections GROUP BY 1 HAVING count(*) > 1")
     return _result(dupes.empty, num_duplicate_ids=len(dupes), examples=", ".join(dupes["detection_id"].head(10)))
@@ -51,7 +46,7 @@ def detection_ids_are_unique(duckdb: DuckDBResource) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset="concept_scores", description="Scores are cosines in [-1, 1], weights in [0, 1], groups known.")
 def concept_scores_in_range(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    if _views(duckdb, "concept_scores"):
+    if duckdb.missing(["concept_scores"]):
         return _result(False, missing_tables="concept_scores")
     bad = duckdb.query(
         """

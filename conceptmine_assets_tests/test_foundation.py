@@ -272,3 +272,19 @@ def test_schema_mismatch_names_asset_and_scene(real_slice, store, instance):
 
     with pytest.raises(Exception, match=r"asset 'frames', scene scene-0061: missing columns"):
         materialize_scene([broken_frames], REAL_SCENE, instance, _resources(real_slice, store))
+
+
+def test_atomic_write_removes_only_stale_temp_files(tmp_path):
+    from upath import UPath
+
+    from conceptmine_assets.resources.storage import STALE_TEMP_SECONDS, atomic_write
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    stale, fresh = folder / ".scene-x.parquet.tmp-old", folder / ".scene-x.parquet.tmp-new"
+    stale.write_bytes(b"left by a killed writer")
+    fresh.write_bytes(b"a concurrent writer's")
+    old = stale.stat().st_mtime - STALE_TEMP_SECONDS - 60
+    os.utime(stale, (old, old))
+    atomic_write(UPath(folder / "scene-x.parquet"), lambda fh: fh.write(b"new"))
+    assert sorted(p.name for p in folder.iterdir()) == [fresh.name, "scene-x.parquet"]

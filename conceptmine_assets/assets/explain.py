@@ -226,15 +226,6 @@ CLUSTER_COLUMNS = [
 ]
 
 
-def _require(duckdb: DuckDBResource, names: list[str], asset: str) -> None:
-    stored = duckdb.stored_assets()
-    missing = [n for n in names if n not in stored]
-    if missing:
-        raise ConceptmineError(
-            f"{asset} reads {missing} but nothing is stored under {duckdb.base_path}; materialise them first"
-        )
-
-
 def _text_namer(
     df: pd.DataFrame, X: np.ndarray, embedder: EmbedderResource, vocabulary_file: VocabularyResource,
     template: str, n: int,
@@ -312,7 +303,7 @@ def embedding_clusters(
     HDBSCAN's ``min_cluster_size`` is capped at the row count. Each adjustment is logged and
     listed under ``notes``."""
     started = time.perf_counter()
-    _require(duckdb, ["embeddings", "concept_scores", "outlier_flags"], "embedding_clusters")
+    duckdb.require(["embeddings", "concept_scores", "outlier_flags"], "embedding_clusters")
     if config.k is not None and config.k < 2:
         raise ConceptmineError(f"embedding_clusters: k must be at least 2 (or None for automatic), got {config.k}")
     df = duckdb.query(_CLUSTER_SQL)
@@ -438,7 +429,7 @@ def gallery(context: dg.AssetExecutionContext, config: GalleryConfig, duckdb: Du
     support and why it was selected, then optionally all crops by group; filterable by group
     and class in the page (inline JavaScript, no server)."""
     started = time.perf_counter()
-    _require(duckdb, ["mined_split", "concept_scores", "captions", "crops", "outlier_flags"], "gallery")
+    duckdb.require(["mined_split", "concept_scores", "captions", "crops", "outlier_flags"], "gallery")
     split = duckdb.query("SELECT sample_token, scene_name, reason, rank, detection_ids FROM mined_split ORDER BY rank")
     crops = duckdb.query(_GALLERY_SQL)
     items, missing = gallery_items(split, crops, config.max_crops_per_sample, config.max_all_crops)

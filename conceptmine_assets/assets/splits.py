@@ -37,15 +37,6 @@ class SplitConfig(dg.Config):
     mmdet3d_infos_path: str | None = None  # e.g. .../nuscenes_infos_train.pkl
 
 
-def _require(duckdb: DuckDBResource, names: list[str], asset: str) -> None:
-    stored = duckdb.stored_assets()
-    missing = [n for n in names if n not in stored]
-    if missing:
-        raise ConceptmineError(
-            f"{asset} reads {missing} but nothing is stored under {duckdb.base_path}; materialise them first"
-        )
-
-
 _CROPS_SQL = """
 SELECT c.detection_id, c.sample_token, c."group" AS "group", c.top_concept, c.top_score, c.caption,
        o.is_outlier, o.outlier_detectors, o.detection_id IS NOT NULL AS has_flags
@@ -102,7 +93,7 @@ def mined_split(context: dg.AssetExecutionContext, config: SplitConfig, duckdb: 
     seeded random fill. Side files: ``<output_dir>/<name>.txt`` (one token per line) and, with
     ``mmdet3d_infos_path``, a filtered copy of that mmdetection3d info pickle."""
     started = time.perf_counter()
-    _require(duckdb, ["frames", "concept_scores", "outlier_flags"], "mined_split")
+    duckdb.require(["frames", "concept_scores", "outlier_flags"], "mined_split")
     universe, crops = _read_inputs(duckdb)
     if universe.empty:
         raise ConceptmineError(f"`frames` under {duckdb.base_path} has no samples; nothing to split")
@@ -206,7 +197,7 @@ def mining_quality_report(
     rows where present, otherwise from the devkit's nuScenes detection-class mapping; needs an
     annotated dataroot. The metadata holds the table in Markdown."""
     started = time.perf_counter()
-    _require(duckdb, ["mined_split", "frames"], "mining_quality_report")
+    duckdb.require(["mined_split", "frames"], "mining_quality_report")
     split = duckdb.query("SELECT DISTINCT sample_token FROM mined_split")["sample_token"].tolist()
     universe = duckdb.query("SELECT DISTINCT sample_token FROM frames ORDER BY sample_token")["sample_token"].tolist()
     gt, unmapped, from_detections = gt_classes(nuscenes, set(universe), _detection_classes(duckdb))

@@ -10,8 +10,10 @@ that scene's file and touches nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import time
 import uuid
 from collections.abc import Callable
 from typing import IO, Any
@@ -24,12 +26,29 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from upath import UPath
 
-from conceptmine_assets.errors import SchemaError
+from conceptmine_assets.errors import ConceptmineError, SchemaError
 from conceptmine_assets.schemas import SCHEMAS, VECTOR_COLUMNS
 
 
 def _is_local(path: UPath) -> bool:
     return path.protocol in ("", "file", "local")
+
+
+STALE_TEMP_SECONDS = 3600.0
+
+
+def _remove_stale_temps(final: str) -> None:
+    """Delete temporary siblings of ``final`` left by writers killed over an hour ago.
+
+    Readers never see them (they do not end in the target's name), but they would pile up; a
+    younger one may belong to a concurrent writer and is left alone.
+    """
+    folder, prefix = os.path.dirname(final), f".{os.path.basename(final)}.tmp-"
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    for entry in os.scandir(folder) if os.path.isdir(folder) else []:
+        if entry.name.startswith(prefix) and entry.stat().st_mtime < cutoff:
+            with contextlib.suppress(FileNotFoundError):  # another writer cleaned it first
+                os.remove(entry.path)
 
 
 def atomic_write(path: UPath, write: Callable[[IO[bytes]], None]) -> None:
@@ -40,6 +59,7 @@ def atomic_write(path: UPath, write: Callable[[IO[bytes]], None]) -> None:
             write(fh)
         return
     final = os.fspath(path.path if hasattr(path, "path") else path)
+    _remove_stale_temps(final)
     tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex}")
     try:
         with open(tmp, "wb") as fh:
@@ -177,6 +197,19 @@ class DuckDBResource(dg.ConfigurableResource):
             elif child.name.endswith(".parquet") and not child.name.startswith("."):
                 found.setdefault(child.name[: -len(".parquet")], str(child))
         return found
+
+    def missing(self, names: list[str]) -> list[str]:
+        """Which of the named assets have no stored file yet."""
+        stored = self.stored_assets()
+        return [n for n in names if n not in stored]
+
+    def require(self, names: list[str], reader: str) -> None:
+        """Fail clearly when ``reader`` needs assets that nothing has stored yet."""
+        missing = self.missing(names)
+        if missing:
+            raise ConceptmineError(
+                f"{reader} reads {missing} but nothing is stored under {self.base_path}; materialise them first"
+            )
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory connection with a view per asset (``SELECT * FROM frames``)."""
