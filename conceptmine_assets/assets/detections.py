@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from conceptmine_assets.lib.images import ImageDecodeError, read_rgb
+from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.detector import Box, DetectorResource, class_map, normalise_class, stable_id
 from conceptmine_assets.resources.nuscenes import NuScenesResource
@@ -100,20 +101,21 @@ def _run_annotations(
     kinds={"ultralytics", "nuscenes", "parquet"},
     group_name="perception",
     metadata=column_schema("detections"),
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MODEL_SCENES_PER_RUN),
 )
 def detections(
     context: dg.AssetExecutionContext,
-    frames: pd.DataFrame,
+    frames: SceneTables,
     detector: DetectorResource,
     nuscenes: NuScenesResource,
-) -> pd.DataFrame:
+) -> SceneTables:
     """One row per 2D box in the scene's frames (key ``detection_id``, stable across re-runs), with
     sample_data_token, channel, the detector's ``source_class``, the normalised ``class_name``
     (``data/class_map.csv``), confidence and the box ``x1, y1, x2, y2`` in original pixels. The
     ``annotations`` backend also fills annotation_token, category, attributes and visibility.
     Frames with ``image_ok = False`` or an image that does not decode are skipped and listed."""
     started = time.perf_counter()
-    records = frames.to_dict("records")
+    records = concat_scenes(frames).to_dict("records")
     usable = [f for f in records if f["image_ok"]]
     skipped = [f"{f['image_path']}: {f['image_error']}" for f in records if not f["image_ok"]]
     dropped: dict[str, int] = {}
@@ -144,4 +146,4 @@ def detections(
             "ms_per_frame": round(1000 * model_seconds / done, 1) if done else 0.0,  # detector time only
         }
     )
-    return df
+    return split_scenes(df, context.partition_keys)

@@ -9,6 +9,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.schemas import EMBEDDINGS, column_schema
@@ -37,12 +38,14 @@ def check_finite(vectors: np.ndarray, detection_ids: list[str], scene: str) -> N
         raise ConceptmineError(f"scene {scene}: {len(ids)} embedding(s) contain NaN or inf: detection ids {shown}")
 
 
-def embed_crops(crops: pd.DataFrame, embedder: EmbedderResource, scene: str) -> np.ndarray:
+def embed_crops(crops: pd.DataFrame, embedder: EmbedderResource) -> np.ndarray:
     """(n, d) image embeddings of the crops, decoding only one batch of JPEGs at a time."""
     chunks = [np.zeros((0, embedder.image_dim), dtype=np.float32)]
     for start in range(0, len(crops), embedder.batch_size):
         part = crops.iloc[start : start + embedder.batch_size]
-        images = [decode_crop(b, scene, d) for b, d in zip(part["image_jpeg"], part["detection_id"])]
+        images = [
+            decode_crop(b, s, d) for b, s, d in zip(part["image_jpeg"], part["scene_name"], part["detection_id"])
+        ]
         chunks.append(embedder.encode_images(images))
     return np.concatenate(chunks)
 
@@ -64,17 +67,19 @@ def embeddings_frame(crops: pd.DataFrame, vectors: np.ndarray, model_id: str) ->
     kinds={"pytorch", "parquet"},
     group_name="perception",
     metadata=column_schema("embeddings"),
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MODEL_SCENES_PER_RUN),
 )
-def embeddings(context: dg.AssetExecutionContext, crops: pd.DataFrame, embedder: EmbedderResource) -> pd.DataFrame:
+def embeddings(context: dg.AssetExecutionContext, crops: SceneTables, embedder: EmbedderResource) -> SceneTables:
     """One row per crop of the scene (key: detection_id, plus scene_name, sample_token,
     sample_data_token, channel, class_name): the crop's L2-normalised float32 image embedding
     from the ``embedder`` resource and that model's identity (``model_id``). A crop whose JPEG
     does not decode, or whose vector is NaN/inf, fails the run naming scene and detection ids."""
-    scene = context.partition_key
+    scene = ", ".join(context.partition_keys)
+    crops = concat_scenes(crops)
     started = time.perf_counter()
     model_id, dim = embedder.image_model_id, embedder.image_dim  # loads the model once per process
     load_s = time.perf_counter() - started
-    vectors = embed_crops(crops, embedder, scene)
+    vectors = embed_crops(crops, embedder)
     encode_s = time.perf_counter() - started - load_s
     check_finite(vectors, crops["detection_id"].tolist(), scene)
     df = embeddings_frame(crops, vectors, model_id)
@@ -93,4 +98,4 @@ def embeddings(context: dg.AssetExecutionContext, crops: pd.DataFrame, embedder:
             "ms_per_crop": round(1000 * encode_s / len(df), 2) if len(df) else None,
         }
     )
-    return df
+    return split_scenes(df, context.partition_keys)

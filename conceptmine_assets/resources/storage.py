@@ -128,12 +128,30 @@ def _where(context: dg.OutputContext | dg.InputContext) -> str:
 class _ParquetUPathIOManager(dg.UPathIOManager):
     extension: str = ".parquet"
 
-    def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        """One file per scene, also when a run covers several scenes (``{scene: table}``)."""
+        if not (context.has_asset_partitions and len(context.asset_partition_keys) > 1):
+            return super().handle_output(context, obj)
+        paths = self._get_paths_for_partitions(context)
+        if not isinstance(obj, dict) or set(obj) != set(paths):
+            got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+            raise SchemaError(f"{_where(context)}: a multi-scene run must return one table per scene, got {got}")
+        rows = 0
+        for scene, path in sorted(paths.items()):
+            rows += self._write(context, obj[scene], path, f"asset {context.asset_key.path[-1]!r}, scene {scene}")
+        context.add_output_metadata({"dagster/row_count": rows, "num_scenes": len(paths)})
+
+    def _write(self, context: dg.OutputContext, obj: Any, path: UPath, where: str) -> int:
         if not isinstance(obj, (pd.DataFrame, pa.Table)):
-            raise SchemaError(f"{_where(context)}: expected a DataFrame or Arrow table, got {type(obj).__name__}")
-        table = to_arrow(obj, context.asset_key.path[-1], _where(context))
+            raise SchemaError(f"{where}: expected a DataFrame or Arrow table, got {type(obj).__name__}")
+        table = to_arrow(obj, context.asset_key.path[-1], where)
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
-        context.add_output_metadata({"dagster/row_count": table.num_rows})
+        return table.num_rows
+
+    def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+        rows = self._write(context, obj, path, _where(context))
+        context.add_output_metadata({"dagster/row_count": rows})
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
         with path.open("rb") as fh:
