@@ -448,3 +448,25 @@ def test_captions_asset_empty_scene(store, instance):
     table, md = _materialize(store, instance, CaptionerResource(backend="template"))
     assert table.num_rows == 0 and table.schema == CAPTIONS
     assert md["num_crops"].value == 0 and md["captions_per_s"].value is None
+
+
+def test_captions_over_several_scenes_in_one_run(store, instance):
+    """A multi-scene run keeps the per-scene budget and stores one file per scene."""
+    scenes = [SCENE, "scene-test-0002"]
+    for scene in scenes:
+        for name, df in _upstream_frames().items():
+            df = df.assign(scene_name=scene, detection_id=df["detection_id"] + f"@{scene}")
+            atomic_write(UPath(store) / name / f"{scene}.parquet", lambda fh, t=to_arrow(df, name, "t"): pq.write_table(t, fh))
+    instance.add_dynamic_partitions("nuscenes_scenes", scenes)
+    result = dg.materialize(
+        [captions, *UPSTREAM], selection=[captions], instance=instance,
+        resources={"io_manager": ParquetIOManager(base_path=str(store)), "captioner": CaptionerResource(backend="template"),
+                   "vocabulary_file": VocabularyResource()},
+        run_config={"ops": {"captions": {"config": {"max_per_scene": 2}}}},
+        tags={"dagster/asset_partition_range_start": scenes[0], "dagster/asset_partition_range_end": scenes[1]},
+    )
+    assert result.success and len(result.asset_materializations_for_node("captions")) == 2
+    for scene in scenes:
+        table = pq.read_table(store / "captions" / f"{scene}.parquet").to_pandas()
+        assert set(table["scene_name"]) == {scene} and len(table) == len(CROP_SPECS)
+        assert (table["status"] == "ok").sum() == 2  # the budget holds per scene, not per run

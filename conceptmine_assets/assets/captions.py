@@ -8,10 +8,11 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, by_scene
 from conceptmine_assets.lib.vocabulary import Vocabulary, humanize
-from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.captioner import CaptionerResource, CaptionRequest, CaptionResult
+from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.schemas import CAPTIONS, column_schema
 
 KEY_COLUMNS = ["detection_id", "scene_name", "sample_token", "sample_data_token", "channel", "class_name"]
@@ -130,16 +131,17 @@ def captions_frame(table: pd.DataFrame, per_row: list[dict]) -> pd.DataFrame:
     kinds={"transformers", "parquet"},
     group_name="mining_scene",
     metadata=column_schema("captions"),
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MODEL_SCENES_PER_RUN),
 )
 def captions(
     context: dg.AssetExecutionContext,
     config: CaptionsConfig,
-    crops: pd.DataFrame,
-    detections: pd.DataFrame,
-    outlier_flags: pd.DataFrame,
+    crops: SceneTables,
+    detections: SceneTables,
+    outlier_flags: SceneTables,
     captioner: CaptionerResource,
     vocabulary_file: VocabularyResource,
-) -> pd.DataFrame:
+) -> SceneTables:
     """One row per crop of the scene (key: detection_id, plus scene_name, sample_token,
     sample_data_token, channel, class_name) with the caption used for concept scoring.
 
@@ -148,38 +150,52 @@ def captions(
     ``ok`` with the raw answer, the parsed ``vlm_class`` and description, or ``failed`` with the
     error and attempts (the caption is then the class name). All other crops get
     ``status = "class_name"`` and their class name as caption."""
-    scene = context.partition_key
+    scenes = context.partition_keys
     started = time.perf_counter()
     vocabulary = vocabulary_file.load()
-    table = crop_table(crops, detections, outlier_flags)
-    chosen, over_budget, reasons = select_for_vlm(table, vocabulary, config)
-    per_row = [_class_name_row(row) for _, row in table.iterrows()]
+    inputs = [by_scene(t, scenes) for t in (crops, detections, outlier_flags)]
+    plans = {}  # per scene: its crop table and which rows go to the VLM (the budget is per scene)
+    reasons: Counter = Counter()
+    over_budget = 0
+    for scene in scenes:
+        table = crop_table(*(t[scene] for t in inputs))
+        chosen, over, why = select_for_vlm(table, vocabulary, config)
+        plans[scene] = (table, chosen)
+        over_budget += len(over)
+        reasons.update(why)
+    requests = [_request(table.iloc[pos]) for table, chosen in plans.values() for pos in chosen]
     vlm_started = time.perf_counter()
-    results = captioner.caption([_request(table.iloc[pos]) for pos in chosen])
+    results = iter(captioner.caption(requests))  # one batched pass over every scene of the run
     vlm_s = time.perf_counter() - vlm_started
-    for pos, result in zip(chosen, results):
-        per_row[pos] = _result_row(result, captioner)
-    df = captions_frame(table, per_row)
-
-    failures = [f"{table.at[pos, 'detection_id']}: {r.error}" for pos, r in zip(chosen, results) if r.status == "failed"]
+    outputs, failures, missing_flags = {}, [], 0
+    for scene, (table, chosen) in plans.items():
+        per_row = [_class_name_row(row) for _, row in table.iterrows()]
+        for pos in chosen:
+            result = next(results)
+            per_row[pos] = _result_row(result, captioner)
+            if result.status == "failed":
+                failures.append(f"{scene} / {table.at[pos, 'detection_id']}: {result.error}")
+        outputs[scene] = captions_frame(table, per_row)
+        missing = int((~table["has_flags"]).sum())
+        if missing:
+            context.log.warning(f"scene {scene}: {missing} crops have no outlier_flags row; treated as inliers")
+        missing_flags += missing
     for line in failures[:MAX_LISTED]:
-        context.log.warning(f"scene {scene}: caption failed for crop {line}")
-    missing_flags = int((~table["has_flags"]).sum())
-    if missing_flags:
-        context.log.warning(f"scene {scene}: {missing_flags} crops have no outlier_flags row; treated as inliers")
+        context.log.warning(f"caption failed for crop {line}")
+    df = pd.concat(list(outputs.values()), ignore_index=True)
     context.log.info(
-        f"scene {scene}: {len(chosen)} of {len(df)} crops captioned with {captioner.model_id} in {vlm_s:.2f} s, "
-        f"{len(failures)} failed"
+        f"scenes {', '.join(scenes)}: {len(requests)} of {len(df)} crops captioned with {captioner.model_id} "
+        f"in {vlm_s:.2f} s, {len(failures)} failed"
     )
     status_counts = df["status"].value_counts().to_dict()
     context.add_output_metadata(
         {
             "num_crops": len(df),
-            "num_sent_to_captioner": len(chosen),
+            "num_sent_to_captioner": len(requests),
             "num_ok": int(status_counts.get("ok", 0)),
             "num_failed": len(failures),
             "num_class_name": int(status_counts.get("class_name", 0)),
-            "num_over_budget": len(over_budget),
+            "num_over_budget": over_budget,
             "num_without_outlier_flags": missing_flags,
             "selected_by_reason": dg.MetadataValue.json(dict(reasons)),
             "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures[:MAX_LISTED]) or "none"),
@@ -187,8 +203,8 @@ def captions(
             "model_id": captioner.model_id,
             "vocabulary_version": vocabulary.identity,
             "captioner_seconds": round(vlm_s, 3),
-            "captions_per_s": round(len(chosen) / vlm_s, 2) if chosen and vlm_s > 0 else None,
+            "captions_per_s": round(len(requests) / vlm_s, 2) if requests and vlm_s > 0 else None,
             "seconds": round(time.perf_counter() - started, 3),
         }
     )
-    return df
+    return outputs[scenes[0]] if len(scenes) == 1 else outputs

@@ -37,3 +37,12 @@ def split_scenes(df: pd.DataFrame, scenes: list[str]) -> SceneTables:
 
 # Scenes per run for the model stages in a backfill (a trainval scene has ~40 keyframes per camera).
 MODEL_SCENES_PER_RUN = 8
+
+
+def by_scene(tables: SceneTables, scenes: list[str]) -> dict[str, pd.DataFrame]:
+    """``{scene: table}`` for the run's scenes, whether the input came as one table or a dict."""
+    if isinstance(tables, pd.DataFrame):
+        if len(scenes) != 1:
+            raise ValueError(f"one table for {len(scenes)} scenes {scenes}")
+        return {scenes[0]: tables}
+    return {scene: tables[scene] for scene in scenes}
