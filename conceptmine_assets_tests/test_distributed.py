@@ -103,7 +103,7 @@ def test_route_model_steps_tags_exactly_the_model_assets(executor: str) -> None:
     routed = scaling.route_model_steps(list(originals.values()), executor)
     ops = {a.op.name: a for a in routed}
     tagged = {name for name, a in ops.items() if set(scaling.gpu_tags(executor).items()) <= set(a.op.tags.items())}
-    assert tagged == {"detections", "embeddings", "captions", "concept_scores"}
+    assert tagged == {"detections", "embeddings", "captions", "concept_scores", "embedding_clusters"}
     for name, a in ops.items():  # everything else about the asset is unchanged
         original = originals[name]
         assert a.get_asset_spec() == original.get_asset_spec()
@@ -131,7 +131,7 @@ def test_scale_wires_into_the_full_definitions(gpu_routing: bool, tmp_path: Path
     for job in defs.resolve_all_job_defs():
         assert job.executor_def.name == "dask"
         gpu_steps |= {n.name for n in job.graph.nodes if scaling.DASK_RESOURCES_TAG in n.tags}
-    assert gpu_steps == ({"detections", "embeddings", "captions", "concept_scores"} if gpu_routing else set())
+    assert gpu_steps == ({"detections", "embeddings", "captions", "concept_scores", "embedding_clusters"} if gpu_routing else set())
 
 
 def test_dask_gpu_tag_is_what_dagster_dask_reads() -> None:
