@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    # Jobs mix the model stages' multi-scene backfill policy with single-scene stages; the CLI runs
+    # one scene per run anyway (asset backfills from the UI are where the model stages batch).
+    warnings.filterwarnings("ignore", message="Asset job .* varying BackfillPolicies")
 
     if args.command == "sql":
         from conceptmine_assets.resources.storage import DuckDBResource
