@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-FIXTURES ?= $(abspath ../shared/fixtures)
+FIXTURES := $(abspath data/fixtures)
 
 # Defaults for local runs; every one can be overridden from the environment. The built-in demo
 # data is both fixtures merged into one dataroot (4 scenes; files symlinked, never copied).

@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to ../shared/fixtures, a tmp store, an ephemeral instance."""
+"""Shared test fixtures: paths to the repository's own data/fixtures, a tmp store, an ephemeral instance."""
 
 import os
 import tempfile
@@ -13,7 +13,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo-config-"))
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("CONCEPTMINE_FIXTURES", REPO.parent / "shared" / "fixtures"))
+FIXTURES = REPO / "data" / "fixtures"  # committed with the repository (provenance: data/fixtures/README.md)
 REAL_SLICE = FIXTURES / "nuscenes-real-slice"
 HIGHWAY = FIXTURES / "nuscenes-udacity-highway"
 YOLO_TFLITE = FIXTURES / "models" / "yolov8n_int8.tflite"
@@ -22,9 +22,9 @@ HIGHWAY_SCENES = ["scene-udacity-0001", "scene-udacity-0002", "scene-udacity-000
 
 
 def require(path: Path) -> Path:
-    """Skip the calling test with a clear reason when a shared fixture is absent."""
+    """The path of a committed fixture; its absence is a broken checkout, not a reason to skip."""
     if not path.exists():
-        pytest.skip(f"shared fixture {path} is absent (see ../shared/fixtures/README.md)")
+        raise FileNotFoundError(f"fixture {path} is missing: it is committed under data/fixtures/ (see its README)")
     return path
 
 
