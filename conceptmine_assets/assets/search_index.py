@@ -153,7 +153,7 @@ def _params(config: SearchIndexConfig) -> IndexParams:
 
 
 def _count(con, files: dict) -> int:
-    return int(con.execute(f"SELECT count(*) FROM read_parquet({_files(list(files.values()))})").fetchone()[0])
+    return int(con.sql(f"SELECT count(*) FROM read_parquet({_files(list(files.values()))})").fetchall()[0][0])
 
 
 def build(index_store: SearchIndexResource, shared_space: bool, config: SearchIndexConfig) -> IndexBuild:
