@@ -5,6 +5,7 @@
     conceptmine sql "SELECT ..."    # SQL over the DuckDB views of the store
     conceptmine search "a person pushing a cart" [-k 10]   # free-text search over the crops
     conceptmine synth-dataroot --out DIR SRC [SRC ...]   # merge (and replicate) nuScenes dataroots
+    conceptmine import-images SRC --out DIR   # a folder of images or videos as a nuScenes dataroot
 
 The Dagster instance is ``$DAGSTER_HOME`` (``make`` sets ``data/dagster_home``), so the runs
 show up in ``dagster dev`` afterwards.
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     search = sub.add_parser("search", help="rank the stored crops by a free-text query")
     search.add_argument("text", help='e.g. "a person pushing a cart"')
     search.add_argument("-k", type=int, default=10, help="number of crops to list (default 10)")
+    from conceptmine_assets.import_images import add_import_parser, import_command
+
+    add_import_parser(sub)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(df.to_string(max_rows=200, max_colwidth=60) + "\n")
         return 0
 
+    if args.command == "import-images":
+        return import_command(args)
     if args.command == "search":
         return search_command(args.text, args.k)
     if args.command == "synth-dataroot":

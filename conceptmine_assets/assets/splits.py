@@ -202,10 +202,10 @@ def mining_quality_report(
     universe = duckdb.query("SELECT DISTINCT sample_token FROM frames ORDER BY sample_token")["sample_token"].tolist()
     gt, unmapped, from_detections = gt_classes(nuscenes, set(universe), _detection_classes(duckdb))
     if gt.empty:  # raw drives without labels: nothing to judge, and not an error of the data
-        context.log.warning(
-            f"nuScenes at {nuscenes.dataroot} has no annotations of a known class in the "
-            f"{len(universe)} training samples; the report needs an annotated dataroot (empty report)"
-        )
+        what = ("no annotations at all (sample_annotation.json is empty, e.g. made by import-images)"
+                if not nuscenes.nusc.sample_annotation else
+                f"no annotations of a known class in the {len(universe)} training samples")
+        context.log.warning(f"nuScenes at {nuscenes.dataroot} has {what}; the report needs an annotated dataroot (empty report)")
     report = coverage(gt, universe, split, config.n_random, config.seed)
     if not split:
         context.log.warning("the mined split is empty; every ratio is undefined")
