@@ -264,34 +264,20 @@ def test_annotations_backend_says_there_are_none(tmp_path, instance, store):
 # ---------------------------------------------------------------- end to end
 
 
-def _pipeline_env(mp: pytest.MonkeyPatch, dataroot: Path, root: Path) -> Path:
-    """A deployment on ``root`` with the YOLO fixture (as the Makefile sets it up)."""
-    home = root / "dagster_home"
-    home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    for key, value in {
-        "DAGSTER_HOME": str(home), "NUSCENES_DATAROOT": str(dataroot), "NUSCENES_VERSION": VERSION,
-        "CONCEPTMINE_STORE": str(root / "store"), "CONCEPTMINE_PROFILE": "offline", "CONCEPTMINE_DETECTOR": "yolo",
-        "CONCEPTMINE_YOLO_WEIGHTS": str(require(YOLO_TFLITE)),
-    }.items():
-        mp.setenv(key, value)
-    for key in ("CONCEPTMINE_CAPTIONER", "CONCEPTMINE_VOCABULARY"):
-        mp.delenv(key, raising=False)
-    mp.chdir(root)
-    return home
-
-
 @pytest.mark.slow
 @pytest.mark.real_model
 @pytest.mark.parametrize("kind", ["folders", "video"])
 def test_whole_pipeline_on_an_import_finds_cars(tmp_path, kind):
     from threadpoolctl import threadpool_limits
 
+    from conceptmine_assets_tests.test_explain import pipeline_env
+
     src = folder_tree(tmp_path) if kind == "folders" else write_video(tmp_path / "src" / "highway.mp4").parent
     out = tmp_path / "dataroot"
     scenes = import_images(src, out).scenes
-    with pytest.MonkeyPatch.context() as mp:
-        _pipeline_env(mp, out, tmp_path)
+    with pipeline_env(out, tmp_path), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONCEPTMINE_DETECTOR", "yolo")  # pipeline_env sets annotations: the import has none
+        mp.setenv("CONCEPTMINE_YOLO_WEIGHTS", str(require(YOLO_TFLITE)))
         with dg.DagsterInstance.get() as instance:
             assert cli.register_scenes(instance) == scenes
             with threadpool_limits(1, user_api="openmp"):
