@@ -23,8 +23,10 @@ from conceptmine_assets.lib.splits import (
 )
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import DuckDBResource, atomic_write
+from conceptmine_assets.settings import stage_config
 
 
+@stage_config("mined_split")
 class SplitConfig(dg.Config):
     """Budgets (fractions of all training samples) and where the side files go."""
 
@@ -137,6 +139,7 @@ def mined_split(context: dg.AssetExecutionContext, config: SplitConfig, duckdb: 
     return split
 
 
+@stage_config("mining_quality_report")
 class MiningQualityConfig(dg.Config):
     n_random: int = 20  # random splits of the mined split's size
     seed: int = 0
