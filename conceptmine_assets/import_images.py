@@ -212,5 +212,5 @@ def import_command(args: argparse.Namespace) -> int:
         sys.stderr.write(f"conceptmine import-images: {exc}\n")
         return 2
     sys.stdout.write(summary.describe() + "\n")
-    sys.stdout.write(f"next: NUSCENES_DATAROOT={Path(args.out).resolve()} conceptmine demo --cameras CAM_FRONT\n")
+    sys.stdout.write(f"next: NUSCENES_DATAROOT={Path(args.out).resolve()} conceptmine demo\n")
     return 0
