@@ -21,7 +21,7 @@ from conceptmine_assets.importer import ImportOptions
 from conceptmine_assets.lib.importer import IDENTITY_INTRINSIC, RateGate, filename_timestamp
 from conceptmine_assets.resources.nuscenes import NUSCENES_TABLES, NuScenesResource
 from conceptmine_assets.sensors import register_scenes
-from conceptmine_assets_tests.conftest import HIGHWAY, REPO, YOLO_TFLITE, materialize_scene, require
+from conceptmine_assets_tests.helpers import HIGHWAY, REPO, YOLO_TFLITE, materialize_scene, pipeline_env, require
 
 VERSION = "v1.0-mini"
 
@@ -269,8 +269,6 @@ def test_annotations_backend_says_there_are_none(tmp_path, instance, store):
 @pytest.mark.parametrize("kind", ["folders", "video"])
 def test_whole_pipeline_on_an_import_finds_cars(tmp_path, kind):
     from threadpoolctl import threadpool_limits
-
-    from conceptmine_assets_tests.test_explain import pipeline_env
 
     src = folder_tree(tmp_path) if kind == "folders" else write_video(tmp_path / "src" / "highway.mp4").parent
     out = tmp_path / "dataroot"
