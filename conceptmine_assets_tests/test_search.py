@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from upath import UPath
 
@@ -14,8 +13,8 @@ from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.search import HIT_COLUMNS, rank_by_similarity
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.search_index import SearchIndexResource, search_crops
-from conceptmine_assets.resources.storage import atomic_write, to_arrow
 from conceptmine_assets.schemas import CAPTIONS, CONCEPT_SCORES, EMBEDDINGS
+from conceptmine_assets_tests.helpers import write_table
 
 # ---------------------------------------------------------------- exact ranking (the reference)
 
@@ -65,11 +64,6 @@ class FakeEmbedder:
         return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
 
 
-def write(store: Path, asset: str, scene: str, df: pd.DataFrame) -> None:
-    table = to_arrow(df, asset, f"test {asset}")
-    atomic_write(UPath(store) / asset / f"{scene}.parquet", lambda fh: pq.write_table(table, fh))
-
-
 def seed(store: Path, crops: list[tuple], image_model="fake-image", text_model="fake-text") -> None:
     """crops: (scene, detection_id, class, caption, image vector, caption vector)."""
     frame = pd.DataFrame(crops, columns=["scene_name", "detection_id", "class_name", "caption", "image", "text"])
@@ -77,15 +71,15 @@ def seed(store: Path, crops: list[tuple], image_model="fake-image", text_model="
         keys = part[["detection_id", "scene_name", "class_name"]].reset_index(drop=True)
         keys["sample_token"], keys["sample_data_token"], keys["channel"] = "s-" + scene, "sd", "CAM_FRONT"
         emb = keys.assign(model_id=image_model, embedding=[np.asarray(v, np.float32) for v in part["image"]])
-        write(store, "embeddings", scene, emb[EMBEDDINGS.names])
+        write_table(store, "embeddings", emb[EMBEDDINGS.names], scene)
         cap = keys.assign(caption=part["caption"].to_numpy(), text_model_id=text_model, status="ok", attempts=1,
                           latency_s=0.0, caption_embedding=[np.asarray(v, np.float32) for v in part["text"]])
-        write(store, "captions", scene, cap.reindex(columns=CAPTIONS.names).astype({"vlm_class": object}))
+        write_table(store, "captions", cap.reindex(columns=CAPTIONS.names).astype({"vlm_class": object}), scene)
         scores = keys.assign(caption=part["caption"].to_numpy(), group="common", top_concept=part["class_name"].to_numpy())
         scores = scores.reindex(columns=CONCEPT_SCORES.names).astype(object)
         scores["concept_names"] = [["car"]] * len(scores)
         scores["concept_scores"] = [np.ones(1, np.float32)] * len(scores)
-        write(store, "concept_scores", scene, scores)
+        write_table(store, "concept_scores", scores, scene)
 
 
 def random_crops(n_scenes=3, per_scene=120, dim=16, n_captions=9, seed_=0) -> list[tuple]:
