@@ -1,7 +1,6 @@
 """`conceptmine import-images`: folders and videos as nuScenes dataroots, re-imports, bad input
 (the pipeline on an import and the clone of the repository: ``test_importer_e2e.py``)."""
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -13,48 +12,9 @@ from conceptmine_assets import cli
 from conceptmine_assets.import_images import import_images
 from conceptmine_assets.importer import ImportOptions
 from conceptmine_assets.lib.importer import IDENTITY_INTRINSIC, RateGate, filename_timestamp
-from conceptmine_assets.resources.nuscenes import NUSCENES_TABLES, NuScenesResource
+from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.sensors import register_scenes
-from conceptmine_assets_tests.conftest import HIGHWAY, require
-
-VERSION = "v1.0-mini"
-
-
-def highway_images() -> list[Path]:
-    """The 4 highway frames (file names carry their µs timestamps: 0, 0.52, 1.0, 1.48 s)."""
-    return sorted(require(HIGHWAY / "samples" / "CAM_FRONT").glob("*.jpg"))
-
-
-def folder_tree(root: Path) -> Path:
-    """``root/src`` with two drives of two highway frames each."""
-    images = highway_images()
-    for name, part in (("drive-a", images[:2]), ("drive-b", images[2:])):
-        (root / "src" / name).mkdir(parents=True)
-        for image in part:
-            shutil.copy(image, root / "src" / name / image.name)
-    return root / "src"
-
-
-def write_video(path: Path, fps: float = 10.0, repeat: int = 5) -> Path:
-    """An MP4 (mp4v) of the highway frames, each held for ``repeat`` frames."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (1280, 720))
-    assert writer.isOpened(), "OpenCV cannot write mp4v here"
-    for image in highway_images():
-        frame = cv2.imread(str(image))
-        for _ in range(repeat):
-            writer.write(frame)
-    writer.release()
-    return path
-
-
-def tables(out: Path) -> dict[str, list]:
-    return {t: json.loads((out / VERSION / f"{t}.json").read_text()) for t in NUSCENES_TABLES}
-
-
-def table_bytes(out: Path) -> dict[str, bytes]:
-    return {t: (out / VERSION / f"{t}.json").read_bytes() for t in NUSCENES_TABLES}
-
+from conceptmine_assets_tests.importer_sources import VERSION, folder_tree, highway_images, table_bytes, tables, write_video
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
     code = cli.main(["import-images", *args])

@@ -15,8 +15,8 @@ from conceptmine_assets import cli
 from conceptmine_assets.errors import DatasetError
 from conceptmine_assets.import_images import import_images
 from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets_tests.conftest import REPO, YOLO_TFLITE, materialize_scene, require
-from conceptmine_assets_tests.test_importer import folder_tree, tables, write_video
+from conceptmine_assets_tests.helpers import REPO, YOLO_TFLITE, materialize_scene, pipeline_env, require
+from conceptmine_assets_tests.importer_sources import folder_tree, tables, write_video
 
 
 def test_annotations_backend_says_there_are_none(tmp_path, instance, store):
@@ -43,8 +43,6 @@ def test_annotations_backend_says_there_are_none(tmp_path, instance, store):
 @pytest.mark.parametrize("kind", ["folders", "video"])
 def test_whole_pipeline_on_an_import_finds_cars(tmp_path, kind):
     from threadpoolctl import threadpool_limits
-
-    from conceptmine_assets_tests.test_explain import pipeline_env
 
     src = folder_tree(tmp_path) if kind == "folders" else write_video(tmp_path / "src" / "highway.mp4").parent
     out = tmp_path / "dataroot"
