@@ -71,7 +71,7 @@ def scan(src: Path) -> Found:
         owner = rel[:-1] if is_camera else rel
         channel = rel[-1] if is_camera else DEFAULT_CHANNEL
         for name in sorted(f for f in filenames if not f.startswith(".")):
-            _add_file(found, Path(dirpath, name), src, owner, channel, list(owner) or [src.name])
+            _add_file(found, Path(dirpath, name), src, owner, channel, list(owner) or [src.resolve().name])
     return found
 
 
@@ -84,7 +84,7 @@ def _add_file(found: Found, path: Path, src: Path, owner: tuple, channel: str, p
     if suffix in IMAGE_SUFFIXES:
         group = scene_name(parts)
         found.images.setdefault((group, channel), []).append(path)
-        found.origins.setdefault(group, "/".join(owner) + "/" if owner else f"{src.name}/")
+        found.origins.setdefault(group, "/".join(owner) + "/" if owner else f"{src.resolve().name}/")
     elif suffix in VIDEO_SUFFIXES:
         found.videos.append((scene_name([*owner, path.stem]), channel, path))
     else:

@@ -6,14 +6,15 @@ import shutil
 from pathlib import Path
 
 import cv2
+import dagster as dg
 import pytest
 
 from conceptmine_assets import cli
 from conceptmine_assets.import_images import import_images
 from conceptmine_assets.importer import ImportOptions
-from conceptmine_assets.lib.importer import IDENTITY_INTRINSIC, RateGate, filename_timestamp
+from conceptmine_assets.lib.importer import IDENTITY_INTRINSIC, Frame, RateGate, assemble, filename_timestamp
 from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets.sensors import register_scenes
+from conceptmine_assets.sensors import register_scenes, scene_discovery_sensor
 from conceptmine_assets_tests.importer_sources import VERSION, folder_tree, highway_images, table_bytes, tables, write_video
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
@@ -42,6 +43,18 @@ def test_rate_gate_keeps_every_fifteenth_frame_of_30fps_at_2fps():
     gate = RateGate(2.0)
     kept = [i for i in range(90) if gate.keep(round(i * 1e6 / 30))]
     assert kept == [0, 15, 30, 45, 60, 75]
+
+
+def test_assemble_attaches_the_nearest_frame_of_each_camera():
+    def frame(channel: str, t_ms: int) -> Frame:
+        return Frame(f"{channel}/{t_ms}", f"{channel}/{t_ms}.jpg", channel, t_ms * 1000, 8, 8, f"x/{channel}{t_ms}.jpg")
+
+    fronts = [frame("CAM_FRONT", t) for t in (0, 500, 1000)]
+    backs = [frame("CAM_BACK", t) for t in (40, 60, 520, 990)]  # 40 and 60 compete for the first sample
+    samples, left_out = assemble(fronts + backs)
+    assert [(s["CAM_FRONT"].timestamp, s["CAM_BACK"].timestamp) for s in samples] == [
+        (0, 40_000), (500_000, 520_000), (1_000_000, 990_000)]
+    assert left_out == 1
 
 
 # ---------------------------------------------------------------- importing
@@ -118,7 +131,9 @@ def test_reimport_is_byte_identical_and_a_grown_folder_keeps_tokens(tmp_path, in
     grown = tables(out)
     for name in ("scene", "sample", "sample_data", "ego_pose", "log", "sensor", "calibrated_sensor"):
         assert all(rec in grown[name] for rec in first_tables[name]), name
-    assert register_scenes(instance, nuscenes) == ["drive-c"]  # the discovery sensor's function
+    with dg.build_sensor_context(instance=instance, resources={"nuscenes": nuscenes}) as context:
+        (request,) = scene_discovery_sensor(context).dynamic_partitions_requests
+    assert list(request.partition_keys) == ["drive-c"]
 
 
 def test_order_and_exif_clocks(tmp_path):

@@ -71,7 +71,7 @@ def test_whole_pipeline_on_an_import_finds_cars(tmp_path, kind):
 
 def _clean_env(clone: Path) -> dict[str, str]:
     """The environment of a user's shell: none of the variables the Makefile or a test set."""
-    drop = ("NUSCENES_", "CONCEPTMINE_", "DAGSTER_HOME", "YOLO_", "HF_HUB_OFFLINE", "PYTEST_")
+    drop = ("NUSCENES_", "CONCEPTMINE_", "DAGSTER_HOME", "YOLO_", "HF_HUB_OFFLINE", "PYTEST_", "MAKE", "MFLAGS")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     return {**env, "PYTHONPATH": str(clone)}
 
@@ -81,6 +81,8 @@ def test_a_clone_alone_runs_the_demo_and_its_tests(tmp_path):
     """``git clone`` of the committed HEAD with no ``../shared`` beside it: the README's ``make demo``
     (on the existing virtual environment: ``-o`` keeps make from rebuilding it) and a fast subset
     of the tests pass there."""
+    if not (REPO / ".git").exists():
+        pytest.skip(f"{REPO} is not a git checkout: nothing to clone")
     clone = tmp_path / "conceptmine"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     assert not (tmp_path / "shared").exists()
