@@ -71,11 +71,11 @@ def search_command(text: str, k: int) -> int:
     """Print the ``k`` best crops for ``text`` and which mode ranked them (embedder of the profile)."""
     from conceptmine_assets.definitions import model_resources
     from conceptmine_assets.lib.search import search_crops
-    from conceptmine_assets.resources.storage import DuckDBResource
+    from conceptmine_assets.resources.storage import StoreViews
     from conceptmine_assets.settings import Settings
 
     settings = Settings.from_env()
-    result = search_crops(DuckDBResource(base_path=settings.store), model_resources(settings)["embedder"], text, k)
+    result = search_crops(StoreViews(base_path=settings.store), model_resources(settings)["embedder"], text, k)
     table = result.hits.to_string(index=False, max_colwidth=50, float_format=lambda v: f"{v:.3f}")
     sys.stdout.write(f"{result.describe()}\n{table}\n")
     return 0
@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Asset job .* varying BackfillPolicies")
 
     if args.command == "sql":
-        from conceptmine_assets.resources.storage import DuckDBResource
+        from conceptmine_assets.resources.storage import open_store_views
         from conceptmine_assets.settings import Settings
 
-        df = DuckDBResource(base_path=Settings.from_env().store).query(args.query)
+        df = open_store_views(Settings.from_env().store).execute(args.query).df()
         sys.stdout.write(df.to_string(max_rows=200, max_colwidth=60) + "\n")
         return 0
 

@@ -8,8 +8,10 @@ from conceptmine_assets.assets import (
     crops,
     detections,
     embeddings,
-    explain,
+    embedding_clusters,
     frames,
+    gallery,
+    mining_quality_report,
     models,
     outliers,
     splits,
@@ -20,13 +22,16 @@ from conceptmine_assets.resources.captioner import CaptionerResource
 from conceptmine_assets.resources.detector import DetectorResource
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager, PickleIOManager
+from conceptmine_assets.resources.storage import ParquetIOManager, PickleIOManager, StoreViews
 from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.scaling import scale
 from conceptmine_assets.sensors import scene_discovery_sensor
 from conceptmine_assets.settings import Settings
 
-ASSET_MODULES = [models, frames, detections, crops, embeddings, outliers, captions, concepts, splits, explain]
+ASSET_MODULES = [
+    models, frames, detections, crops, embeddings, outliers, captions, concepts, splits, mining_quality_report,
+    embedding_clusters, gallery,
+]
 
 observe_models_job = dg.define_asset_job(
     "observe_models_job",
@@ -94,7 +99,7 @@ def build_resources(settings: Settings) -> dict:
         "nuscenes": NuScenesResource(dataroot=dg.EnvVar("NUSCENES_DATAROOT"), version=settings.nuscenes_version),
         "io_manager": ParquetIOManager(base_path=settings.store),
         "pickle_io_manager": PickleIOManager(base_path=settings.store),
-        "duckdb": DuckDBResource(base_path=settings.store),
+        "store_views": StoreViews(base_path=settings.store),
         "vocabulary_file": VocabularyResource(path=settings.vocabulary),
         **model_resources(settings),
     }

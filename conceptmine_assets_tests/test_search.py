@@ -11,7 +11,7 @@ from upath import UPath
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.search import HIT_COLUMNS, rank_by_similarity, search_crops
 from conceptmine_assets.resources.embedder import EmbedderResource
-from conceptmine_assets.resources.storage import DuckDBResource, atomic_write, to_arrow
+from conceptmine_assets.resources.storage import StoreViews, atomic_write, to_arrow
 from conceptmine_assets.schemas import CONCEPT_SCORES, EMBEDDINGS
 
 SCENE = "scene-s"
@@ -102,7 +102,7 @@ def seed(store: Path, model_id: str = "fake-image", crops=CROPS) -> None:
 def test_shared_space_ranks_crop_image_embeddings(store):
     seed(store)
     embedder = FakeEmbedder(True, TEXT)
-    result = search_crops(DuckDBResource(base_path=str(store)), embedder, "shopping cart", k=3)
+    result = search_crops(StoreViews(base_path=str(store)), embedder, "shopping cart", k=3)
     assert result.mode == "image_embedding" and "share one space" in result.describe()
     assert result.hits["detection_id"].tolist() == ["d1", "d4", "d2"]  # cos 0.994, 0.795, 0.110
     assert list(result.hits.columns) == HIT_COLUMNS and result.hits["rank"].tolist() == [1, 2, 3]
@@ -113,7 +113,7 @@ def test_shared_space_ranks_crop_image_embeddings(store):
 def test_caption_mode_ranks_caption_text_and_encodes_each_caption_once(store):
     seed(store)
     embedder = FakeEmbedder(False, TEXT)
-    result = search_crops(DuckDBResource(base_path=str(store)), embedder, "  shopping cart ", k=4)
+    result = search_crops(StoreViews(base_path=str(store)), embedder, "  shopping cart ", k=4)
     assert result.mode == "caption_text" and "spaces differ" in result.describe()
     # d2 and d3 share the caption "a pedestrian" (cos 0.97): tie broken by detection_id
     assert result.hits["detection_id"].tolist() == ["d1", "d2", "d3", "d4"]
@@ -123,14 +123,14 @@ def test_caption_mode_ranks_caption_text_and_encodes_each_caption_once(store):
 
 def test_search_errors_are_clear(store, tmp_path):
     seed(store, model_id="another-model")
-    duck = DuckDBResource(base_path=str(store))
+    duck = StoreViews(base_path=str(store))
     with pytest.raises(ConceptmineError, match="another-model"):
         search_crops(duck, FakeEmbedder(True, TEXT), "shopping cart")
     with pytest.raises(ConceptmineError, match="empty"):
         search_crops(duck, FakeEmbedder(False, TEXT), "   ")
     with pytest.raises(ConceptmineError, match="k must be at least 1"):
         search_crops(duck, FakeEmbedder(False, TEXT), "shopping cart", k=0)
-    empty = DuckDBResource(base_path=str(tmp_path / "nothing"))
+    empty = StoreViews(base_path=str(tmp_path / "nothing"))
     with pytest.raises(ConceptmineError, match="no `embeddings` stored"):
         search_crops(empty, FakeEmbedder(True, TEXT), "shopping cart")
     with pytest.raises(ConceptmineError, match="no `concept_scores` stored"):
@@ -158,7 +158,7 @@ def offline_embedder() -> EmbedderResource:
 )
 def test_offline_text_model_finds_the_matching_caption(store, offline_embedder, query, best):
     seed(store, crops=REAL_CAPTIONS)
-    result = search_crops(DuckDBResource(base_path=str(store)), offline_embedder, query, k=4)
+    result = search_crops(StoreViews(base_path=str(store)), offline_embedder, query, k=4)
     assert result.mode == "caption_text"
     assert result.hits["detection_id"].iloc[0] == best
     assert result.hits["score"].iloc[0] - result.hits["score"].iloc[1] > 0.05

@@ -24,7 +24,7 @@ from conceptmine_assets.errors import ConceptmineError
 
 if TYPE_CHECKING:
     from conceptmine_assets.resources.embedder import EmbedderResource
-    from conceptmine_assets.resources.storage import DuckDBResource
+    from conceptmine_assets.resources.storage import StoreViews
 
 SearchMode = Literal["image_embedding", "caption_text"]
 HIT_COLUMNS = [
@@ -92,8 +92,8 @@ def _check_query(text: str, k: int) -> str:
     return text
 
 
-def _image_candidates(duckdb: DuckDBResource, embedder: EmbedderResource) -> tuple[pd.DataFrame, np.ndarray]:
-    stored = duckdb.stored_assets()
+def _image_candidates(duckdb: StoreViews, embedder: EmbedderResource) -> tuple[pd.DataFrame, np.ndarray]:
+    stored = duckdb.tables()
     if "embeddings" not in stored:
         raise ConceptmineError(f"no `embeddings` stored under {duckdb.base_path}; materialise some scenes first")
     df = duckdb.query(_IMAGE_SQL if "concept_scores" in stored else _IMAGE_SQL_NO_SCORES)
@@ -107,8 +107,8 @@ def _image_candidates(duckdb: DuckDBResource, embedder: EmbedderResource) -> tup
     return df.drop(columns=["embedding", "model_id", "cs_class"]), matrix
 
 
-def _caption_candidates(duckdb: DuckDBResource, embedder: EmbedderResource) -> tuple[pd.DataFrame, np.ndarray]:
-    if "concept_scores" not in duckdb.stored_assets():
+def _caption_candidates(duckdb: StoreViews, embedder: EmbedderResource) -> tuple[pd.DataFrame, np.ndarray]:
+    if "concept_scores" not in duckdb.tables():
         raise ConceptmineError(
             f"no `concept_scores` stored under {duckdb.base_path}; caption search needs the captions it holds"
         )
@@ -121,7 +121,7 @@ def _caption_candidates(duckdb: DuckDBResource, embedder: EmbedderResource) -> t
     return df, matrix
 
 
-def search_crops(duckdb: DuckDBResource, embedder: EmbedderResource, text: str, k: int = 10) -> SearchResult:
+def search_crops(duckdb: StoreViews, embedder: EmbedderResource, text: str, k: int = 10) -> SearchResult:
     """The ``k`` crops that best match ``text``; see the module docstring for the two modes."""
     text = _check_query(text, k)
     mode: SearchMode = "image_embedding" if embedder.shared_space else "caption_text"
