@@ -26,7 +26,7 @@ from conceptmine_assets.resources.storage import ParquetIOManager, PickleIOManag
 from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.scaling import scale
 from conceptmine_assets.sensors import scene_discovery_sensor
-from conceptmine_assets.settings import Settings
+from conceptmine_assets.settings import Settings, load_settings
 
 ASSET_MODULES = [
     models, frames, detections, crops, embeddings, outliers, captions, concepts, splits, mining_quality_report,
@@ -75,7 +75,8 @@ def model_resources(settings: Settings) -> dict:
     elif settings.profile == "paper":
         detector = DetectorResource(backend="yolo", weights="yolov8l.pt", device="auto")
     else:
-        detector = DetectorResource(backend="yolo", weights=dg.EnvVar("CONCEPTMINE_YOLO_WEIGHTS"), device="cpu")
+        weights = settings.yolo_weights or dg.EnvVar("CONCEPTMINE_YOLO_WEIGHTS")
+        detector = DetectorResource(backend="yolo", weights=weights, device="cpu")
     if settings.profile == "paper":
         embedder = EmbedderResource(backend="open_clip", model="ViT-B-32", pretrained="laion2b_s34b_b79k")
     else:
@@ -96,7 +97,9 @@ def model_resources(settings: Settings) -> dict:
 def build_resources(settings: Settings) -> dict:
     """All resources of a deployment; tests build their own with ``tmp_path`` stores."""
     return {
-        "nuscenes": NuScenesResource(dataroot=dg.EnvVar("NUSCENES_DATAROOT"), version=settings.nuscenes_version),
+        "nuscenes": NuScenesResource(
+            dataroot=settings.dataroot or dg.EnvVar("NUSCENES_DATAROOT"), version=settings.nuscenes_version
+        ),
         "io_manager": ParquetIOManager(base_path=settings.store),
         "pickle_io_manager": PickleIOManager(base_path=settings.store),
         "store_views": StoreViews(base_path=settings.store),
@@ -124,5 +127,5 @@ def build_definitions(settings: Settings) -> dg.Definitions:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    """Loaded by ``dagster dev`` / ``workspace.yaml``; reads settings from the environment."""
-    return build_definitions(Settings.from_env())
+    """Loaded by ``dagster dev`` / ``workspace.yaml``: settings from the environment and the config file."""
+    return build_definitions(load_settings())

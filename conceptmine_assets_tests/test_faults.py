@@ -55,7 +55,7 @@ from conceptmine_assets.resources.embedder import EmbedderResource, tiny_clip_co
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import StoreViews, ParquetIOManager
 from conceptmine_assets.schemas import SCHEMAS
-from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, REAL_SCENE, REPO, materialize_scene
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, REAL_SCENE, REPO, materialize_scene
 
 PERCEPTION = [frames, detections, crops, embeddings]
 GOOD, BAD = HIGHWAY_SCENES[0], HIGHWAY_SCENES[1]  # 2 frames and 1 frame, different image files

@@ -10,7 +10,7 @@ from upath import UPath
 
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
 from conceptmine_assets.resources.storage import ParquetIOManager, StoreViews
-from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, materialize_scene
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, materialize_scene
 from conceptmine_assets_tests.store_helpers import upstream_specs
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")

@@ -34,6 +34,7 @@ from conceptmine_assets.partitions import all_scenes
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.store_sql import StoredTable, connect, reservoir_sample
 from conceptmine_assets.resources.vocabulary import VocabularyResource
+from conceptmine_assets.settings import stage_config
 
 CLUSTER_SCHEMA = pa.schema([
     ("detection_id", pa.string()), ("scene_name", pa.string()), ("sample_token", pa.string()),
@@ -45,6 +46,7 @@ CLUSTER_SCHEMA = pa.schema([
 CLUSTER_COLUMNS = CLUSTER_SCHEMA.names
 
 
+@stage_config("embedding_clusters")
 class EmbeddingClustersConfig(dg.Config):
     """How crops are sampled, clustered and named."""
 

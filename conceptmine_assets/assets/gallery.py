@@ -25,9 +25,11 @@ from conceptmine_assets.lib.outliers import IS_OUTLIER_SQL
 from conceptmine_assets.partitions import all_scenes
 from conceptmine_assets.resources.storage import atomic_write, side_path
 from conceptmine_assets.resources.store_sql import StoredTable, connect
+from conceptmine_assets.settings import stage_config
 
 
 
+@stage_config("gallery")
 class GalleryConfig(dg.Config):
     """Where the gallery goes and how much it shows."""
 

@@ -19,6 +19,7 @@ from conceptmine_assets.lib.tables import markdown_table
 from conceptmine_assets.partitions import all_scenes
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.store_sql import StoredTable, connect, sql_literal
+from conceptmine_assets.settings import stage_config
 
 
 
@@ -74,6 +75,7 @@ def gt_counts(con: duckdb.DuckDBPyConnection, table_dir: Path):
     return counts, {str(k): int(v) for k, v in unmapped.items()}, int(used)
 
 
+@stage_config("mining_quality_report")
 class MiningQualityConfig(dg.Config):
     """The random baseline of the mining-quality report."""
 

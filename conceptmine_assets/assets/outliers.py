@@ -27,8 +27,10 @@ from conceptmine_assets.lib.tables import stack_vectors
 from conceptmine_assets.partitions import all_scenes, scene_partitions
 from conceptmine_assets.resources.store_sql import StoredTable, connect, reservoir_sample
 from conceptmine_assets.schemas import OUTLIER_FLAGS, column_schema
+from conceptmine_assets.settings import stage_config
 
 
+@stage_config("outlier_reference")
 class OutlierReferenceConfig(dg.Config):
     """How the global reference sample is drawn and the detectors fitted."""
 
@@ -125,6 +127,7 @@ def outlier_reference(
     return reference
 
 
+@stage_config("outlier_flags")
 class OutlierFlagsConfig(dg.Config):
     """How detector flags combine, and the image-quality limits."""
 

@@ -30,9 +30,11 @@ from conceptmine_assets.lib.splits import (
 from conceptmine_assets.partitions import all_scenes
 from conceptmine_assets.resources.storage import StoredTable, atomic_write, side_path
 from conceptmine_assets.resources.store_sql import connect
+from conceptmine_assets.settings import stage_config
 
 
 
+@stage_config("mined_split")
 class SplitConfig(dg.Config):
     """Budgets (fractions of all training samples), the selection order and where the side files go."""
 
@@ -175,3 +177,6 @@ def mined_split(
         }
     )
     return split
+
+from conceptmine_assets.settings import stage_config
+
