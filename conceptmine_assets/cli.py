@@ -71,14 +71,16 @@ def run_pipeline(
 
 
 def search_command(text: str, k: int) -> int:
-    """Print the ``k`` best crops for ``text`` and which mode ranked them (embedder of the profile)."""
+    """Print the ``k`` best crops for ``text`` from the search index, and which mode ranked them."""
     from conceptmine_assets.definitions import model_resources
-    from conceptmine_assets.lib.search import search_crops
-    from conceptmine_assets.resources.storage import StoreViews
+    from conceptmine_assets.resources.search_index import SearchIndexResource, search_crops
     from conceptmine_assets.settings import Settings
 
     settings = Settings.from_env()
-    result = search_crops(StoreViews(base_path=settings.store), model_resources(settings)["embedder"], text, k)
+    embedder = model_resources(settings)["embedder"]
+    result, stale = search_crops(SearchIndexResource(base_path=settings.store), embedder, text, k)
+    for line in stale:
+        sys.stdout.write(f"warning: the search index is older than the store ({line}); re-materialise search_index\n")
     table = result.hits.to_string(index=False, max_colwidth=50, float_format=lambda v: f"{v:.3f}")
     sys.stdout.write(f"{result.describe()}\n{table}\n")
     return 0

@@ -14,6 +14,7 @@ from conceptmine_assets.assets import (
     mining_quality_report,
     models,
     outliers,
+    search_index,
     splits,
 )
 from conceptmine_assets.automation import automation_sensor, with_automation
@@ -22,6 +23,7 @@ from conceptmine_assets.resources.captioner import CaptionerResource
 from conceptmine_assets.resources.detector import DetectorResource
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.nuscenes import NuScenesResource
+from conceptmine_assets.resources.search_index import SearchIndexResource
 from conceptmine_assets.resources.storage import ParquetIOManager, PickleIOManager, StoreViews
 from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.scaling import scale
@@ -30,7 +32,7 @@ from conceptmine_assets.settings import Settings, load_settings
 
 ASSET_MODULES = [
     models, frames, detections, crops, embeddings, outliers, captions, concepts, splits, mining_quality_report,
-    embedding_clusters, gallery,
+    embedding_clusters, gallery, search_index,
 ]
 
 observe_models_job = dg.define_asset_job(
@@ -103,6 +105,7 @@ def build_resources(settings: Settings) -> dict:
         "io_manager": ParquetIOManager(base_path=settings.store),
         "pickle_io_manager": PickleIOManager(base_path=settings.store),
         "store_views": StoreViews(base_path=settings.store),
+        "search_index_store": SearchIndexResource(base_path=settings.store),
         "vocabulary_file": VocabularyResource(path=settings.vocabulary),
         **model_resources(settings),
     }

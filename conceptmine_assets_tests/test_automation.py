@@ -17,7 +17,7 @@ from conceptmine_assets.settings import Settings
 from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, copy_dataroot
 
 SCENE_ASSETS = ["frames", "detections", "crops", "embeddings", "outlier_flags", "captions", "concept_scores"]
-GLOBAL_ASSETS = ["outlier_reference", "mined_split", "mining_quality_report", "embedding_clusters", "gallery"]
+GLOBAL_ASSETS = ["outlier_reference", "mined_split", "mining_quality_report", "embedding_clusters", "gallery", "search_index"]
 DERIVED = sorted(set(GLOBAL_ASSETS) - {"outlier_reference"})  # cheap global views, refreshed after scenes
 SOURCES = ["detector_model", "embedding_model", "captioner_model", "concept_vocabulary"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
