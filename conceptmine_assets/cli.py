@@ -112,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Asset job .* varying BackfillPolicies")
 
     if args.command == "sql":
-        from conceptmine_assets.resources.storage import DuckDBResource
+        from conceptmine_assets.resources.storage import open_store_views
         from conceptmine_assets.settings import Settings
 
-        df = DuckDBResource(base_path=Settings.from_env().store).query(args.query)
+        df = open_store_views(Settings.from_env().store).execute(args.query).df()
         sys.stdout.write(df.to_string(max_rows=200, max_colwidth=60) + "\n")
         return 0
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             store = load_settings().store
             sys.stdout.write(
                 f"\ndone. Outputs: {store}/<asset>/<scene>.parquet\n"
-                "Mined split: data/splits/mined.txt   Gallery: data/gallery/index.html (open in a browser)\n"
+                f"Mined split: {store}/splits/mined.txt   Gallery: {store}/gallery/index.html (open in a browser)\n"
                 "Browse lineage and metadata: make ui  (then open http://127.0.0.1:3000)\n"
                 'Query: .venv/bin/conceptmine sql "SELECT * FROM mined_split"   '
                 '.venv/bin/conceptmine search "a parked truck"\n'

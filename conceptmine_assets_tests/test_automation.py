@@ -83,7 +83,7 @@ def pipeline(highway, yolo_tflite, tmp_path, monkeypatch):
     shutil.copy(default_vocabulary_path(), vocabulary)
     monkeypatch.setenv("NUSCENES_DATAROOT", str(root))
     monkeypatch.setenv("CONCEPTMINE_YOLO_WEIGHTS", str(yolo_tflite))
-    monkeypatch.chdir(tmp_path)  # the split's side files go under ./data/splits
+    monkeypatch.chdir(tmp_path)  # nothing may be written relative to it
     defs = build_definitions(Settings(store=str(tmp_path / "store"), vocabulary=str(vocabulary)))
     with dg.DagsterInstance.ephemeral() as instance:
         auto = Automation(defs, instance, defs.resources["nuscenes"].__class__(dataroot=str(root)))

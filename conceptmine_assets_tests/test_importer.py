@@ -141,14 +141,19 @@ def test_order_and_exif_clocks(tmp_path):
 
     src = tmp_path / "src" / "cam"
     src.mkdir(parents=True)
-    for i, second in enumerate((5, 7, 9)):
+    for number, second in ((10, 5), (2, 7), (1, 9)):  # taken in the order img10, img2, img1
         exif = Image.Exif()
         exif[306] = f"2024:01:02 03:04:0{second}"
-        Image.new("RGB", (64, 48), (i * 60, 0, 0)).save(src / f"img{i}.jpg", exif=exif)
+        Image.new("RGB", (64, 48), (number * 20, 0, 0)).save(src / f"img{number}.jpg", exif=exif)
+
+    def sources(out: Path) -> list[tuple[int, str]]:
+        return [(sd["timestamp"], (out / sd["filename"]).resolve().name) for sd in tables(out)["sample_data"]]
+
     import_images(src.parent, tmp_path / "exif")
-    assert [s["timestamp"] % 60_000_000 for s in tables(tmp_path / "exif")["sample"]] == [5_000_000, 7_000_000, 9_000_000]
-    import_images(src.parent, tmp_path / "order", ImportOptions(timestamps="order", fps=4.0))
-    assert [s["timestamp"] for s in tables(tmp_path / "order")["sample"]] == [0, 250_000, 500_000]
+    assert [(t % 60_000_000, name) for t, name in sources(tmp_path / "exif")] == [
+        (5_000_000, "img10.jpg"), (7_000_000, "img2.jpg"), (9_000_000, "img1.jpg")]
+    import_images(src.parent, tmp_path / "order", ImportOptions(timestamps="order", fps=4.0))  # natural file order
+    assert sources(tmp_path / "order") == [(0, "img1.jpg"), (250_000, "img2.jpg"), (500_000, "img10.jpg")]
 
 
 # ---------------------------------------------------------------- bad input

@@ -42,7 +42,8 @@ from conceptmine_assets.lib.search import (
     mode_for,
     top_rows,
 )
-from conceptmine_assets.resources.storage import _is_local, atomic_write
+from conceptmine_assets.resources.storage import atomic_write
+from conceptmine_assets.resources.store_sql import is_local
 
 FOLDER = "search_index"
 FORMAT = 1
@@ -77,7 +78,7 @@ class LoadedIndex:
     def index(self, stem: str) -> faiss.Index:
         if stem not in self._cache:
             path = self.folder / f"{stem}.faiss"
-            if _is_local(path):
+            if is_local(path):
                 self._cache[stem] = faiss.read_index(_local(path), _MMAP)
             else:
                 self._cache[stem] = faiss.deserialize_index(bytearray(path.read_bytes()))
@@ -87,7 +88,7 @@ class LoadedIndex:
         key = f"{stem}.arrow"
         if key not in self._cache:
             path = self.folder / key
-            source = pa.memory_map(_local(path)) if _is_local(path) else pa.BufferReader(path.read_bytes())
+            source = pa.memory_map(_local(path)) if is_local(path) else pa.BufferReader(path.read_bytes())
             self._cache[key] = pa.ipc.open_file(source).read_all()
         return self._cache[key]
 
@@ -144,7 +145,7 @@ class SearchIndexResource(dg.ConfigurableResource):
         """An in-memory DuckDB connection that can read the store (remote ones too)."""
         con = duckdb.connect(":memory:")
         root = self._root()
-        if not _is_local(root):
+        if not is_local(root):
             con.register_filesystem(root.fs)
         return con
 
@@ -162,7 +163,7 @@ class SearchIndexResource(dg.ConfigurableResource):
         for asset in assets:
             out[asset] = {}
             for scene, path in self.scene_files(asset).items():
-                if _is_local(path):
+                if is_local(path):
                     st = os.stat(_local(path))
                     out[asset][scene] = [st.st_size, st.st_mtime_ns]
                 else:
@@ -234,7 +235,7 @@ def search_crops(store: SearchIndexResource, embedder, text: str, k: int = 10) -
 
 
 def _write_faiss(index: faiss.Index, path: UPath) -> None:
-    if _is_local(path):
+    if is_local(path):
         faiss.write_index(index, _local(path))
         return
     data = faiss.serialize_index(index).tobytes()
@@ -247,7 +248,7 @@ def _write_arrow(table: pa.Table, path: UPath) -> None:
         with pa.ipc.new_file(fh, table.schema) as writer:
             writer.write_table(table, max_chunksize=65_536)
 
-    if _is_local(path):
+    if is_local(path):
         with open(_local(path), "wb") as fh:
             write(fh)
         return
@@ -259,7 +260,7 @@ def _write_arrow(table: pa.Table, path: UPath) -> None:
 
 
 def _remove_tree(folder: UPath) -> None:
-    if _is_local(folder):
+    if is_local(folder):
         shutil.rmtree(_local(folder), ignore_errors=False)
     else:
         with contextlib.suppress(FileNotFoundError):  # another publisher removed it first
