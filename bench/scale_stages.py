@@ -89,11 +89,7 @@ def materialize(work: Path, asset: str) -> None:
     from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
 
     defs = _definitions()
-    ops = {"mined_split": {"config": {"output_dir": str(work / "splits")}},
-           "gallery": {"config": {"output_dir": str(work / "gallery")}}}
-    config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    if asset in ops:
-        config["ops"] = {asset: ops[asset]}
+    config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # side files go under the store
     with dg.DagsterInstance.get() as instance:
         partition = instance.get_dynamic_partitions(SCENE_PARTITIONS_NAME)[0] if asset == "outlier_flags" else None
         job = defs.resolve_implicit_global_asset_job_def()
