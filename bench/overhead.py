@@ -6,7 +6,9 @@ After a warm-up (one camera of the first scene: model loading, imports, first-ca
 STEP_START to STEP_SUCCESS (adds loading inputs, writing Parquet, events). Bare = the resource's
 ``predict`` / ``encode_images`` on the same inputs in the asset's batch sizes, same process,
 including decoding the JPEGs (frames from the dataroot, crops from the store), which every
-consumer of the model has to do.
+consumer of the model has to do. Wall time follows the load of a shared machine from minute to
+minute, so the embeddings stage is also measured in CPU time of this process, back to back:
+bare model, the asset's body (``build_asset_context``) and a run of that step alone.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.common import Pipeline, Report, asset_metadata, batches, median, verdict
+from bench.common import QUIET, Pipeline, Report, asset_metadata, batches, median, verdict
 from bench.scenes import long_scenes
 
 TARGETS = {"compute": 1.15, "step": 1.3}  # issue 10.8
@@ -49,6 +51,29 @@ def bare_embedding(pipe: Pipeline, scene: str) -> tuple[float, int]:
     return time.perf_counter() - started, len(crops)
 
 
+def embedding_cpu(pipe: Pipeline, scene: str) -> dict[str, float]:
+    """CPU seconds of this process (immune to other processes' load on a shared machine) for: the
+    bare model (decode + ``encode_images``), the asset's body (called with ``build_asset_context``),
+    and a run of the embeddings step alone (loading crops, the body, writing Parquet, events)."""
+    import dagster as dg
+
+    from conceptmine_assets.partitions import scene_partitions
+
+    asset = pipe.defs.get_assets_def("embeddings")
+    crops = pd.read_parquet(pipe.store / "crops" / f"{scene}.parquet")
+    started = time.process_time()
+    bare_embedding(pipe, scene)
+    bare = time.process_time() - started
+    context = dg.build_asset_context(partition_key=scene, instance=pipe.instance)
+    started = time.process_time()
+    asset(context, crops, pipe.resources["embedder"])
+    body = time.process_time() - started
+    started = time.process_time()
+    dg.materialize([dg.AssetSpec("crops", partitions_def=scene_partitions), asset], selection=[asset],
+                   partition_key=scene, instance=pipe.instance, resources=pipe.resources, run_config=QUIET)
+    return {"emb_cpu_bare": bare, "emb_cpu_asset": body, "emb_cpu_step": time.process_time() - started}
+
+
 def measure_scene(pipe: Pipeline, scene: str, sums: dict[str, float]) -> None:
     result = pipe.run("perception_job", scene)
     steps = pipe.step_seconds(result.run_id)
@@ -58,8 +83,8 @@ def measure_scene(pipe: Pipeline, scene: str, sums: dict[str, float]) -> None:
     decode, det_bare, frames = bare_detection(pipe, scene)
     emb_bare, crops = bare_embedding(pipe, scene)
     for key, value in (("det_decode", decode), ("det_bare", det_bare), ("emb_bare", emb_bare),
-                       ("frames", frames), ("crops", crops)):
-        sums[key] += value
+                       ("frames", frames), ("crops", crops), *embedding_cpu(pipe, scene).items()):
+        sums[key] = sums.get(key, 0.0) + value
 
 
 def section_overhead(args, work: Path, report: Report) -> None:
@@ -92,15 +117,16 @@ def section_overhead(args, work: Path, report: Report) -> None:
         report.add("overhead", "`embeddings` asset, ms/crop",
                    f"{per['emb_asset']:.2f} vs bare decode + `encode_images` {per['emb_bare']:.2f}")
         add_ratios(report, "embeddings", runs, "emb")
+        add_ratios(report, "embeddings", runs, "emb_cpu", "CPU time")
     else:
         report.add("overhead", "`embeddings`", "no crops (detector found nothing): not measured")
 
 
-def add_ratios(report: Report, stage: str, runs: list[dict[str, float]], key: str) -> None:
+def add_ratios(report: Report, stage: str, runs: list[dict[str, float]], key: str, clock: str = "wall") -> None:
     """Asset compute and whole step over the bare model (for detections: decode + ``predict``)."""
     compute = median([r[f"{key}_asset"] / (r[f"{key}_bare"] + r.get(f"{key}_decode", 0.0)) for r in runs])
     step = median([r[f"{key}_step"] / (r[f"{key}_bare"] + r.get(f"{key}_decode", 0.0)) for r in runs])
-    report.add("overhead", f"`{stage}` asset compute / bare model", f"{compute:.2f}x",
+    report.add("overhead", f"`{stage}` asset compute / bare model ({clock})", f"{compute:.2f}x",
                f"<= {TARGETS['compute']}x", verdict(compute <= TARGETS["compute"]))
-    report.add("overhead", f"`{stage}` whole step (incl. IO) / bare model", f"{step:.2f}x",
+    report.add("overhead", f"`{stage}` whole step (incl. IO) / bare model ({clock})", f"{step:.2f}x",
                f"<= {TARGETS['step']}x", verdict(step <= TARGETS["step"]))
