@@ -37,6 +37,11 @@ class Settings:
     executor: Literal["multiprocess", "dask", "k8s"] = "multiprocess"
     dask_scheduler: str | None = None
     gpu_routing: bool = False
+    yolo_weights: str | None = None  # detector weights; paper default yolov8l.pt, offline: CONCEPTMINE_YOLO_WEIGHTS
+    openclip_checkpoint: str | None = None  # local open_clip checkpoint file instead of the paper's hub weights
+    qwen2_vl_model: str | None = None  # Qwen2-VL hub id or local directory; None: Qwen/Qwen2-VL-2B-Instruct
+    hub_cache: str | None = None  # Hugging Face hub cache; None: HF_HUB_CACHE / HF_HOME default
+    prompt_style: Literal["json", "paper"] = "json"  # VLM question: JSON class+description, or the paper's
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -66,4 +71,9 @@ class Settings:
             executor=executor,  # type: ignore[arg-type]
             dask_scheduler=os.environ.get("CONCEPTMINE_DASK_SCHEDULER") or None,
             gpu_routing=routing in ("1", "true", "yes"),
+            yolo_weights=os.environ.get("CONCEPTMINE_YOLO_WEIGHTS") or None,
+            openclip_checkpoint=os.environ.get("CONCEPTMINE_OPENCLIP_CHECKPOINT") or None,
+            qwen2_vl_model=os.environ.get("CONCEPTMINE_QWEN2_VL_MODEL") or None,
+            hub_cache=os.environ.get("CONCEPTMINE_HUB_CACHE") or None,
+            prompt_style=os.environ.get("CONCEPTMINE_PROMPT_STYLE") or "json",  # type: ignore[arg-type]
         )

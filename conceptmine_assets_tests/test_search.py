@@ -11,6 +11,7 @@ from upath import UPath
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.search import HIT_COLUMNS, rank_by_similarity, search_crops
 from conceptmine_assets.resources.embedder import EmbedderResource
+from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 from conceptmine_assets.resources.storage import DuckDBResource, atomic_write, to_arrow
 from conceptmine_assets.schemas import CONCEPT_SCORES, EMBEDDINGS
 
@@ -149,7 +150,7 @@ REAL_CAPTIONS = [
 
 @pytest.fixture(scope="module")
 def offline_embedder() -> EmbedderResource:
-    return EmbedderResource(backend="offline", device="cpu")
+    return OfflineEmbedder(device="cpu")
 
 
 @pytest.mark.real_model
