@@ -6,20 +6,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 FIXTURES := $(abspath data/fixtures)
 
-# Defaults for local runs; every one can be overridden from the environment. The built-in demo
-# data is both fixtures merged into one dataroot (4 scenes; files symlinked, never copied).
+# Settings live in conceptmine.yaml (environment variables override it). Without a
+# NUSCENES_DATAROOT, `make demo` and `make ui` both use conceptmine.demo.yaml: the built-in demo
+# data (both fixtures merged into data/demo-dataroot, 4 scenes; files symlinked, never copied)
+# with its tiny-data choices (six cameras, a 20% + 20% split).
 DEMO_DATAROOT := $(abspath data/demo-dataroot)
-export NUSCENES_DATAROOT ?= $(DEMO_DATAROOT)
-export NUSCENES_VERSION ?= v1.0-mini
-export CONCEPTMINE_STORE ?= $(abspath data/store)
-export CONCEPTMINE_PROFILE ?= offline
-export CONCEPTMINE_YOLO_WEIGHTS ?= $(FIXTURES)/models/yolov8n_int8.tflite
+ifeq ($(strip $(NUSCENES_DATAROOT)),)
+demo ui: export CONCEPTMINE_CONFIG ?= $(abspath conceptmine.demo.yaml)
+endif
 export DAGSTER_HOME ?= $(abspath data/dagster_home)
 export HF_HUB_OFFLINE ?= 1
 export YOLO_OFFLINE ?= 1
 export YOLO_CONFIG_DIR ?= $(abspath data/.ultralytics)
-# The demo set has 5 samples: 20% target + 20% random gives a split of 2 (10% of 5 rounds to 0).
-DEMO_ARGS ?= --target-frac 0.2 --random-frac 0.2
 
 .PHONY: demo test ui install browser clean-data
 
@@ -33,10 +31,10 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	@if [ "$(NUSCENES_DATAROOT)" = "$(DEMO_DATAROOT)" ]; then \
+	@if [ -z "$(NUSCENES_DATAROOT)" ]; then \
 	  $(BIN)/conceptmine synth-dataroot --out $(DEMO_DATAROOT) \
 	    $(FIXTURES)/nuscenes-real-slice $(FIXTURES)/nuscenes-udacity-highway; fi
-	$(BIN)/conceptmine demo $(DEMO_ARGS)
+	$(BIN)/conceptmine demo
 
 # Debian's Chromium for the browser tests (they skip, saying why, where it cannot be installed).
 browser:

@@ -5,6 +5,7 @@
     conceptmine sql "SELECT ..."    # SQL over the DuckDB views of the store
     conceptmine search "a person pushing a cart" [-k 10]   # free-text search over the crops
     conceptmine synth-dataroot --out DIR SRC [SRC ...]   # merge (and replicate) nuScenes dataroots
+    conceptmine import-images SRC --out DIR   # a folder of images or videos as a nuScenes dataroot
 
 The Dagster instance is ``$DAGSTER_HOME`` (``make`` sets ``data/dagster_home``), so the runs
 show up in ``dagster dev`` afterwards.
@@ -13,14 +14,11 @@ show up in ``dagster dev`` afterwards.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings
 
 import dagster as dg
-
-from conceptmine_assets.assets.frames import CAMERAS
 
 
 def _definitions() -> dg.Definitions:
@@ -33,10 +31,12 @@ def _definitions() -> dg.Definitions:
 def _nuscenes():
     from conceptmine_assets.resources.nuscenes import NuScenesResource
 
-    dataroot = os.environ.get("NUSCENES_DATAROOT")
-    if not dataroot:
-        raise SystemExit("set NUSCENES_DATAROOT to a nuScenes dataroot")
-    return NuScenesResource(dataroot=dataroot, version=os.environ.get("NUSCENES_VERSION", "v1.0-mini"))
+    from conceptmine_assets.settings import load_settings
+
+    settings = load_settings()
+    if not settings.dataroot:
+        raise SystemExit("set NUSCENES_DATAROOT (or `dataroot` in the config file) to a nuScenes dataroot")
+    return NuScenesResource(dataroot=settings.dataroot, version=settings.nuscenes_version)
 
 
 def register_scenes(instance: dg.DagsterInstance) -> list[str]:
@@ -46,14 +46,17 @@ def register_scenes(instance: dg.DagsterInstance) -> list[str]:
 
 
 def run_pipeline(
-    instance: dg.DagsterInstance, scenes: list[str], cameras: list[str], split: dict | None = None
+    instance: dg.DagsterInstance, scenes: list[str], cameras: list[str] | None = None, split: dict | None = None
 ) -> None:
-    """Per-scene stages for every scene, then the global stages, each as a recorded run."""
+    """Per-scene stages for every scene, then the global stages, each as a recorded run.
+
+    Settings come from the config file (``conceptmine.yaml``); ``cameras`` and ``split`` override
+    it for this call only (tests)."""
     from conceptmine_assets.definitions import PIPELINE
 
     defs = _definitions()
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    run_config = {**quiet, "ops": {"frames": {"config": {"cameras": cameras}}}}
+    run_config = {**quiet, "ops": {"frames": {"config": {"cameras": cameras}}}} if cameras else quiet
     for stage_job, global_job in PIPELINE:
         for scene in scenes if stage_job else []:
             started = time.perf_counter()
@@ -86,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("register-scenes", help="add every scene of the dataroot as a partition")
     demo = sub.add_parser("demo", help="run the whole pipeline on the configured dataroot")
-    demo.add_argument("--cameras", nargs="+", default=list(CAMERAS), choices=CAMERAS)
     demo.add_argument("--scenes", nargs="+", help="only these scenes (default: all)")
-    demo.add_argument("--random-frac", type=float, help="mined_split: random share of all samples")
-    demo.add_argument("--target-frac", type=float, help="mined_split: target share of all samples")
     synth = sub.add_parser("synth-dataroot", help="merge and replicate nuScenes dataroots (symlinked files)")
     synth.add_argument("sources", nargs="+", help="source dataroots")
     synth.add_argument("--out", required=True, help="output dataroot (created; re-running refreshes it)")
@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     search = sub.add_parser("search", help="rank the stored crops by a free-text query")
     search.add_argument("text", help='e.g. "a person pushing a cart"')
     search.add_argument("-k", type=int, default=10, help="number of crops to list (default 10)")
+    from conceptmine_assets.import_images import add_import_parser, import_command
+
+    add_import_parser(sub)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -114,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(df.to_string(max_rows=200, max_colwidth=60) + "\n")
         return 0
 
+    if args.command == "import-images":
+        return import_command(args)
     if args.command == "search":
         return search_command(args.text, args.k)
     if args.command == "synth-dataroot":
@@ -130,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"registered {len(new)} new scene partitions\n")
         if args.command == "demo":
             scenes = args.scenes or _nuscenes().scene_names()
-            split = {k: v for k, v in (("random_frac", args.random_frac), ("target_frac", args.target_frac)) if v is not None}
-            run_pipeline(instance, scenes, args.cameras, split)
-            store = os.environ.get("CONCEPTMINE_STORE", "data/store")
+            run_pipeline(instance, scenes)
+            from conceptmine_assets.settings import load_settings
+
+            store = load_settings().store
             sys.stdout.write(
                 f"\ndone. Outputs: {store}/<asset>/<scene>.parquet\n"
                 "Mined split: data/splits/mined.txt   Gallery: data/gallery/index.html (open in a browser)\n"

@@ -22,7 +22,7 @@ from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManage
 from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.scaling import scale
 from conceptmine_assets.sensors import scene_discovery_sensor
-from conceptmine_assets.settings import Settings
+from conceptmine_assets.settings import Settings, load_settings
 
 ASSET_MODULES = [models, frames, detections, crops, embeddings, outliers, captions, concepts, splits, explain]
 
@@ -64,7 +64,9 @@ PIPELINE: list[tuple[str | None, str]] = [
 def build_resources(settings: Settings) -> dict:
     """All resources of a deployment; tests build their own with ``tmp_path`` stores."""
     return {
-        "nuscenes": NuScenesResource(dataroot=dg.EnvVar("NUSCENES_DATAROOT"), version=settings.nuscenes_version),
+        "nuscenes": NuScenesResource(
+            dataroot=settings.dataroot or dg.EnvVar("NUSCENES_DATAROOT"), version=settings.nuscenes_version
+        ),
         "io_manager": ParquetIOManager(base_path=settings.store),
         "pickle_io_manager": PickleIOManager(base_path=settings.store),
         "duckdb": DuckDBResource(base_path=settings.store),
@@ -92,5 +94,5 @@ def build_definitions(settings: Settings) -> dg.Definitions:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    """Loaded by ``dagster dev`` / ``workspace.yaml``; reads settings from the environment."""
-    return build_definitions(Settings.from_env())
+    """Loaded by ``dagster dev`` / ``workspace.yaml``: settings from the environment and the config file."""
+    return build_definitions(load_settings())

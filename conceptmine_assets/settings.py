@@ -1,79 +1,180 @@
-"""Deployment settings, read from the environment when the definitions load (never at import).
+"""Deployment settings: one typed model read from the environment and a config file.
 
-| variable | default | meaning |
-|---|---|---|
-| ``NUSCENES_DATAROOT`` | (required) | nuScenes dataroot; resolved by ``dg.EnvVar`` in the run |
-| ``NUSCENES_VERSION`` | ``v1.0-mini`` | table folder under the dataroot |
-| ``CONCEPTMINE_STORE`` | ``data/store`` | where Parquet outputs go: a path or fsspec URL (``s3://...``) |
-| ``CONCEPTMINE_PROFILE`` | ``offline`` | model profile: ``offline`` (weights shipped by pip) or ``paper`` |
-| ``CONCEPTMINE_DETECTOR`` | ``yolo`` | ``yolo`` or ``annotations`` (the dataset's own boxes) |
-| ``CONCEPTMINE_CAPTIONER`` | by profile | ``template``, ``qwen2_vl`` or ``openai`` |
-| ``CONCEPTMINE_VOCABULARY`` | packaged ``concepts_v1.yaml`` | path of a concept vocabulary file |
-| ``CONCEPTMINE_REMINE_CRON`` | ``0 3 * * 1`` | cron of the global re-mining (outlier reference, split) |
-| ``CONCEPTMINE_EXECUTOR`` | ``multiprocess`` | ``multiprocess``, ``dask`` or ``k8s`` (see ``scaling.py``) |
-| ``CONCEPTMINE_DASK_SCHEDULER`` | none | scheduler address for ``dask``, e.g. ``tcp://127.0.0.1:8786`` |
-| ``CONCEPTMINE_GPU_ROUTING`` | ``0`` | ``1``: model steps run only on GPU workers |
+Precedence, highest first: keyword arguments (tests), environment variables, the config file,
+the defaults below. The config file is ``$CONCEPTMINE_CONFIG`` or, unset, the repository's
+``conceptmine.yaml``; relative paths in it are relative to the file. A file may start from
+another one (``extends: conceptmine.yaml``: its values, then this file's on top).
+
+The file's ``stages`` section holds the defaults of the assets' ``dg.Config`` classes (cameras,
+split fractions, thresholds…): ``stage_config("frames")`` applied to ``FramesConfig`` makes the
+file's ``stages.frames`` its defaults, so the UI's launchpad, automation, schedules, backfills
+and ``conceptmine run`` all use the same values without any run config.
+
+To add a setting: add a field here with ``Field(description=...)``; its environment variable is
+``CONCEPTMINE_<NAME>`` and its file key ``<name>``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+import yaml
+from pydantic import AliasChoices, Field
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
+
+from conceptmine_assets.errors import ConceptmineError
 
 Profile = Literal["offline", "paper"]
 PROFILES: tuple[str, ...] = ("offline", "paper")
+REPO_CONFIG = Path(__file__).resolve().parents[1] / "conceptmine.yaml"
+CONFIG_ENV = "CONCEPTMINE_CONFIG"
+# File keys holding paths: resolved against the file's folder (URLs such as s3://... are kept).
+_PATH_KEYS = ("dataroot", "store", "vocabulary", "yolo_weights", "openclip_checkpoint", "hub_cache")
 
 
-@dataclass(frozen=True)
-class Settings:
-    store: str = "data/store"
-    nuscenes_version: str = "v1.0-mini"
-    profile: Profile = "offline"
-    detector: Literal["yolo", "annotations"] = "yolo"
-    captioner: Literal["template", "qwen2_vl", "openai"] | None = None  # None: the profile's
-    vocabulary: str | None = None  # None: the packaged vocabulary
-    remine_cron: str = "0 3 * * 1"
-    executor: Literal["multiprocess", "dask", "k8s"] = "multiprocess"
-    dask_scheduler: str | None = None
-    gpu_routing: bool = False
-    yolo_weights: str | None = None  # detector weights; paper default yolov8l.pt, offline: CONCEPTMINE_YOLO_WEIGHTS
-    openclip_checkpoint: str | None = None  # local open_clip checkpoint file instead of the paper's hub weights
-    qwen2_vl_model: str | None = None  # Qwen2-VL hub id or local directory; None: Qwen/Qwen2-VL-2B-Instruct
-    hub_cache: str | None = None  # Hugging Face hub cache; None: HF_HUB_CACHE / HF_HOME default
-    prompt_style: Literal["json", "paper"] = "json"  # VLM question: JSON class+description, or the paper's
+class SettingsError(ConceptmineError):
+    """A setting (environment variable or config file entry) is missing or invalid."""
+
+
+def config_path() -> Path | None:
+    """The config file in force: ``$CONCEPTMINE_CONFIG``, else the repository's, if it exists."""
+    named = os.environ.get(CONFIG_ENV)
+    if named:
+        path = Path(named).expanduser().resolve()
+        if not path.is_file():
+            raise SettingsError(f"{CONFIG_ENV}={named}: no such config file; unset it or point it at a YAML file")
+        return path
+    return REPO_CONFIG if REPO_CONFIG.is_file() else None
+
+
+@functools.cache
+def _read_file(path: Path, mtime: float) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"config file {path} is not readable YAML ({exc}); fix or replace it") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+    base = data.pop("extends", None)
+    for key in _PATH_KEYS:
+        value = data.get(key)
+        if isinstance(value, str) and "://" not in value:
+            data[key] = str((path.parent / value).resolve())
+    if base is None:
+        return data
+    merged = dict(file_values((path.parent / str(base)).resolve()))
+    stages = {**merged.get("stages", {})}
+    for asset, values in (data.get("stages") or {}).items():
+        stages[asset] = {**stages.get(asset, {}), **(values or {})}
+    return {**merged, **data, "stages": stages}
+
+
+def file_values(path: Path | None = None) -> dict[str, Any]:
+    """The settings of a config file (``extends`` merged, paths resolved); {} without a file."""
+    path = path or config_path()
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise SettingsError(f"config file {path} does not exist (named by `extends`?)")
+    return _read_file(path, path.stat().st_mtime)
+
+
+class Settings(BaseSettings):
+    """Everything a deployment chooses; see the module docstring for where values come from."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONCEPTMINE_", env_ignore_empty=True, extra="forbid", frozen=True, populate_by_name=True
+    )
+
+    dataroot: str | None = Field(
+        None, validation_alias=AliasChoices("NUSCENES_DATAROOT", "dataroot"),
+        description="nuScenes dataroot (env NUSCENES_DATAROOT); required to run the per-scene stages",
+    )
+    nuscenes_version: str = Field(
+        "v1.0-mini", validation_alias=AliasChoices("NUSCENES_VERSION", "nuscenes_version"),
+        description="table folder under the dataroot (env NUSCENES_VERSION), e.g. v1.0-trainval",
+    )
+    store: str = Field("data/store", description="where Parquet outputs go: a path or fsspec URL (s3://...)")
+    profile: Profile = Field("offline", description="model profile: offline (weights shipped by pip) or paper")
+    detector: Literal["yolo", "annotations"] = Field("yolo", description="yolo, or annotations (the dataset's own boxes)")
+    yolo_weights: str | None = Field(
+        None, description="detector weights (any file ultralytics loads); unset: the paper profile's yolov8l.pt"
+    )
+    captioner: Literal["template", "qwen2_vl", "openai"] | None = Field(None, description="captioner; unset: the profile's")
+    openclip_checkpoint: str | None = Field(
+        None, description="local open_clip checkpoint file for the paper profile; unset: laion2b_s34b_b79k from the hub cache"
+    )
+    qwen2_vl_model: str | None = Field(
+        None, description="Qwen2-VL hub id or local model directory; unset: Qwen/Qwen2-VL-2B-Instruct"
+    )
+    hub_cache: str | None = Field(None, description="Hugging Face hub cache folder; unset: HF_HUB_CACHE / HF_HOME")
+    prompt_style: Literal["json", "paper"] = Field(
+        "json", description="VLM question: json (class + description) or paper (the original's bare class name)"
+    )
+    vocabulary: str | None = Field(None, description="concept vocabulary file; unset: the packaged concepts_v1.yaml")
+    remine_cron: str = Field("0 3 * * 1", description="cron of the global re-mining (outlier reference refit, split)")
+    executor: Literal["multiprocess", "dask", "k8s"] = Field("multiprocess", description="run executor (scaling.py)")
+    dask_scheduler: str | None = Field(None, description="scheduler address for the dask executor, e.g. tcp://127.0.0.1:8786")
+    gpu_routing: bool = Field(False, description="model steps run only on GPU workers")
+    stages: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="dg.Config defaults per asset name (file only), e.g. frames: {cameras: [...]}"
+    )
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=file_values())
 
     @classmethod
     def from_env(cls) -> Settings:
-        profile = os.environ.get("CONCEPTMINE_PROFILE", "offline")
-        if profile not in PROFILES:
-            raise ValueError(f"CONCEPTMINE_PROFILE={profile!r}; choose one of {PROFILES}")
-        detector = os.environ.get("CONCEPTMINE_DETECTOR", "yolo")
-        if detector not in ("yolo", "annotations"):
-            raise ValueError(f"CONCEPTMINE_DETECTOR={detector!r}; choose yolo or annotations")
-        captioner = os.environ.get("CONCEPTMINE_CAPTIONER") or None
-        if captioner not in (None, "template", "qwen2_vl", "openai"):
-            raise ValueError(f"CONCEPTMINE_CAPTIONER={captioner!r}; choose template, qwen2_vl or openai")
-        executor = os.environ.get("CONCEPTMINE_EXECUTOR", "multiprocess")
-        if executor not in ("multiprocess", "dask", "k8s"):
-            raise ValueError(f"CONCEPTMINE_EXECUTOR={executor!r}; choose multiprocess, dask or k8s")
-        routing = os.environ.get("CONCEPTMINE_GPU_ROUTING", "").strip().lower()
-        if routing not in ("", "0", "false", "no", "1", "true", "yes"):
-            raise ValueError(f"CONCEPTMINE_GPU_ROUTING={routing!r}; use 1 or 0")
-        return cls(
-            store=os.environ.get("CONCEPTMINE_STORE", cls.store),
-            nuscenes_version=os.environ.get("NUSCENES_VERSION", cls.nuscenes_version),
-            profile=profile,  # type: ignore[arg-type]
-            detector=detector,  # type: ignore[arg-type]
-            captioner=captioner,  # type: ignore[arg-type]
-            vocabulary=os.environ.get("CONCEPTMINE_VOCABULARY") or None,
-            remine_cron=os.environ.get("CONCEPTMINE_REMINE_CRON", cls.remine_cron),
-            executor=executor,  # type: ignore[arg-type]
-            dask_scheduler=os.environ.get("CONCEPTMINE_DASK_SCHEDULER") or None,
-            gpu_routing=routing in ("1", "true", "yes"),
-            yolo_weights=os.environ.get("CONCEPTMINE_YOLO_WEIGHTS") or None,
-            openclip_checkpoint=os.environ.get("CONCEPTMINE_OPENCLIP_CHECKPOINT") or None,
-            qwen2_vl_model=os.environ.get("CONCEPTMINE_QWEN2_VL_MODEL") or None,
-            hub_cache=os.environ.get("CONCEPTMINE_HUB_CACHE") or None,
-            prompt_style=os.environ.get("CONCEPTMINE_PROMPT_STYLE") or "json",  # type: ignore[arg-type]
-        )
+        """The settings in force, or a SettingsError naming the bad setting and where it came from."""
+        return load_settings()
+
+
+def _describe(error: dict) -> str:
+    name = ".".join(str(p) for p in error["loc"])
+    field = Settings.model_fields.get(str(error["loc"][0])) if error["loc"] else None
+    env = "NUSCENES_" + name.upper() if field and field.validation_alias else f"CONCEPTMINE_{name.upper()}"
+    where = f"{env} or `{name}` in {config_path() or 'the config file'}"
+    return f"setting {name} = {error.get('input')!r} ({where}): {error['msg']}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """``Settings(**overrides)`` with a short SettingsError instead of pydantic's report."""
+    try:
+        return Settings(**overrides)
+    except pydantic.ValidationError as exc:
+        raise SettingsError("; ".join(_describe(e) for e in exc.errors()[:3])) from None
+
+
+def stage_config(asset: str):
+    """Class decorator: the config file's ``stages.<asset>`` values become the class's defaults.
+
+    Unknown keys and values the field would reject raise a SettingsError naming the file and key
+    (when the asset module is imported, i.e. before anything runs)."""
+
+    def apply(cls: type[pydantic.BaseModel]) -> type[pydantic.BaseModel]:
+        values = (file_values().get("stages") or {}).get(asset) or {}
+        unknown = sorted(set(values) - set(cls.model_fields))
+        if unknown:
+            raise SettingsError(
+                f"{config_path()}: stages.{asset} has unknown setting(s) {unknown}; known: {sorted(cls.model_fields)}"
+            )
+        fields: dict[str, Any] = {}
+        for name, value in values.items():
+            info = cls.model_fields[name]
+            try:
+                value = pydantic.TypeAdapter(Annotated[info.annotation, info]).validate_python(value)
+            except pydantic.ValidationError as exc:
+                message = exc.errors()[0]["msg"]
+                raise SettingsError(f"{config_path()}: stages.{asset}.{name} = {value!r}: {message}") from None
+            fields[name] = (info.annotation, FieldInfo.merge_field_infos(info, default=value))
+        if not fields:
+            return cls
+        return pydantic.create_model(cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **fields)
+
+    return apply

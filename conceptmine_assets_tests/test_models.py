@@ -124,7 +124,19 @@ def test_installed_libraries_meet_the_floors():
 # ---------------------------------------------------------------- profiles
 
 
-def test_paper_profile_models_come_from_settings(tmp_path):
+@pytest.fixture
+def no_config(tmp_path, monkeypatch):
+    """Settings from keyword arguments and defaults only (no config file, no CONCEPTMINE_* variables)."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("CONCEPTMINE_")]:
+        monkeypatch.delenv(name)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    monkeypatch.setenv("CONCEPTMINE_CONFIG", str(empty))
+
+
+def test_paper_profile_models_come_from_settings(tmp_path, no_config):
     weights, ckpt, qwen = tmp_path / "yolov8l.pt", tmp_path / "clip.safetensors", tmp_path / "qwen"
     settings = Settings(profile="paper", yolo_weights=str(weights), openclip_checkpoint=str(ckpt),
                         qwen2_vl_model=str(qwen), hub_cache=str(tmp_path / "hub"), prompt_style="paper")
@@ -139,11 +151,10 @@ def test_paper_profile_models_come_from_settings(tmp_path):
     assert defaults["captioner"].model == "Qwen/Qwen2-VL-2B-Instruct"
 
 
-def test_offline_profile_and_keyless_openai(monkeypatch):
+def test_offline_profile_and_keyless_openai(no_config):
     res = model_resources(Settings(detector="annotations"))
     assert isinstance(res["detector"], AnnotationsDetector) and isinstance(res["embedder"], OfflineEmbedder)
     assert isinstance(res["captioner"], TemplateCaptioner)
-    monkeypatch.delenv("CONCEPTMINE_VLM_API_KEY", raising=False)
     cap = model_resources(Settings(captioner="openai"))["captioner"]
     assert isinstance(cap, OpenAICaptioner) and cap.api_key is None
 

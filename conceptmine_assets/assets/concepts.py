@@ -17,6 +17,7 @@ from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.schemas import CONCEPT_SCORES, column_schema
+from conceptmine_assets.settings import stage_config
 
 KEY_COLUMNS = ["detection_id", "scene_name", "sample_token", "sample_data_token", "channel", "class_name"]
 
@@ -25,6 +26,7 @@ _PROMPT_CACHE_LOCK = threading.Lock()
 _PROMPT_CACHE_SIZE = 8
 
 
+@stage_config("concept_scores")
 class ConceptScoresConfig(dg.Config):
     """How crops are scored against the vocabulary."""
 

@@ -21,11 +21,13 @@ from conceptmine_assets.lib.quality import image_quality
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.schemas import CROPS, column_schema
+from conceptmine_assets.settings import stage_config
 
 _KEY_COLUMNS = ["detection_id", "scene_name", "sample_token", "sample_data_token", "channel", "class_name"]
 _BOX = ["x1", "y1", "x2", "y2"]
 
 
+@stage_config("crops")
 class CropsConfig(dg.Config):
     """How detections become crops."""
 

@@ -22,6 +22,7 @@ from conceptmine_assets.lib.splits import markdown_table
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.storage import DuckDBResource, atomic_write
 from conceptmine_assets.resources.vocabulary import VocabularyResource
+from conceptmine_assets.settings import stage_config
 
 MIN_CLUSTER_ROWS = 3  # Calinski–Harabasz and Davies–Bouldin need 2 <= clusters <= rows - 1
 
@@ -192,6 +193,7 @@ def map_coordinates(
 # ---------------------------------------------------------------- embedding_clusters
 
 
+@stage_config("embedding_clusters")
 class EmbeddingClustersConfig(dg.Config):
     """How crops are clustered and named."""
 
@@ -379,6 +381,7 @@ def embedding_clusters(
 # ---------------------------------------------------------------- gallery
 
 
+@stage_config("gallery")
 class GalleryConfig(dg.Config):
     """Where the gallery goes and how much it shows."""
 

@@ -12,6 +12,7 @@ from conceptmine_assets.lib.sampling import keep
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.schemas import FRAMES, column_schema
+from conceptmine_assets.settings import stage_config
 
 CAMERAS = (
     "CAM_FRONT",
@@ -23,6 +24,7 @@ CAMERAS = (
 )
 
 
+@stage_config("frames")
 class FramesConfig(dg.Config):
     """Which keyframes of a scene enter the pipeline."""
 

@@ -23,8 +23,10 @@ from conceptmine_assets.lib.outliers import (
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.storage import DuckDBResource
 from conceptmine_assets.schemas import OUTLIER_FLAGS, column_schema
+from conceptmine_assets.settings import stage_config
 
 
+@stage_config("outlier_reference")
 class OutlierReferenceConfig(dg.Config):
     """How the global reference sample is drawn and the detectors fitted."""
 
@@ -134,6 +136,7 @@ def outlier_reference(
     return reference
 
 
+@stage_config("outlier_flags")
 class OutlierFlagsConfig(dg.Config):
     """How detector flags combine, and the image-quality limits."""
 

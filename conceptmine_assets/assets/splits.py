@@ -23,8 +23,10 @@ from conceptmine_assets.lib.splits import (
 )
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import DuckDBResource, atomic_write
+from conceptmine_assets.settings import stage_config
 
 
+@stage_config("mined_split")
 class SplitConfig(dg.Config):
     """Budgets (fractions of all training samples) and where the side files go."""
 
@@ -137,6 +139,7 @@ def mined_split(context: dg.AssetExecutionContext, config: SplitConfig, duckdb: 
     return split
 
 
+@stage_config("mining_quality_report")
 class MiningQualityConfig(dg.Config):
     n_random: int = 20  # random splits of the mined split's size
     seed: int = 0
@@ -202,10 +205,10 @@ def mining_quality_report(
     universe = duckdb.query("SELECT DISTINCT sample_token FROM frames ORDER BY sample_token")["sample_token"].tolist()
     gt, unmapped, from_detections = gt_classes(nuscenes, set(universe), _detection_classes(duckdb))
     if gt.empty:  # raw drives without labels: nothing to judge, and not an error of the data
-        context.log.warning(
-            f"nuScenes at {nuscenes.dataroot} has no annotations of a known class in the "
-            f"{len(universe)} training samples; the report needs an annotated dataroot (empty report)"
-        )
+        what = ("no annotations at all (sample_annotation.json is empty, e.g. made by import-images)"
+                if not nuscenes.nusc.sample_annotation else
+                f"no annotations of a known class in the {len(universe)} training samples")
+        context.log.warning(f"nuScenes at {nuscenes.dataroot} has {what}; the report needs an annotated dataroot (empty report)")
     report = coverage(gt, universe, split, config.n_random, config.seed)
     if not split:
         context.log.warning("the mined split is empty; every ratio is undefined")

@@ -1,0 +1,334 @@
+"""`conceptmine import-images`: folders and videos as nuScenes dataroots, bad input, re-imports,
+the whole pipeline on an import, and a clone of the repository that runs on its own."""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import dagster as dg
+import pandas as pd
+import pytest
+
+from conceptmine_assets import cli
+from conceptmine_assets.errors import DatasetError
+from conceptmine_assets.import_images import import_images
+from conceptmine_assets.importer import ImportOptions
+from conceptmine_assets.lib.importer import IDENTITY_INTRINSIC, RateGate, filename_timestamp
+from conceptmine_assets.resources.nuscenes import NUSCENES_TABLES, NuScenesResource
+from conceptmine_assets.sensors import register_scenes
+from conceptmine_assets_tests.conftest import HIGHWAY, REPO, YOLO_TFLITE, materialize_scene, require
+
+VERSION = "v1.0-mini"
+
+
+def highway_images() -> list[Path]:
+    """The 4 highway frames (file names carry their µs timestamps: 0, 0.52, 1.0, 1.48 s)."""
+    return sorted(require(HIGHWAY / "samples" / "CAM_FRONT").glob("*.jpg"))
+
+
+def folder_tree(root: Path) -> Path:
+    """``root/src`` with two drives of two highway frames each."""
+    images = highway_images()
+    for name, part in (("drive-a", images[:2]), ("drive-b", images[2:])):
+        (root / "src" / name).mkdir(parents=True)
+        for image in part:
+            shutil.copy(image, root / "src" / name / image.name)
+    return root / "src"
+
+
+def write_video(path: Path, fps: float = 10.0, repeat: int = 5) -> Path:
+    """An MP4 (mp4v) of the highway frames, each held for ``repeat`` frames."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (1280, 720))
+    assert writer.isOpened(), "OpenCV cannot write mp4v here"
+    for image in highway_images():
+        frame = cv2.imread(str(image))
+        for _ in range(repeat):
+            writer.write(frame)
+    writer.release()
+    return path
+
+
+def tables(out: Path) -> dict[str, list]:
+    return {t: json.loads((out / VERSION / f"{t}.json").read_text()) for t in NUSCENES_TABLES}
+
+
+def table_bytes(out: Path) -> dict[str, bytes]:
+    return {t: (out / VERSION / f"{t}.json").read_bytes() for t in NUSCENES_TABLES}
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    code = cli.main(["import-images", *args])
+    return code, capsys.readouterr().err.strip()
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+@pytest.mark.parametrize(
+    ("stem", "expected"),
+    [
+        ("cam__CAM_FRONT__1483272000520000", 1483272000520000),
+        ("IMG_1483272000", 1483272000_000000),
+        ("frame-1483272000520", 1483272000520000),
+        ("IMG_0042", None),
+        ("9999999999999999", None),  # year 2286: not a timestamp
+    ],
+)
+def test_filename_timestamp(stem, expected):
+    assert filename_timestamp(stem) == expected
+
+
+def test_rate_gate_keeps_every_fifteenth_frame_of_30fps_at_2fps():
+    gate = RateGate(2.0)
+    kept = [i for i in range(90) if gate.keep(round(i * 1e6 / 30))]
+    assert kept == [0, 15, 30, 45, 60, 75]
+
+
+# ---------------------------------------------------------------- importing
+
+
+def test_folder_tree_loads_with_the_devkit(tmp_path):
+    from nuscenes.nuscenes import NuScenes
+
+    out = tmp_path / "out"
+    summary = import_images(folder_tree(tmp_path), out)
+    assert summary.scenes == ["drive-a", "drive-b"] and summary.frames == 4
+    nusc = NuScenes(version=VERSION, dataroot=str(out), verbose=False)
+    assert [s["name"] for s in nusc.scene] == ["drive-a", "drive-b"]
+    assert all("no 3D geometry" in s["description"] for s in nusc.scene)
+    assert {m["token"] for m in nusc.map} and set(nusc.map[0]["log_tokens"]) == {log["token"] for log in nusc.log}
+    assert not nusc.sample_annotation and not nusc.instance
+    for sample in nusc.sample:
+        sd = nusc.get("sample_data", sample["data"]["CAM_FRONT"])
+        path = out / sd["filename"]
+        assert path.is_symlink() and path.resolve().parent.parent == (tmp_path / "src").resolve()
+        assert (sd["width"], sd["height"]) == (1280, 720)
+        assert nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])["camera_intrinsic"] == IDENTITY_INTRINSIC
+    times = [s["timestamp"] for s in sorted(nusc.sample, key=lambda s: s["timestamp"])]
+    assert times == [int(p.stem.rsplit("__", 1)[1]) for p in highway_images()]
+
+
+def test_copy_and_camera_subfolders(tmp_path):
+    images = highway_images()
+    for channel in ("CAM_FRONT", "CAM_BACK"):
+        (tmp_path / "src" / "drive" / channel).mkdir(parents=True)
+        for image in images:
+            shutil.copy(image, tmp_path / "src" / "drive" / channel / image.name)
+    out = tmp_path / "out"
+    import_images(tmp_path / "src", out, ImportOptions(copy=True))
+    t = tables(out)
+    assert [s["name"] for s in t["scene"]] == ["drive"]
+    assert sorted(s["channel"] for s in t["sensor"]) == ["CAM_BACK", "CAM_FRONT"]
+    assert len(t["sample"]) == 4 and len(t["sample_data"]) == 8
+    assert all(not (out / sd["filename"]).is_symlink() for sd in t["sample_data"])
+
+
+def test_video_is_sampled_at_fps(tmp_path):
+    video = write_video(tmp_path / "src" / "highway.mp4")
+    for fps, expected in ((2.0, 4), (10.0, 20)):
+        out = tmp_path / f"out-{fps}"
+        import_images(video.parent, out, ImportOptions(fps=fps))
+        t = tables(out)
+        assert [s["name"] for s in t["scene"]] == ["highway"] and len(t["sample"]) == expected
+        first = out / t["sample_data"][0]["filename"]
+        assert first.suffix == ".jpg" and cv2.imread(str(first)).shape == (720, 1280, 3)
+
+
+def test_gap_splits_scenes(tmp_path):
+    src = tmp_path / "src" / "clip"
+    src.mkdir(parents=True)
+    for image in highway_images():
+        shutil.copy(image, src / image.name)
+    import_images(src.parent, tmp_path / "out", ImportOptions(gap=0.5))  # gaps 0.52, 0.48, 0.48 s
+    assert [(s["name"], s["nbr_samples"]) for s in tables(tmp_path / "out")["scene"]] == [("clip-0001", 1), ("clip-0002", 3)]
+
+
+def test_reimport_is_byte_identical_and_a_grown_folder_keeps_tokens(tmp_path, instance):
+    src, out = folder_tree(tmp_path), tmp_path / "out"
+    import_images(src, out)
+    first, first_tables = table_bytes(out), tables(out)
+    nuscenes = NuScenesResource(dataroot=str(out))
+    assert register_scenes(instance, nuscenes) == ["drive-a", "drive-b"]
+    import_images(src, out)
+    assert table_bytes(out) == first
+    (src / "drive-c").mkdir()
+    shutil.copy(highway_images()[0], src / "drive-c" / "front_1500000000000000.jpg")
+    summary = import_images(src, out)
+    assert summary.new_scenes == ["drive-c"]
+    grown = tables(out)
+    for name in ("scene", "sample", "sample_data", "ego_pose", "log", "sensor", "calibrated_sensor"):
+        assert all(rec in grown[name] for rec in first_tables[name]), name
+    assert register_scenes(instance, nuscenes) == ["drive-c"]  # the discovery sensor's function
+
+
+def test_order_and_exif_clocks(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "src" / "cam"
+    src.mkdir(parents=True)
+    for i, second in enumerate((5, 7, 9)):
+        exif = Image.Exif()
+        exif[306] = f"2024:01:02 03:04:0{second}"
+        Image.new("RGB", (64, 48), (i * 60, 0, 0)).save(src / f"img{i}.jpg", exif=exif)
+    import_images(src.parent, tmp_path / "exif")
+    assert [s["timestamp"] % 60_000_000 for s in tables(tmp_path / "exif")["sample"]] == [5_000_000, 7_000_000, 9_000_000]
+    import_images(src.parent, tmp_path / "order", ImportOptions(timestamps="order", fps=4.0))
+    assert [s["timestamp"] for s in tables(tmp_path / "order")["sample"]] == [0, 250_000, 500_000]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _truncated_jpeg(path: Path) -> None:
+    path.write_bytes(highway_images()[0].read_bytes()[:20_000])
+
+
+def _same_exif_second(path: Path) -> None:
+    from PIL import Image
+
+    for name in ("a.jpg", "b.jpg"):
+        exif = Image.Exif()
+        exif[306] = "2024:01:02 03:04:05"
+        Image.new("RGB", (64, 48)).save(path.parent / name, exif=exif)
+
+
+@pytest.mark.parametrize(
+    ("make", "named", "says"),
+    [
+        (lambda p: None, "src", "no images or videos"),
+        (lambda p: p.with_name("x.jpg").write_text("not an image"), "x.jpg", "unreadable image"),
+        (_truncated_jpeg, "bad.jpg", "truncated"),
+        (lambda p: p.with_name("v.mp4").write_bytes(os.urandom(4096)), "v.mp4", "cannot decode video"),
+        (lambda p: p.with_name("v.mp4").write_bytes(write_video(p.parent.parent / "ok.mp4").read_bytes()[:60_000]),
+         "v.mp4", "cannot decode video"),
+        (lambda p: [shutil.copy(highway_images()[0], p.with_name(f"{n}_1483272000000000.jpg")) for n in "ab"],
+         "_1483272000000000.jpg", "same timestamp"),
+        (_same_exif_second, ".jpg", "same timestamp"),
+    ],
+    ids=["empty", "not-an-image", "truncated-jpeg", "junk-video", "truncated-video", "same-filename-time", "same-exif-time"],
+)
+def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path, capsys, make, named, says):
+    src = tmp_path / "src"
+    src.mkdir()
+    make(src / "bad.jpg")
+    out = tmp_path / "out"
+    code, err = run_cli([str(src), "--out", str(out)], capsys)
+    assert code != 0 and "\n" not in err and says in err and named in err, err
+    assert not out.exists()
+
+
+def test_output_inside_source_is_refused(tmp_path, capsys):
+    src = folder_tree(tmp_path)
+    code, err = run_cli([str(src), "--out", str(src / "drive-a" / "out")], capsys)
+    assert code != 0 and "inside the source" in err and str(src) in err
+    assert not (src / "drive-a" / "out").exists()
+
+
+def test_failed_reimport_leaves_the_dataroot_as_it_was(tmp_path, capsys):
+    src, out = folder_tree(tmp_path), tmp_path / "out"
+    import_images(src, out)
+    before = table_bytes(out)
+    (src / "drive-new").mkdir()
+    shutil.copy(highway_images()[0], src / "drive-new" / "a.jpg")
+    (src / "drive-new" / "b.jpg").write_bytes(b"\xff\xd8broken")
+    code, err = run_cli([str(src), "--out", str(out)], capsys)
+    assert code != 0 and "b.jpg" in err
+    assert table_bytes(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["conceptmine-import.json", "maps", "samples", VERSION]
+
+
+def test_annotations_backend_says_there_are_none(tmp_path, instance, store):
+    from conceptmine_assets.assets.detections import detections
+    from conceptmine_assets.assets.frames import frames
+    from conceptmine_assets.resources.detector import AnnotationsDetector
+    from conceptmine_assets.resources.storage import ParquetIOManager
+
+    out = tmp_path / "out"
+    import_images(folder_tree(tmp_path), out)
+    resources = {
+        "nuscenes": NuScenesResource(dataroot=str(out)),
+        "io_manager": ParquetIOManager(base_path=str(store)),
+        "detector": AnnotationsDetector(),
+    }
+    with pytest.raises(DatasetError, match="has no annotations"):
+        materialize_scene([frames, detections], "drive-a", instance, resources)
+    assert not (store / "detections").exists()
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+@pytest.mark.parametrize("kind", ["folders", "video"])
+def test_whole_pipeline_on_an_import_finds_cars(tmp_path, kind):
+    from threadpoolctl import threadpool_limits
+
+    from conceptmine_assets_tests.test_explain import pipeline_env
+
+    src = folder_tree(tmp_path) if kind == "folders" else write_video(tmp_path / "src" / "highway.mp4").parent
+    out = tmp_path / "dataroot"
+    scenes = import_images(src, out).scenes
+    with pipeline_env(out, tmp_path), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONCEPTMINE_DETECTOR", "yolo")  # pipeline_env sets annotations: the import has none
+        mp.setenv("CONCEPTMINE_YOLO_WEIGHTS", str(require(YOLO_TFLITE)))
+        with dg.DagsterInstance.get() as instance:
+            assert cli.register_scenes(instance) == scenes
+            with threadpool_limits(1, user_api="openmp"):
+                cli.run_pipeline(instance, scenes, ["CAM_FRONT"], {"target_frac": 0.5, "random_frac": 0.5})
+            runs = instance.get_runs(filters=dg.RunsFilter(job_name="mining_global_job"))
+            warnings = [e.user_message for e in instance.all_logs(runs[0].run_id) if e.level == logging.WARNING]
+    store = tmp_path / "store"
+    dets = pd.concat(pd.read_parquet(store / "detections" / f"{s}.parquet") for s in scenes)
+    cars = dets[dets["class_name"] == "car"]
+    assert set(cars["scene_name"]) == set(scenes) and cars["detector"].str.startswith("yolo:yolov8n_int8.tflite@").all()
+    crops = pd.concat(pd.read_parquet(store / "crops" / f"{s}.parquet") for s in scenes)
+    assert len(crops) and crops["lidar_points"].isna().all() and crops["lidar_median_depth"].isna().all()
+    embedded = pd.concat(pd.read_parquet(store / "embeddings" / f"{s}.parquet") for s in scenes)
+    assert set(embedded["detection_id"]) == set(crops["detection_id"])
+    split = (tmp_path / "data" / "splits" / "mined.txt").read_text().split()
+    assert split and set(split) <= {s["token"] for s in tables(out)["sample"]}
+    assert any("has no annotations at all" in w for w in warnings), warnings
+
+
+def _clean_env(clone: Path) -> dict[str, str]:
+    """The environment of a user's shell: none of the variables the Makefile or a test set."""
+    drop = ("NUSCENES_", "CONCEPTMINE_", "DAGSTER_HOME", "YOLO_", "HF_HUB_OFFLINE", "PYTEST_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    return {**env, "PYTHONPATH": str(clone)}
+
+
+@pytest.mark.slow
+def test_a_clone_alone_runs_the_demo_and_its_tests(tmp_path):
+    """``git clone`` of the committed HEAD with no ``../shared`` beside it: the README's ``make demo``
+    (on the existing virtual environment: ``-o`` keeps make from rebuilding it) and a fast subset
+    of the tests pass there."""
+    clone = tmp_path / "conceptmine"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    assert not (tmp_path / "shared").exists()
+    env, bin_dir = _clean_env(clone), Path(sys.executable).parent
+    found = subprocess.run([sys.executable, "-c", "import conceptmine_assets; print(conceptmine_assets.__file__)"],
+                           env=env, cwd=clone, capture_output=True, text=True, check=True)
+    assert Path(found.stdout.strip()).is_relative_to(clone)
+    demo = subprocess.run(["make", "-o", f"{bin_dir}/.installed", f"BIN={bin_dir}", "demo"],
+                          env=env, cwd=clone, capture_output=True, text=True, timeout=1200)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    split = (clone / "data" / "splits" / "mined.txt").read_text().split()
+    dataroot = clone / "data" / "demo-dataroot"
+    assert split and set(split) <= {s["token"] for s in tables(dataroot)["sample"]}
+    assert (clone / "data" / "gallery" / "index.html").is_file()
+    links = [p for p in dataroot.rglob("*") if p.is_symlink()]
+    assert links and all(p.resolve().is_relative_to(clone) for p in links)
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+         "conceptmine_assets_tests/test_importer.py", "conceptmine_assets_tests/test_foundation.py",
+         "-k", "importer or sensor or frames_highway or missing or malformed"],
+        env=env, cwd=clone, capture_output=True, text=True, timeout=1200,
+    )
+    assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-3000:]
