@@ -14,7 +14,7 @@ from conceptmine_assets.lib.vocabulary import default_vocabulary_path
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
 from conceptmine_assets.sensors import register_scenes
 from conceptmine_assets.settings import Settings
-from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, copy_dataroot
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, copy_dataroot
 
 SCENE_ASSETS = ["frames", "detections", "crops", "embeddings", "outlier_flags", "captions", "concept_scores"]
 GLOBAL_ASSETS = ["outlier_reference", "mined_split", "mining_quality_report", "embedding_clusters", "gallery"]

@@ -17,7 +17,6 @@ import pytest
 
 from conceptmine_assets.resources.vocabulary import VocabularyResource
 from PIL import Image
-from upath import UPath
 
 from conceptmine_assets.assets.captions import CaptionsConfig, captions, crop_table, select_for_vlm
 from conceptmine_assets.lib.vocabulary import load_vocabulary
@@ -26,9 +25,9 @@ from conceptmine_assets.lib.captioning import CaptionRequest, match_class, parse
 from conceptmine_assets.resources.captioner import CaptionerResource, TemplateCaptioner
 from conceptmine_assets.resources.openai_captioner import OpenAICaptioner
 from conceptmine_assets.resources.qwen2_vl_captioner import Qwen2VLCaptioner
-from conceptmine_assets.resources.storage import ParquetIOManager, atomic_write, to_arrow
+from conceptmine_assets.resources.storage import ParquetIOManager
 from conceptmine_assets.schemas import CAPTIONS, CROPS, DETECTIONS, OUTLIER_FLAGS
-from conceptmine_assets_tests.conftest import materialize_scene
+from conceptmine_assets_tests.helpers import materialize_scene, write_table
 from conceptmine_assets_tests.tiny_qwen2_vl import build_tiny_qwen2_vl
 
 SCENE = "scene-test-0001"
@@ -339,8 +338,7 @@ CROP_SPECS = [
 
 
 def _write_table(store: Path, asset: str, df: pd.DataFrame) -> None:
-    table = to_arrow(df, asset, f"test {asset}")
-    atomic_write(UPath(store) / asset / f"{SCENE}.parquet", lambda fh: pq.write_table(table, fh))
+    write_table(store, asset, df, SCENE)
 
 
 def _upstream_frames(specs=CROP_SPECS) -> dict[str, pd.DataFrame]:
@@ -473,7 +471,7 @@ def test_captions_over_several_scenes_in_one_run(store, instance):
     for scene in scenes:
         for name, df in _upstream_frames().items():
             df = df.assign(scene_name=scene, detection_id=df["detection_id"] + f"@{scene}")
-            atomic_write(UPath(store) / name / f"{scene}.parquet", lambda fh, t=to_arrow(df, name, "t"): pq.write_table(t, fh))
+            write_table(store, name, df, scene)
     instance.add_dynamic_partitions("nuscenes_scenes", scenes)
     result = dg.materialize(
         [captions, *UPSTREAM], selection=[captions], instance=instance,

@@ -13,7 +13,6 @@ import pytest
 
 from conceptmine_assets.resources.vocabulary import VocabularyResource
 from PIL import Image
-from upath import UPath
 
 from conceptmine_assets.assets.concepts import concept_scores
 from conceptmine_assets.lib.concepts import (
@@ -39,9 +38,9 @@ from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.embedder import EmbedderResource, tiny_clip_config_path
 from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder
-from conceptmine_assets.resources.storage import ParquetIOManager, atomic_write, to_arrow
+from conceptmine_assets.resources.storage import ParquetIOManager
 from conceptmine_assets.schemas import CAPTIONS, CONCEPT_SCORES, EMBEDDINGS
-from conceptmine_assets_tests.conftest import materialize_scene
+from conceptmine_assets_tests.helpers import materialize_scene, write_table
 
 SCENE = "scene-test-0001"
 
@@ -348,8 +347,7 @@ def test_assign_group(class_name, vlm, top, group):
 
 
 def _write_table(store: Path, asset: str, df: pd.DataFrame) -> None:
-    table = to_arrow(df, asset, f"test {asset}")
-    atomic_write(UPath(store) / asset / f"{SCENE}.parquet", lambda fh: pq.write_table(table, fh))
+    write_table(store, asset, df, SCENE)
 
 
 KEYS = dict(scene_name=SCENE, sample_token="s0", sample_data_token="sd0", channel="CAM_FRONT")

@@ -25,7 +25,7 @@ from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder, lo
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager
 from conceptmine_assets.schemas import CROPS
-from conceptmine_assets_tests.conftest import REAL_SCENE, REAL_SLICE, materialize_scene, require
+from conceptmine_assets_tests.helpers import REAL_SCENE, REAL_SLICE, materialize_scene, require
 
 CLASS_NAMES = {"vehicle.car": "car", "vehicle.truck": "truck", "human.pedestrian.adult": "pedestrian"}
 MIN_SIDE_PX = 30  # smaller boxes say little about the object

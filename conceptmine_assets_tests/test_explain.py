@@ -2,7 +2,6 @@
 
 import base64
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -30,7 +29,7 @@ from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib import plots
 from conceptmine_assets.lib.gallery import ITEM_COLUMNS, gallery_items, render_gallery, top_concepts, why_selected
 from conceptmine_assets.lib.outliers import OutlierParams, fit_reference
-from conceptmine_assets_tests.conftest import REAL_SCENE
+from conceptmine_assets_tests.helpers import REAL_SCENE, pipeline_env, write_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -251,12 +250,7 @@ def test_gallery_edge_cases():
 
 
 def _write(store: Path, asset: str, df: pd.DataFrame) -> None:
-    from upath import UPath
-
-    from conceptmine_assets.resources.storage import atomic_write, to_arrow
-
-    table = to_arrow(df, asset, f"test {asset}")
-    atomic_write(UPath(store) / asset / "scene-t.parquet", lambda fh: pq.write_table(table, fh))
+    write_table(store, asset, df, "scene-t")
 
 
 def seed_clusters_store(store: Path, vectors: np.ndarray, concepts: list[str], model_id: str, vocabulary: str) -> None:
@@ -349,69 +343,6 @@ def test_clusters_of_three_crops_with_a_large_k(store):
 
 
 # ---------------------------------------------------------------- end to end on the real slice
-
-CAMERAS = ["CAM_FRONT"]  # the paper's camera; 47 crops on the real slice, incl. the parked truck
-_RUNS: dict[str, dict] = {}  # one pipeline run per test session, shared with test_browser
-
-
-@contextmanager
-def pipeline_env(dataroot: Path, root: Path):
-    """Environment of a deployment on ``root`` (DAGSTER_HOME, store, cwd for relative side files)."""
-    home = root / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {
-            "DAGSTER_HOME": str(home), "NUSCENES_DATAROOT": str(dataroot), "CONCEPTMINE_STORE": str(root / "store"),
-            "CONCEPTMINE_DETECTOR": "annotations", "CONCEPTMINE_PROFILE": "offline",
-        }.items():
-            mp.setenv(key, value)
-        for key in ("CONCEPTMINE_CAPTIONER", "CONCEPTMINE_VOCABULARY"):
-            mp.delenv(key, raising=False)
-        mp.chdir(root)
-        yield home
-
-
-def materialise_real_slice(dataroot: Path, root: Path) -> dict:
-    """The whole pipeline on the real slice (as ``conceptmine demo``), then a mined split that takes
-    the one sample (target budget 100 %) and the explain assets; returns paths and results."""
-    from conceptmine_assets import cli
-    from conceptmine_assets.assets.outliers import outlier_reference
-    from conceptmine_assets.assets.splits import mined_split
-    from conceptmine_assets.definitions import build_resources
-    from conceptmine_assets.settings import Settings
-
-    with pipeline_env(dataroot, root) as home, dg.DagsterInstance.get() as instance:
-        cli.register_scenes(instance)
-        with threadpool_limits(1, user_api="openmp"):  # t-SNE's OpenMP threads crawl on a busy 2-core machine
-            cli.run_pipeline(instance, [REAL_SCENE], CAMERAS)
-        run_config = {"ops": {
-            "mined_split": {"config": {"target_frac": 1.0, "random_frac": 0.0, "output_dir": str(root / "splits")}},
-            "gallery": {"config": {"output_dir": str(root / "gallery")}},
-        }}
-        result = dg.materialize(
-            [mined_split, embedding_clusters, gallery, outlier_reference],
-            selection=[mined_split, embedding_clusters, gallery],
-            resources=build_resources(Settings.from_env()), instance=instance, run_config=run_config,
-        )
-        report = instance.get_latest_materialization_event(dg.AssetKey("mining_quality_report"))
-    return {"dataroot": dataroot, "home": home, "store": root / "store", "gallery": root / "gallery" / "index.html", "result": result,
-            "report_metadata": report.asset_materialization.metadata if report else None}
-
-
-def shared_real_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """:func:`materialise_real_slice` once per test session (skips when the fixture is absent)."""
-    from conceptmine_assets_tests.conftest import REAL_SLICE, require
-
-    if "real" not in _RUNS:
-        _RUNS["real"] = materialise_real_slice(require(REAL_SLICE), tmp_path_factory.mktemp("real-run"))
-    return _RUNS["real"]
-
-
-@pytest.fixture(scope="module")
-def real_run(tmp_path_factory) -> dict:
-    return shared_real_run(tmp_path_factory)
-
 
 def test_explain_assets_on_the_real_slice(real_run):
     store, result = real_run["store"], real_run["result"]

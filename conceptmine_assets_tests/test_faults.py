@@ -56,7 +56,7 @@ from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager
 from conceptmine_assets.schemas import SCHEMAS
-from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, REAL_SCENE, REPO, materialize_scene
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, REAL_SCENE, REPO, materialize_scene
 
 PERCEPTION = [frames, detections, crops, embeddings]
 GOOD, BAD = HIGHWAY_SCENES[0], HIGHWAY_SCENES[1]  # 2 frames and 1 frame, different image files

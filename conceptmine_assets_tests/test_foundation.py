@@ -20,7 +20,7 @@ from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager
 from conceptmine_assets.sensors import scene_discovery_sensor
 from conceptmine_assets.settings import Settings
-from conceptmine_assets_tests.conftest import (
+from conceptmine_assets_tests.helpers import (
     HIGHWAY_SCENES,
     REAL_SCENE,
     REPO,

@@ -19,7 +19,7 @@ from conceptmine_assets.resources.openai_captioner import OpenAICaptioner
 from conceptmine_assets.resources.profiles import model_resources
 from conceptmine_assets.resources.qwen2_vl_captioner import Qwen2VLCaptioner
 from conceptmine_assets.settings import Settings
-from conceptmine_assets_tests.conftest import REPO
+from conceptmine_assets_tests.helpers import REPO
 
 if sys.version_info >= (3, 11):
     import tomllib

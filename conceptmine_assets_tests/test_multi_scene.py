@@ -15,7 +15,7 @@ from conceptmine_assets.resources.detector import YoloDetector
 from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import ParquetIOManager
-from conceptmine_assets_tests.conftest import HIGHWAY_SCENES
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES
 
 ASSETS = [frames, detections, crops, embeddings]
 

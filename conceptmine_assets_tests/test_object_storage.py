@@ -7,7 +7,7 @@ import pytest
 from conceptmine_assets.assets.frames import frames
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager
-from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, materialize_scene
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, materialize_scene
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")
 

@@ -26,7 +26,7 @@ from conceptmine_assets.lib.outliers import (
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager, PickleIOManager, atomic_write, to_arrow
 from conceptmine_assets.schemas import CROPS, EMBEDDINGS, OUTLIER_FLAGS
-from conceptmine_assets_tests.conftest import materialize_scene
+from conceptmine_assets_tests.helpers import materialize_scene
 
 DIM = 32
 
