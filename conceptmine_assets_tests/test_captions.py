@@ -25,6 +25,7 @@ from conceptmine_assets.lib.captioning import CaptionRequest, match_class, parse
 from conceptmine_assets.resources.captioner import CaptionerResource, TemplateCaptioner
 from conceptmine_assets.resources.openai_captioner import OpenAICaptioner
 from conceptmine_assets.resources.qwen2_vl_captioner import Qwen2VLCaptioner
+from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 from conceptmine_assets.resources.storage import ParquetIOManager
 from conceptmine_assets.schemas import CAPTIONS, CROPS, DETECTIONS, OUTLIER_FLAGS
 from conceptmine_assets_tests.helpers import materialize_scene, write_table
@@ -369,14 +370,20 @@ def upstream_store(store: Path) -> Path:
     return store
 
 
+OFFLINE_EMBEDDER = OfflineEmbedder(device="cpu")  # caption text embeddings (MiniLM)
 UPSTREAM = [dg.AssetSpec(n, partitions_def=scene_partitions) for n in ("crops", "detections", "outlier_flags")]
+
+
+def _without_vectors(schema):
+    """The schema less caption_embedding (stored as a fixed-size list, declared as a list)."""
+    return schema.remove(schema.get_field_index("caption_embedding"))
 
 
 def _materialize(store: Path, instance, captioner: CaptionerResource, config: dict | None = None):
     result = materialize_scene(
         [captions, *UPSTREAM], SCENE, instance,
         {"io_manager": ParquetIOManager(base_path=str(store)), "captioner": captioner,
-         "vocabulary_file": VocabularyResource()},
+         "vocabulary_file": VocabularyResource(), "embedder": OFFLINE_EMBEDDER},
         run_config={"ops": {"captions": {"config": config or {}}}},
         selection=[captions],
     )
@@ -400,7 +407,7 @@ def test_selection_order_and_budget():
 
 def test_captions_asset_template_backend(upstream_store, instance):
     table, md = _materialize(upstream_store, instance, TemplateCaptioner(), {"max_per_scene": 3})
-    assert table.schema == CAPTIONS
+    assert _without_vectors(table.schema) == _without_vectors(CAPTIONS)
     df = table.to_pandas().set_index("detection_id")
     assert df.index.tolist() == [s[0] for s in CROP_SPECS]  # one row per crop, crop order
     assert df["status"].to_dict() == {"d-car": "class_name", "d-truck": "ok", "d-odd-car": "ok",
@@ -410,6 +417,10 @@ def test_captions_asset_template_backend(upstream_store, instance):
     assert df.loc["d-ped", "caption"] == "pedestrian" and df.loc["d-other", "caption"] == "others"
     assert df.loc["d-truck", "backend"] == "template" and pd.isna(df.loc["d-car", "backend"])
     assert (md["num_ok"].value, md["num_class_name"].value, md["num_failed"].value) == (3, 3, 0)
+    # every caption is stored with its text embedding, as the embedder encodes it
+    expected = OFFLINE_EMBEDDER.encode_texts(df["caption"].tolist())
+    assert np.allclose(np.stack(df["caption_embedding"].to_numpy()), expected, atol=1e-5)
+    assert set(df["text_model_id"]) == {OFFLINE_EMBEDDER.text_model_id}
     assert md["num_over_budget"].value == 1 and md["num_sent_to_captioner"].value == 3
     # idempotent: a re-run rewrites the same table
     again, _ = _materialize(upstream_store, instance, TemplateCaptioner(), {"max_per_scene": 3})
@@ -461,7 +472,7 @@ def test_captions_asset_empty_scene(store, instance):
     for name, df in _upstream_frames(specs=[]).items():
         _write_table(store, name, df)
     table, md = _materialize(store, instance, TemplateCaptioner())
-    assert table.num_rows == 0 and table.schema == CAPTIONS
+    assert table.num_rows == 0 and _without_vectors(table.schema) == _without_vectors(CAPTIONS)
     assert md["num_crops"].value == 0 and md["captions_per_s"].value is None
 
 
@@ -476,7 +487,7 @@ def test_captions_over_several_scenes_in_one_run(store, instance):
     result = dg.materialize(
         [captions, *UPSTREAM], selection=[captions], instance=instance,
         resources={"io_manager": ParquetIOManager(base_path=str(store)), "captioner": TemplateCaptioner(),
-                   "vocabulary_file": VocabularyResource()},
+                   "vocabulary_file": VocabularyResource(), "embedder": OFFLINE_EMBEDDER},
         run_config={"ops": {"captions": {"config": {"max_per_scene": 2}}}},
         tags={"dagster/asset_partition_range_start": scenes[0], "dagster/asset_partition_range_end": scenes[1]},
     )

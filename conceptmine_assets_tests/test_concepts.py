@@ -359,9 +359,12 @@ def _captions(rows: list[tuple[str, str, str, str | None]], backend: str = "test
     for det, cls, caption, vlm in rows:
         out.append({**KEYS, "detection_id": det, "class_name": cls, "status": "ok" if vlm else "class_name",
                     "backend": backend, "model_id": "test", "raw_answer": None, "vlm_class": vlm,
-                    "description": caption if described else None, "caption": caption, "error": None,
-                    "attempts": 1, "latency_s": 0.0})
-    return pd.DataFrame(out, columns=CAPTIONS.names)
+                    "description": caption if described else None, "caption": caption, "error": None, "attempts": 1,
+                    "latency_s": 0.0,
+                    "text_model_id": "test", "caption_embedding": np.ones(4, np.float32)})
+    df = pd.DataFrame(out, columns=CAPTIONS.names)
+    df.attrs["vector_dims"] = {"caption_embedding": 4}
+    return df
 
 
 def _embeddings(ids: list[str], classes: list[str], vectors: np.ndarray, model_id: str) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from conceptmine_assets.resources.embedder import EmbedderResource, tiny_clip_co
 from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder, load_open_clip
 from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager
+from conceptmine_assets.resources.storage import StoreViews, ParquetIOManager
 from conceptmine_assets.schemas import CROPS
 from conceptmine_assets_tests.helpers import REAL_SCENE, REAL_SLICE, materialize_scene, require
 
@@ -283,7 +283,7 @@ def test_embeddings_materialise_and_rerun_identically(crops_df, offline, store, 
 
     assert _run(crops_df, offline, store, instance).success
     assert pq.read_table(path).equals(first)
-    counts = DuckDBResource(base_path=str(store)).query(
+    counts = StoreViews(base_path=str(store)).query(
         "select class_name, count(*) as n from embeddings group by class_name order by class_name"
     )
     assert dict(zip(counts["class_name"], counts["n"])) == crops_df["class_name"].value_counts().to_dict()

@@ -6,14 +6,15 @@ import shutil
 from pathlib import Path
 
 import cv2
+import dagster as dg
 import pytest
 
 from conceptmine_assets import cli
 from conceptmine_assets.import_images import import_images
 from conceptmine_assets.importer import ImportOptions
-from conceptmine_assets.lib.importer import IDENTITY_INTRINSIC, RateGate, filename_timestamp
+from conceptmine_assets.lib.importer import IDENTITY_INTRINSIC, Frame, RateGate, assemble, filename_timestamp
 from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets.sensors import register_scenes
+from conceptmine_assets.sensors import register_scenes, scene_discovery_sensor
 from conceptmine_assets_tests.importer_sources import VERSION, folder_tree, highway_images, table_bytes, tables, write_video
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
@@ -42,6 +43,18 @@ def test_rate_gate_keeps_every_fifteenth_frame_of_30fps_at_2fps():
     gate = RateGate(2.0)
     kept = [i for i in range(90) if gate.keep(round(i * 1e6 / 30))]
     assert kept == [0, 15, 30, 45, 60, 75]
+
+
+def test_assemble_attaches_the_nearest_frame_of_each_camera():
+    def frame(channel: str, t_ms: int) -> Frame:
+        return Frame(f"{channel}/{t_ms}", f"{channel}/{t_ms}.jpg", channel, t_ms * 1000, 8, 8, f"x/{channel}{t_ms}.jpg")
+
+    fronts = [frame("CAM_FRONT", t) for t in (0, 500, 1000)]
+    backs = [frame("CAM_BACK", t) for t in (40, 60, 520, 990)]  # 40 and 60 compete for the first sample
+    samples, left_out = assemble(fronts + backs)
+    assert [(s["CAM_FRONT"].timestamp, s["CAM_BACK"].timestamp) for s in samples] == [
+        (0, 40_000), (500_000, 520_000), (1_000_000, 990_000)]
+    assert left_out == 1
 
 
 # ---------------------------------------------------------------- importing
@@ -118,7 +131,9 @@ def test_reimport_is_byte_identical_and_a_grown_folder_keeps_tokens(tmp_path, in
     grown = tables(out)
     for name in ("scene", "sample", "sample_data", "ego_pose", "log", "sensor", "calibrated_sensor"):
         assert all(rec in grown[name] for rec in first_tables[name]), name
-    assert register_scenes(instance, nuscenes) == ["drive-c"]  # the discovery sensor's function
+    with dg.build_sensor_context(instance=instance, resources={"nuscenes": nuscenes}) as context:
+        (request,) = scene_discovery_sensor(context).dynamic_partitions_requests
+    assert list(request.partition_keys) == ["drive-c"]
 
 
 def test_order_and_exif_clocks(tmp_path):
@@ -126,14 +141,19 @@ def test_order_and_exif_clocks(tmp_path):
 
     src = tmp_path / "src" / "cam"
     src.mkdir(parents=True)
-    for i, second in enumerate((5, 7, 9)):
+    for number, second in ((10, 5), (2, 7), (1, 9)):  # taken in the order img10, img2, img1
         exif = Image.Exif()
         exif[306] = f"2024:01:02 03:04:0{second}"
-        Image.new("RGB", (64, 48), (i * 60, 0, 0)).save(src / f"img{i}.jpg", exif=exif)
+        Image.new("RGB", (64, 48), (number * 20, 0, 0)).save(src / f"img{number}.jpg", exif=exif)
+
+    def sources(out: Path) -> list[tuple[int, str]]:
+        return [(sd["timestamp"], (out / sd["filename"]).resolve().name) for sd in tables(out)["sample_data"]]
+
     import_images(src.parent, tmp_path / "exif")
-    assert [s["timestamp"] % 60_000_000 for s in tables(tmp_path / "exif")["sample"]] == [5_000_000, 7_000_000, 9_000_000]
-    import_images(src.parent, tmp_path / "order", ImportOptions(timestamps="order", fps=4.0))
-    assert [s["timestamp"] for s in tables(tmp_path / "order")["sample"]] == [0, 250_000, 500_000]
+    assert [(t % 60_000_000, name) for t, name in sources(tmp_path / "exif")] == [
+        (5_000_000, "img10.jpg"), (7_000_000, "img2.jpg"), (9_000_000, "img1.jpg")]
+    import_images(src.parent, tmp_path / "order", ImportOptions(timestamps="order", fps=4.0))  # natural file order
+    assert sources(tmp_path / "order") == [(0, "img1.jpg"), (250_000, "img2.jpg"), (500_000, "img10.jpg")]
 
 
 # ---------------------------------------------------------------- bad input
