@@ -55,7 +55,7 @@ def settings(args: argparse.Namespace, store: Path, dataroot: Path | None = None
 def model_resources(args: argparse.Namespace) -> dict:
     """The project's detector and embedder for the flags' profile, on ``--device`` with the flags'
     batch sizes (``--embedder vit-b-32``: the paper's ViT-B/32, random init unless ``--clip-pretrained``)."""
-    from conceptmine_assets.definitions import model_resources as project_models
+    from conceptmine_assets.resources.profiles import model_resources as project_models
 
     models = project_models(settings(args, Path("unused")))
     detector = models["detector"].model_copy(update={"device": args.device, "batch_size": args.det_batch})

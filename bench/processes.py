@@ -133,7 +133,7 @@ def child_perception(args) -> dict:
     scenes = args.child_scenes.split(",")
     pipe.register(scenes)
     pipe.resources["detector"].load()  # models warm before the clock starts
-    pipe.resources["embedder"].encoders()
+    pipe.resources["embedder"].load()
     sync = Path(args.child_dir) / "sync"
     (sync / f"ready-{os.getpid()}").touch()
     while not (sync / "go").exists():

@@ -24,14 +24,14 @@ def inputs() -> tuple[list, list]:
 
     from conceptmine_assets.assets.frames import CAMERAS
     from conceptmine_assets.lib.images import read_rgb
-    from conceptmine_assets.resources.detector import DetectorResource
+    from conceptmine_assets.resources.detector import AnnotationsDetector
     from conceptmine_assets.resources.nuscenes import NuScenesResource
 
     nusc = NuScenesResource(dataroot=str(REAL_SLICE)).nusc
     sample = nusc.sample[0]
     paths = [nusc.get_sample_data_path(sample["data"][c]) for c in CAMERAS]
     frames = [read_rgb(p) for p in paths + sorted(str(p) for p in (HIGHWAY / "samples" / "CAM_FRONT").glob("*.jpg"))]
-    gt, crops = DetectorResource(backend="annotations"), []
+    gt, crops = AnnotationsDetector(), []
     for channel, image in zip(CAMERAS, frames):
         for box in gt.annotation_boxes(nusc, sample["data"][channel]).boxes:
             x1, y1, x2, y2 = (int(v) for v in (box.x1, box.y1, box.x2, box.y2))

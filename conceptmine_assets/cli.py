@@ -75,14 +75,16 @@ def run_pipeline(
 
 
 def search_command(text: str, k: int) -> int:
-    """Print the ``k`` best crops for ``text`` and which mode ranked them (embedder of the profile)."""
+    """Print the ``k`` best crops for ``text`` from the search index, and which mode ranked them."""
     from conceptmine_assets.definitions import model_resources
-    from conceptmine_assets.lib.search import search_crops
-    from conceptmine_assets.resources.storage import DuckDBResource
+    from conceptmine_assets.resources.search_index import SearchIndexResource, search_crops
     from conceptmine_assets.settings import Settings
 
     settings = Settings.from_env()
-    result = search_crops(DuckDBResource(base_path=settings.store), model_resources(settings)["embedder"], text, k)
+    embedder = model_resources(settings)["embedder"]
+    result, stale = search_crops(SearchIndexResource(base_path=settings.store), embedder, text, k)
+    for line in stale:
+        sys.stdout.write(f"warning: the search index is older than the store ({line}); re-materialise search_index\n")
     table = result.hits.to_string(index=False, max_colwidth=50, float_format=lambda v: f"{v:.3f}")
     sys.stdout.write(f"{result.describe()}\n{table}\n")
     return 0
@@ -114,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Asset job .* varying BackfillPolicies")
 
     if args.command == "sql":
-        from conceptmine_assets.resources.storage import DuckDBResource
+        from conceptmine_assets.resources.storage import open_store_views
         from conceptmine_assets.settings import Settings
 
-        df = DuckDBResource(base_path=Settings.from_env().store).query(args.query)
+        df = open_store_views(Settings.from_env().store).execute(args.query).df()
         sys.stdout.write(df.to_string(max_rows=200, max_colwidth=60) + "\n")
         return 0
 
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             store = load_settings().store
             sys.stdout.write(
                 f"\ndone. Outputs: {store}/<asset>/<scene>.parquet\n"
-                "Mined split: data/splits/mined.txt   Gallery: data/gallery/index.html (open in a browser)\n"
+                f"Mined split: {store}/splits/mined.txt   Gallery: {store}/gallery/index.html (open in a browser)\n"
                 "Browse lineage and metadata: make ui  (then open http://127.0.0.1:3000)\n"
                 'Query: .venv/bin/conceptmine sql "SELECT * FROM mined_split"   '
                 '.venv/bin/conceptmine search "a parked truck"\n'

@@ -29,6 +29,7 @@ from conceptmine_assets.importer import (
     VIDEO_SUFFIXES,
     ImportOptions,
     image_group,
+    probe_images,
     scan,
     video_frames,
 )
@@ -79,7 +80,10 @@ def check_paths(src: Path, out: Path) -> None:
         raise ConceptmineError(f"output {out} exists and is not a folder")
     marker = out / MARKER
     if marker.is_file():
-        recorded = json.loads(marker.read_text()).get("source")
+        try:
+            recorded = json.loads(marker.read_text())["source"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConceptmineError(f"{marker} is unreadable ({exc}): use a new output folder") from exc
         if recorded != str(source):
             raise ConceptmineError(f"{out} was imported from {recorded}, not {source}: use another output folder")
     elif out.exists() and any(out.iterdir()):
@@ -96,7 +100,8 @@ def read_source(src: Path, staging: Path, opts: ImportOptions) -> tuple[list[Gro
     by_group: dict[str, dict[str, list[Path]]] = {}
     for (group, channel), paths in sorted(found.images.items()):
         by_group.setdefault(group, {})[channel] = paths
-    groups = [image_group(g, found.origins[g], chans, root, opts) for g, chans in by_group.items()]
+    probe = probe_images([p for paths in found.images.values() for p in paths])
+    groups = [image_group(g, found.origins[g], chans, root, probe, opts) for g, chans in by_group.items()]
     for group in groups:
         check_timestamps(group)
     for name, channel, path in found.videos:

@@ -20,6 +20,8 @@ last, so the discovery sensor sees a new scene only once every table holds it.
 from __future__ import annotations
 
 import os
+import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Literal
 from PIL import Image
 
 from conceptmine_assets.assets.frames import CAMERAS
-from conceptmine_assets.errors import ConceptmineError, DatasetError
+from conceptmine_assets.errors import DatasetError
 from conceptmine_assets.lib.importer import DEFAULT_CHANNEL, Frame, Group, RateGate, filename_timestamp, scene_name
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -63,15 +65,19 @@ def scan(src: Path) -> Found:
     if src.is_file():
         _add_file(found, src, src.parent, (), DEFAULT_CHANNEL, [scene_name([src.stem])])
         return found
-    for dirpath, dirnames, filenames in os.walk(src):
+    for dirpath, dirnames, filenames in os.walk(src, onerror=_unreadable_folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = Path(dirpath).relative_to(src).parts
         is_camera = bool(rel) and rel[-1] in CAMERAS
         owner = rel[:-1] if is_camera else rel
         channel = rel[-1] if is_camera else DEFAULT_CHANNEL
         for name in sorted(f for f in filenames if not f.startswith(".")):
-            _add_file(found, Path(dirpath, name), src, owner, channel, list(owner) or [src.name])
+            _add_file(found, Path(dirpath, name), src, owner, channel, list(owner) or [src.resolve().name])
     return found
+
+
+def _unreadable_folder(exc: OSError) -> None:
+    raise DatasetError(f"cannot read folder {exc.filename}: {exc.strerror}") from exc
 
 
 def _add_file(found: Found, path: Path, src: Path, owner: tuple, channel: str, parts: list[str]) -> None:
@@ -79,7 +85,7 @@ def _add_file(found: Found, path: Path, src: Path, owner: tuple, channel: str, p
     if suffix in IMAGE_SUFFIXES:
         group = scene_name(parts)
         found.images.setdefault((group, channel), []).append(path)
-        found.origins.setdefault(group, "/".join(owner) + "/" if owner else f"{src.name}/")
+        found.origins.setdefault(group, "/".join(owner) + "/" if owner else f"{src.resolve().name}/")
     elif suffix in VIDEO_SUFFIXES:
         found.videos.append((scene_name([*owner, path.stem]), channel, path))
     else:
@@ -112,9 +118,24 @@ def probe_image(path: Path) -> tuple[int, int, int | None]:
     return width, height, when
 
 
-def image_group(group: str, origin: str, by_channel: dict[str, list[Path]], src: Path, opts: ImportOptions) -> Group:
+Probed = dict[Path, tuple[int, int, int | None]]
+
+
+def probe_images(paths: list[Path]) -> Probed:
+    """:func:`probe_image` of every path on a few threads (decoding releases the GIL); the error
+    of the first bad file in ``paths`` order."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return dict(zip(paths, pool.map(probe_image, paths), strict=True))
+
+
+def natural_key(path: Path) -> list:
+    """File order as people number files: ``img2`` before ``img10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.as_posix())]
+
+
+def image_group(group: str, origin: str, by_channel: dict[str, list[Path]], root: Path, probe: Probed, opts: ImportOptions) -> Group:
     """The frames of one folder group (all its cameras), timestamps by ``opts.timestamps``."""
-    probed = {ch: [(p, *probe_image(p)) for p in paths] for ch, paths in by_channel.items()}
+    probed = {ch: [(p, *probe[p]) for p in paths] for ch, paths in by_channel.items()}
     items = [item for rows in probed.values() for item in rows]
     clock = opts.timestamps
     if clock == "auto":
@@ -125,11 +146,11 @@ def image_group(group: str, origin: str, by_channel: dict[str, list[Path]], src:
             clock = "exif"
     frames = []
     for channel, rows in sorted(probed.items()):
-        for k, (path, width, height, when) in enumerate(sorted(rows, key=lambda r: r[0])):
+        for k, (path, width, height, when) in enumerate(sorted(rows, key=lambda r: natural_key(r[0]))):
             stamp = {"filename": filename_timestamp(path.stem), "exif": when, "order": round(k * 1e6 / opts.fps)}[clock]
             if stamp is None:
                 raise DatasetError(f"{path} has no {clock} timestamp (--timestamps {clock}); use --timestamps order")
-            rel = path.relative_to(src).as_posix()
+            rel = path.relative_to(root).as_posix()
             name = f"samples/{channel}/{group}__{channel}__{stamp}{path.suffix.lower()}"
             frames.append(Frame(rel, str(path), channel, stamp, width, height, name))
     return Group(group, origin, clock, frames)
@@ -162,6 +183,6 @@ def video_frames(path: Path, group: str, channel: str, rel: str, staging: Path, 
         expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     finally:
         cap.release()
-    if not frames or index + 1 < expected:
+    if not frames or index + 1 < expected - max(2, expected // 50):  # containers may estimate the count
         raise DatasetError(f"cannot decode video {path}: {index + 1} of {expected} frames decode (truncated or corrupt?)")
     return frames

@@ -131,6 +131,8 @@ CAPTIONS = pa.schema(
         ("error", _str),
         ("attempts", _i32),
         ("latency_s", _f32),
+        ("text_model_id", _str),  # the embedder's text model that encoded the caption
+        ("caption_embedding", _vec),  # L2-normalised text embedding of `caption` (search, scoring)
     ]
 )
 
@@ -180,7 +182,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "mined_split": MINED_SPLIT,
 }
 
-VECTOR_COLUMNS = {"embedding"}
+VECTOR_COLUMNS = {"embedding", "caption_embedding"}
 
 
 def column_schema(name: str) -> dict:

@@ -178,10 +178,18 @@ def test_split_violations(reasons, tokens, num_samples, problem):
     assert problems == ([problem] if problem else [])
 
 
-def test_split_check_reads_the_budgets_of_the_materialisation(store, instance):
-    write_table(store, "mined_split", split(["target", "target", "target"]))
-    instance.report_runless_asset_event(dg.AssetMaterialization(
-        "mined_split", metadata={"budgets": dg.MetadataValue.json(BUDGETS), "num_training_samples": 3}))
-    passed, md = run_check(store, "split_size_matches_budget", instance)
-    assert not passed and md["problems"] == "target: 3 selected > budget 2" and md["num_selected"] == 3
+def test_split_check_reads_the_budgets_of_the_config(store, instance):
+    """Budgets come from the asset's config over the samples in `frames`, not from its metadata."""
+    from conceptmine_assets.assets.splits import SplitConfig
 
+    tokens = [f"s{i}" for i in range(10)]
+    frames = pd.DataFrame({c: pd.Series([None] * 10, dtype=object) for c in SCHEMAS["frames"].names})
+    frames["scene_name"], frames["sample_token"], frames["image_ok"] = SCENES[0], tokens, True
+    write_table(store, "frames", frames, SCENES[0])
+    write_table(store, "mined_split", split(["target", "target", "target"]))
+    instance.report_runless_asset_event(dg.AssetMaterialization(  # metadata that would pass: ignored
+        "mined_split", metadata={"budgets": dg.MetadataValue.json({"target": 3, "rare": 0, "random": 0})}))
+    passed, md = run_check(store, "split_size_matches_budget", instance)
+    target = int(SplitConfig().target_frac * 10 + 1e-9)
+    assert not passed and md["problems"].startswith(f"target: 3 selected > budget {target}")
+    assert md["num_training_samples"] == 10 and md["budgets"]["target"] == target

@@ -1,66 +1,21 @@
-"""`conceptmine import-images`: folders and videos as nuScenes dataroots, bad input, re-imports,
-the whole pipeline on an import, and a clone of the repository that runs on its own."""
+"""`conceptmine import-images`: folders and videos as nuScenes dataroots, re-imports, bad input
+(the pipeline on an import and the clone of the repository: ``test_importer_e2e.py``)."""
 
-import json
-import logging
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import dagster as dg
-import pandas as pd
 import pytest
 
 from conceptmine_assets import cli
-from conceptmine_assets.errors import DatasetError
 from conceptmine_assets.import_images import import_images
 from conceptmine_assets.importer import ImportOptions
-from conceptmine_assets.lib.importer import IDENTITY_INTRINSIC, RateGate, filename_timestamp
-from conceptmine_assets.resources.nuscenes import NUSCENES_TABLES, NuScenesResource
-from conceptmine_assets.sensors import register_scenes
-from conceptmine_assets_tests.helpers import HIGHWAY, REPO, YOLO_TFLITE, materialize_scene, pipeline_env, require
-
-VERSION = "v1.0-mini"
-
-
-def highway_images() -> list[Path]:
-    """The 4 highway frames (file names carry their µs timestamps: 0, 0.52, 1.0, 1.48 s)."""
-    return sorted(require(HIGHWAY / "samples" / "CAM_FRONT").glob("*.jpg"))
-
-
-def folder_tree(root: Path) -> Path:
-    """``root/src`` with two drives of two highway frames each."""
-    images = highway_images()
-    for name, part in (("drive-a", images[:2]), ("drive-b", images[2:])):
-        (root / "src" / name).mkdir(parents=True)
-        for image in part:
-            shutil.copy(image, root / "src" / name / image.name)
-    return root / "src"
-
-
-def write_video(path: Path, fps: float = 10.0, repeat: int = 5) -> Path:
-    """An MP4 (mp4v) of the highway frames, each held for ``repeat`` frames."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (1280, 720))
-    assert writer.isOpened(), "OpenCV cannot write mp4v here"
-    for image in highway_images():
-        frame = cv2.imread(str(image))
-        for _ in range(repeat):
-            writer.write(frame)
-    writer.release()
-    return path
-
-
-def tables(out: Path) -> dict[str, list]:
-    return {t: json.loads((out / VERSION / f"{t}.json").read_text()) for t in NUSCENES_TABLES}
-
-
-def table_bytes(out: Path) -> dict[str, bytes]:
-    return {t: (out / VERSION / f"{t}.json").read_bytes() for t in NUSCENES_TABLES}
-
+from conceptmine_assets.lib.importer import IDENTITY_INTRINSIC, Frame, RateGate, assemble, filename_timestamp
+from conceptmine_assets.resources.nuscenes import NuScenesResource
+from conceptmine_assets.sensors import register_scenes, scene_discovery_sensor
+from conceptmine_assets_tests.importer_sources import VERSION, folder_tree, highway_images, table_bytes, tables, write_video
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
     code = cli.main(["import-images", *args])
@@ -88,6 +43,18 @@ def test_rate_gate_keeps_every_fifteenth_frame_of_30fps_at_2fps():
     gate = RateGate(2.0)
     kept = [i for i in range(90) if gate.keep(round(i * 1e6 / 30))]
     assert kept == [0, 15, 30, 45, 60, 75]
+
+
+def test_assemble_attaches_the_nearest_frame_of_each_camera():
+    def frame(channel: str, t_ms: int) -> Frame:
+        return Frame(f"{channel}/{t_ms}", f"{channel}/{t_ms}.jpg", channel, t_ms * 1000, 8, 8, f"x/{channel}{t_ms}.jpg")
+
+    fronts = [frame("CAM_FRONT", t) for t in (0, 500, 1000)]
+    backs = [frame("CAM_BACK", t) for t in (40, 60, 520, 990)]  # 40 and 60 compete for the first sample
+    samples, left_out = assemble(fronts + backs)
+    assert [(s["CAM_FRONT"].timestamp, s["CAM_BACK"].timestamp) for s in samples] == [
+        (0, 40_000), (500_000, 520_000), (1_000_000, 990_000)]
+    assert left_out == 1
 
 
 # ---------------------------------------------------------------- importing
@@ -164,7 +131,9 @@ def test_reimport_is_byte_identical_and_a_grown_folder_keeps_tokens(tmp_path, in
     grown = tables(out)
     for name in ("scene", "sample", "sample_data", "ego_pose", "log", "sensor", "calibrated_sensor"):
         assert all(rec in grown[name] for rec in first_tables[name]), name
-    assert register_scenes(instance, nuscenes) == ["drive-c"]  # the discovery sensor's function
+    with dg.build_sensor_context(instance=instance, resources={"nuscenes": nuscenes}) as context:
+        (request,) = scene_discovery_sensor(context).dynamic_partitions_requests
+    assert list(request.partition_keys) == ["drive-c"]
 
 
 def test_order_and_exif_clocks(tmp_path):
@@ -172,14 +141,19 @@ def test_order_and_exif_clocks(tmp_path):
 
     src = tmp_path / "src" / "cam"
     src.mkdir(parents=True)
-    for i, second in enumerate((5, 7, 9)):
+    for number, second in ((10, 5), (2, 7), (1, 9)):  # taken in the order img10, img2, img1
         exif = Image.Exif()
         exif[306] = f"2024:01:02 03:04:0{second}"
-        Image.new("RGB", (64, 48), (i * 60, 0, 0)).save(src / f"img{i}.jpg", exif=exif)
+        Image.new("RGB", (64, 48), (number * 20, 0, 0)).save(src / f"img{number}.jpg", exif=exif)
+
+    def sources(out: Path) -> list[tuple[int, str]]:
+        return [(sd["timestamp"], (out / sd["filename"]).resolve().name) for sd in tables(out)["sample_data"]]
+
     import_images(src.parent, tmp_path / "exif")
-    assert [s["timestamp"] % 60_000_000 for s in tables(tmp_path / "exif")["sample"]] == [5_000_000, 7_000_000, 9_000_000]
-    import_images(src.parent, tmp_path / "order", ImportOptions(timestamps="order", fps=4.0))
-    assert [s["timestamp"] for s in tables(tmp_path / "order")["sample"]] == [0, 250_000, 500_000]
+    assert [(t % 60_000_000, name) for t, name in sources(tmp_path / "exif")] == [
+        (5_000_000, "img10.jpg"), (7_000_000, "img2.jpg"), (9_000_000, "img1.jpg")]
+    import_images(src.parent, tmp_path / "order", ImportOptions(timestamps="order", fps=4.0))  # natural file order
+    assert sources(tmp_path / "order") == [(0, "img1.jpg"), (250_000, "img2.jpg"), (500_000, "img10.jpg")]
 
 
 # ---------------------------------------------------------------- bad input
@@ -241,92 +215,3 @@ def test_failed_reimport_leaves_the_dataroot_as_it_was(tmp_path, capsys):
     assert code != 0 and "b.jpg" in err
     assert table_bytes(out) == before
     assert sorted(p.name for p in out.iterdir()) == ["conceptmine-import.json", "maps", "samples", VERSION]
-
-
-def test_annotations_backend_says_there_are_none(tmp_path, instance, store):
-    from conceptmine_assets.assets.detections import detections
-    from conceptmine_assets.assets.frames import frames
-    from conceptmine_assets.resources.detector import DetectorResource
-    from conceptmine_assets.resources.storage import ParquetIOManager
-
-    out = tmp_path / "out"
-    import_images(folder_tree(tmp_path), out)
-    resources = {
-        "nuscenes": NuScenesResource(dataroot=str(out)),
-        "io_manager": ParquetIOManager(base_path=str(store)),
-        "detector": DetectorResource(backend="annotations"),
-    }
-    with pytest.raises(DatasetError, match="has no annotations"):
-        materialize_scene([frames, detections], "drive-a", instance, resources)
-    assert not (store / "detections").exists()
-
-
-# ---------------------------------------------------------------- end to end
-
-
-@pytest.mark.slow
-@pytest.mark.real_model
-@pytest.mark.parametrize("kind", ["folders", "video"])
-def test_whole_pipeline_on_an_import_finds_cars(tmp_path, kind):
-    from threadpoolctl import threadpool_limits
-
-    src = folder_tree(tmp_path) if kind == "folders" else write_video(tmp_path / "src" / "highway.mp4").parent
-    out = tmp_path / "dataroot"
-    scenes = import_images(src, out).scenes
-    with pipeline_env(out, tmp_path), pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CONCEPTMINE_DETECTOR", "yolo")  # pipeline_env sets annotations: the import has none
-        mp.setenv("CONCEPTMINE_YOLO_WEIGHTS", str(require(YOLO_TFLITE)))
-        with dg.DagsterInstance.get() as instance:
-            assert cli.register_scenes(instance) == scenes
-            with threadpool_limits(1, user_api="openmp"):
-                cli.run_pipeline(instance, scenes, ["CAM_FRONT"], {"target_frac": 0.5, "random_frac": 0.5})
-            runs = instance.get_runs(filters=dg.RunsFilter(job_name="mining_global_job"))
-            warnings = [e.user_message for e in instance.all_logs(runs[0].run_id) if e.level == logging.WARNING]
-    store = tmp_path / "store"
-    dets = pd.concat(pd.read_parquet(store / "detections" / f"{s}.parquet") for s in scenes)
-    cars = dets[dets["class_name"] == "car"]
-    assert set(cars["scene_name"]) == set(scenes) and cars["detector"].eq("yolo:yolov8n_int8.tflite").all()
-    crops = pd.concat(pd.read_parquet(store / "crops" / f"{s}.parquet") for s in scenes)
-    assert len(crops) and crops["lidar_points"].isna().all() and crops["lidar_median_depth"].isna().all()
-    embedded = pd.concat(pd.read_parquet(store / "embeddings" / f"{s}.parquet") for s in scenes)
-    assert set(embedded["detection_id"]) == set(crops["detection_id"])
-    split = (tmp_path / "data" / "splits" / "mined.txt").read_text().split()
-    assert split and set(split) <= {s["token"] for s in tables(out)["sample"]}
-    assert any("has no annotations at all" in w for w in warnings), warnings
-
-
-def _clean_env(clone: Path) -> dict[str, str]:
-    """The environment of a user's shell: none of the variables the Makefile or a test set."""
-    drop = ("NUSCENES_", "CONCEPTMINE_", "DAGSTER_HOME", "YOLO_", "HF_HUB_OFFLINE", "PYTEST_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    return {**env, "PYTHONPATH": str(clone)}
-
-
-@pytest.mark.slow
-def test_a_clone_alone_runs_the_demo_and_its_tests(tmp_path):
-    """``git clone`` of the committed HEAD with no ``../shared`` beside it: the README's ``make demo``
-    (on the existing virtual environment: ``-o`` keeps make from rebuilding it) and a fast subset
-    of the tests pass there."""
-    clone = tmp_path / "conceptmine"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    assert not (tmp_path / "shared").exists()
-    env, bin_dir = _clean_env(clone), Path(sys.executable).parent
-    found = subprocess.run([sys.executable, "-c", "import conceptmine_assets; print(conceptmine_assets.__file__)"],
-                           env=env, cwd=clone, capture_output=True, text=True, check=True)
-    assert Path(found.stdout.strip()).is_relative_to(clone)
-    demo = subprocess.run(["make", "-o", f"{bin_dir}/.installed", f"BIN={bin_dir}", "demo"],
-                          env=env, cwd=clone, capture_output=True, text=True, timeout=1200)
-    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
-    split = (clone / "data" / "splits" / "mined.txt").read_text().split()
-    dataroot = clone / "data" / "demo-dataroot"
-    assert split and set(split) <= {s["token"] for s in tables(dataroot)["sample"]}
-    assert (clone / "data" / "gallery" / "index.html").is_file()
-    links = [p for p in dataroot.rglob("*") if p.is_symlink()]
-    assert links and all(p.resolve().is_relative_to(clone) for p in links)
-    tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-         "conceptmine_assets_tests/test_importer.py", "conceptmine_assets_tests/test_foundation.py",
-         "-k", "importer or sensor or frames_highway or missing or malformed"],
-        env=env, cwd=clone, capture_output=True, text=True, timeout=1200,
-    )
-    assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-3000:]

@@ -14,7 +14,7 @@ from conceptmine_assets.dask_executor import unmet_resources
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets_tests.helpers import REPO
 
-MODEL_ASSETS = {"detections", "embeddings", "captions", "concept_scores", "embedding_clusters"}
+MODEL_ASSETS = {"detections", "embeddings", "captions", "concept_scores", "embedding_clusters", "search_index"}
 DEPLOY = REPO / "deploy"
 
 
