@@ -75,16 +75,16 @@ def batches(items: list, size: int) -> Iterator[list]:
 
 def model_resources(args: argparse.Namespace) -> dict:
     """Detector and embedder as configured by the flags (the offline profile by default)."""
-    from conceptmine_assets.resources.detector import DetectorResource
-    from conceptmine_assets.resources.embedder import EmbedderResource
+    from conceptmine_assets.resources.detector import YoloDetector
+    from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
+    from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder
 
-    detector = DetectorResource(backend="yolo", weights=args.weights, device=args.device, batch_size=args.det_batch)
+    detector = YoloDetector(weights=args.weights, device=args.device, batch_size=args.det_batch)
     if args.embedder == "offline":
-        embedder = EmbedderResource(backend="offline", device=args.device, batch_size=args.emb_batch)
+        embedder = OfflineEmbedder(device=args.device, batch_size=args.emb_batch)
     else:  # the paper's architecture; random init unless --clip-pretrained names a tag or file
-        embedder = EmbedderResource(
-            backend="open_clip", model="ViT-B-32", pretrained=args.clip_pretrained, device=args.device,
-            batch_size=args.emb_batch,
+        embedder = OpenClipEmbedder(
+            model="ViT-B-32", pretrained=args.clip_pretrained, device=args.device, batch_size=args.emb_batch
         )
     return {"detector": detector, "embedder": embedder}
 
@@ -455,7 +455,7 @@ def section_throughput(args, work: Path, report: Report) -> None:
     from PIL import Image
 
     from conceptmine_assets.lib.images import read_rgb
-    from conceptmine_assets.resources.detector import DetectorResource
+    from conceptmine_assets.resources.detector import AnnotationsDetector
     from conceptmine_assets.resources.nuscenes import NuScenesResource
 
     models = model_resources(args)
@@ -465,7 +465,7 @@ def section_throughput(args, work: Path, report: Report) -> None:
     paths = [nusc.get_sample_data_path(sample["data"][c]) for c in ALL_CAMERAS]
     paths += sorted(str(p) for p in (HIGHWAY / "samples" / "CAM_FRONT").glob("*.jpg"))
     frames = [read_rgb(p) for p in paths]
-    gt = DetectorResource(backend="annotations")
+    gt = AnnotationsDetector()
     crops = []
     for channel, image in zip(ALL_CAMERAS, frames):
         for box in gt.annotation_boxes(nusc, sample["data"][channel]).boxes:
@@ -542,7 +542,7 @@ def child_perception(args) -> dict:
     scenes = args.child_scenes.split(",")
     pipe.register(scenes)
     pipe.resources["detector"].load()  # models warm before the clock starts
-    pipe.resources["embedder"].encoders()
+    pipe.resources["embedder"].load()
     sync = Path(args.child_dir) / "sync"
     (sync / f"ready-{os.getpid()}").touch()
     while not (sync / "go").exists():

@@ -135,7 +135,7 @@ def add_caption_embeddings(outputs: dict[str, pd.DataFrame], embedder: EmbedderR
     for df in outputs.values():
         df["text_model_id"] = embedder.text_model_id
         df["caption_embedding"] = pd.Series([vectors[str(c)] for c in df["caption"]], index=df.index, dtype=object)
-        df.attrs["vector_dims"] = {"caption_embedding": embedder.text_dim}
+        df.attrs["vector_dims"] = {"caption_embedding": embedder.load().text_dim}
 
 
 @dg.asset(
