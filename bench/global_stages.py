@@ -10,7 +10,8 @@ planted rare one, concept scores over 40 concepts, outlier flags, template capti
 ~1.5 KB JPEG per crop; plus a minimal nuScenes table folder with one annotation per crop for the
 mining-quality report. Each stage runs in a fresh subprocess (``dg.materialize`` of the project's
 definitions, scenes registered in a temporary instance); peak RSS is the child's
-``getrusage(RUSAGE_SELF).ru_maxrss``. It prints a Markdown table. Run it from the checkout
+``getrusage(RUSAGE_SELF).ru_maxrss`` and CPU seconds its user + system time (on a shared
+machine the wall seconds mostly measure the other jobs). It prints a Markdown table. Run it from the checkout
 whose code should be measured (``PYTHONPATH=.``).
 """
 
@@ -144,7 +145,8 @@ with dg.DagsterInstance.get() as instance:
     result = dg.materialize(list(defs.assets), selection=[stage], resources=defs.resources, instance=instance,
                             run_config={"ops": {stage: {"config": config}}} if config else None)
     seconds = time.perf_counter() - started
-print(json.dumps({"ok": result.success, "seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"ok": result.success, "seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}))
 """
 
 
@@ -159,10 +161,12 @@ def run_stage(root: Path, stage: str, scenes: list[str], timeout: int) -> dict:
         done = subprocess.run([sys.executable, "-c", _CHILD, stage, json.dumps(scenes)], env=env, cwd=root,
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"ok": False, "seconds": float("nan"), "rss_mb": float("nan"), "note": f"killed after {timeout} s"}
+        return {"ok": False, "seconds": float("nan"), "cpu_s": float("nan"), "rss_mb": float("nan"),
+                "note": f"killed after {timeout} s"}
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode or not lines:
-        return {"ok": False, "seconds": float("nan"), "rss_mb": float("nan"), "note": done.stderr.strip()[-300:]}
+        return {"ok": False, "seconds": float("nan"), "cpu_s": float("nan"), "rss_mb": float("nan"),
+                "note": done.stderr.strip()[-300:]}
     return json.loads(lines[-1])
 
 
@@ -179,12 +183,13 @@ def main() -> None:
         write_store(args.out, args.scenes)
         print(f"store of {args.scenes} scenes written in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     scenes = [f"scene-{s:04d}" for s in range(args.scenes)]
-    print(f"| stage ({args.scenes} scenes, {args.scenes * SAMPLES * CAMERAS * CROPS_PER_FRAME} crops) | seconds | peak RSS MB | note |")
-    print("|---|---|---|---|")
+    print(f"| stage ({args.scenes} scenes, {args.scenes * SAMPLES * CAMERAS * CROPS_PER_FRAME} crops) "
+          "| seconds | CPU seconds | peak RSS MB | note |")
+    print("|---|---|---|---|---|")
     for stage in args.stages:
         r = run_stage(args.out, stage, scenes, args.timeout)
-        print(f"| {stage} | {r['seconds']:.1f} | {r['rss_mb']:.0f} | {'' if r['ok'] else r.get('note', 'failed')} |",
-              flush=True)
+        note = "" if r["ok"] else r.get("note", "failed")
+        print(f"| {stage} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | {r['rss_mb']:.0f} | {note} |", flush=True)
 
 
 if __name__ == "__main__":
