@@ -15,10 +15,9 @@ from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.captioner import CaptionerResource, CaptionRequest, CaptionResult
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.vocabulary import VocabularyResource
-from conceptmine_assets.schemas import CAPTIONS, column_schema
+from conceptmine_assets.schemas import CAPTIONS, KEY_COLUMNS, column_schema
 from conceptmine_assets.settings import stage_config
 
-KEY_COLUMNS = ["detection_id", "scene_name", "sample_token", "sample_data_token", "channel", "class_name"]
 _KIND_RANK = {"target": 0, "rare": 1, "unknown": 2}
 MAX_LISTED = 20
 

@@ -26,7 +26,7 @@ from conceptmine_assets.lib.model_guard import check_embedding_model
 from conceptmine_assets.lib.tables import stack_vectors
 from conceptmine_assets.partitions import all_scenes, scene_partitions
 from conceptmine_assets.resources.store_sql import StoredTable, connect, reservoir_sample
-from conceptmine_assets.schemas import OUTLIER_FLAGS, column_schema
+from conceptmine_assets.schemas import KEY_COLUMNS, OUTLIER_FLAGS, column_schema
 from conceptmine_assets.settings import stage_config
 
 
@@ -197,7 +197,7 @@ def outlier_flags(
     is_outlier, fired = combine(flags, config.combine, config.min_votes)
     limits = QualityThresholds(config.glare_overexposed_frac, config.dark_frac, config.blur_laplacian_var)
     qflags, unknown_quality = quality_flags(df, limits)
-    out = df[["detection_id", "scene_name", "sample_token", "sample_data_token", "channel", "class_name"]].copy()
+    out = df[KEY_COLUMNS].copy()
     for d in DETECTORS:
         out[f"{d}_score"] = scores[d].astype(np.float32)
         out[f"{d}_flag"] = flags[d]
