@@ -10,6 +10,7 @@ import pandas as pd
 
 from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, by_scene
 from conceptmine_assets.lib.vocabulary import Vocabulary, humanize
+from conceptmine_assets.lib.outliers import outlier_or_false
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.captioner import CaptionerResource, CaptionRequest, CaptionResult
 from conceptmine_assets.resources.embedder import EmbedderResource
@@ -43,7 +44,7 @@ def crop_table(crops: pd.DataFrame, detections: pd.DataFrame, outlier_flags: pd.
     flags = outlier_flags[["detection_id", "is_outlier", "outlier_detectors"]].drop_duplicates("detection_id")
     table = crops.merge(det, on="detection_id", how="left").merge(flags, on="detection_id", how="left")
     table["has_flags"] = table["is_outlier"].notna()
-    table["is_outlier"] = table["is_outlier"].astype("boolean").fillna(False).astype(bool)
+    table["is_outlier"] = outlier_or_false(table["is_outlier"])
     table["outlier_detectors"] = table["outlier_detectors"].map(_as_list)
     table["attributes"] = table["attributes"].map(_as_list)
     return table.reset_index(drop=True)

@@ -1,7 +1,7 @@
 """`outlier_reference` (fitted once over all scenes) and `outlier_flags` (one scoring pass per scene)."""
 
 import time
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import dagster as dg
 import duckdb
@@ -45,8 +45,17 @@ class OutlierReferenceConfig(dg.Config):
     tsne_perplexity: float = Field(30.0, gt=0.0, description="t-SNE perplexity (capped at (points - 1) / 3).")
 
 
-def _check_one_model(con: duckdb.DuckDBPyConnection, store: str) -> tuple[str, int, int, int]:
-    """(model_id, dim, rows, scenes) of all stored embeddings; an error if they are mixed."""
+class EmbeddingStats(NamedTuple):
+    """What the store's embeddings are: one model, one dimension."""
+
+    model_id: str
+    dim: int
+    rows: int
+    scenes: int
+
+
+def _check_one_model(con: duckdb.DuckDBPyConnection, store: str) -> EmbeddingStats:
+    """Model, dimension, rows and scenes of all stored embeddings; an error if they are mixed."""
     groups = con.execute(
         "SELECT model_id, len(embedding) AS dim, count(*) AS n, count(DISTINCT scene_name) AS scenes "
         "FROM embeddings GROUP BY ALL ORDER BY n DESC"
@@ -60,7 +69,7 @@ def _check_one_model(con: duckdb.DuckDBPyConnection, store: str) -> tuple[str, i
             "re-materialise `embeddings` for every scene with one model"
         )
     row = groups.iloc[0]
-    return str(row["model_id"]), int(row["dim"]), int(row["n"]), int(row["scenes"])
+    return EmbeddingStats(str(row["model_id"]), int(row["dim"]), int(row["n"]), int(row["scenes"]))
 
 
 @dg.asset(
