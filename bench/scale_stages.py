@@ -26,9 +26,9 @@ DAGSTER_YAML = "telemetry:\n  enabled: false\n"
 def bench_embedder():
     """The image/text embedder of the benchmark: CLIP ViT-B/32 architecture (512-d, text and image
     in one space, as the paper profile), seeded random weights (no hub download here)."""
-    from conceptmine_assets.resources.embedder import EmbedderResource
+    from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder
 
-    return EmbedderResource(backend="open_clip", model="ViT-B-32", pretrained=None, device="cpu")
+    return OpenClipEmbedder(model="ViT-B-32", pretrained=None, device="cpu")
 
 
 def _settings():
@@ -53,14 +53,14 @@ def generate(work: Path, scenes: int, seed: int = 0, workers: int = 2) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     from bench.scale_data import Mixture, StoreWriter, caption_texts, write_dataroot
-    from conceptmine_assets.resources.embedder import EmbedderResource
+    from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
     from conceptmine_assets.resources.vocabulary import VocabularyResource
 
     started = time.perf_counter()
     if not (work / "dataroot" / "v1.0-trainval" / "scene.json").exists():
         write_dataroot(work, scenes)
     dataroot_s = time.perf_counter() - started
-    text = EmbedderResource(backend="offline", device="cpu")
+    text = OfflineEmbedder(device="cpu")
     texts = caption_texts()
     vocabulary = VocabularyResource().load()
     writer = StoreWriter(work / "store", Mixture.make(seed), dict(zip(texts, text.encode_texts(texts))),
@@ -105,10 +105,10 @@ def _ms(seconds: float) -> float:
 def search_in_process(work: Path, mode: str) -> None:
     """Search in one warm process: model load, then per query the whole call (index opened from
     disk, query encoded, ranked, staleness checked) and its parts."""
-    from conceptmine_assets.resources.embedder import EmbedderResource
+    from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
     from conceptmine_assets.resources.search_index import SearchIndexResource, search_crops
 
-    embedder = bench_embedder() if mode == "image_embedding" else EmbedderResource(backend="offline", device="cpu")
+    embedder = bench_embedder() if mode == "image_embedding" else OfflineEmbedder(device="cpu")
     started = time.perf_counter()
     embedder.encode_texts(["warm up"])
     load_model_s = time.perf_counter() - started

@@ -12,6 +12,7 @@ from conceptmine_assets.assets.search_index import SearchIndexConfig, build
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.search import HIT_COLUMNS, rank_by_similarity
 from conceptmine_assets.resources.embedder import EmbedderResource
+from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 from conceptmine_assets.resources.search_index import SearchIndexResource, search_crops
 from conceptmine_assets.resources.store_sql import StoredTable, stored_tables
 from conceptmine_assets.schemas import CAPTIONS, CONCEPT_SCORES, EMBEDDINGS
@@ -178,7 +179,7 @@ REAL_CAPTIONS = [
 
 @pytest.fixture(scope="module")
 def offline_embedder() -> EmbedderResource:
-    return EmbedderResource(backend="offline", device="cpu")
+    return OfflineEmbedder(device="cpu")
 
 
 @pytest.fixture
