@@ -123,7 +123,7 @@ def score_rows(
 
 
 @dg.asset(
-    deps=["concept_vocabulary", "embedding_model"],
+    deps=["vocabulary", "embedding_model"],
     partitions_def=scene_partitions,
     code_version="1",
     kinds={"pytorch", "parquet"},
@@ -136,7 +136,7 @@ def concept_scores(
     captions: pd.DataFrame,
     embeddings: pd.DataFrame,
     embedder: EmbedderResource,
-    vocabulary_file: VocabularyResource,
+    vocabulary: VocabularyResource,
 ) -> pd.DataFrame:
     """One row per crop of the scene (key: detection_id, plus scene_name, sample_token,
     sample_data_token, channel, class_name): the caption, every concept's score
@@ -151,8 +151,8 @@ def concept_scores(
     (unless its detector class is a target)."""
     scene = context.partition_key
     started = time.perf_counter()
-    vocabulary = vocabulary_file.load()
-    prompts, owners = vocabulary.prompt_table(config.prompt_template)
+    vocab = vocabulary.load()
+    prompts, owners = vocab.prompt_table(config.prompt_template)
     prompt_emb = prompt_embeddings(embedder, prompts)
     caption_emb = embedder.encode_texts(captions["caption"].astype(str).tolist())
     crop_emb, has_image = None, np.zeros(len(captions), dtype=bool)
@@ -160,8 +160,8 @@ def concept_scores(
         crop_emb, has_image = crop_vectors(captions, embeddings, embedder, scene)
     adaptive, label_only = weight_masks(captions, config.adaptive)
     weights = text_weights(len(captions), config.weight_text, adaptive, caption_emb, crop_emb, has_image, label_only)
-    scores = score_concepts(caption_emb, prompt_emb, owners, len(vocabulary.concepts), weights, crop_emb)
-    df = score_rows(captions, scores, weights, has_image, vocabulary, config)
+    scores = score_concepts(caption_emb, prompt_emb, owners, len(vocab.concepts), weights, crop_emb)
+    df = score_rows(captions, scores, weights, has_image, vocab, config)
 
     if df.empty:
         context.log.warning(f"scene {scene}: no captions to score")
@@ -176,14 +176,14 @@ def concept_scores(
             "score_modes": dg.MetadataValue.json({k: int(v) for k, v in df["score_mode"].value_counts().items()}),
             "top_concepts": dg.MetadataValue.json({k: int(v) for k, v in top.items()}),
             "num_joint_labels": int(df["joint_label"].notna().sum()),
-            "num_vlm_overrides": int(sum(_vlm_concept(vocabulary, v) is not None for v in captions["vlm_class"])),
+            "num_vlm_overrides": int(sum(_vlm_concept(vocab, v) is not None for v in captions["vlm_class"])),
             "num_vlm_others": int((captions["vlm_class"] == OTHERS).sum()),
             "num_adaptive_weights": int((adaptive & has_image).sum()),
             "num_label_only_captions": int(label_only.sum()),
             "num_without_embedding": missing,
             "mean_margin": float(df["margin"].mean()) if df["margin"].notna().any() else None,
-            "vocabulary_version": vocabulary.identity,
-            "num_concepts": len(vocabulary.concepts),
+            "vocabulary_version": vocab.identity,
+            "num_concepts": len(vocab.concepts),
             "num_prompts": len(prompts),
             "text_model_id": embedder.text_model_id,
             "shared_space": embedder.shared_space,
