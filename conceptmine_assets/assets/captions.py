@@ -7,6 +7,7 @@ from collections import Counter
 import dagster as dg
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, by_scene
 from conceptmine_assets.lib.vocabulary import Vocabulary, humanize
@@ -25,9 +26,13 @@ MAX_LISTED = 20
 class CaptionsConfig(dg.Config):
     """Which crops go to the captioner."""
 
-    max_per_scene: int | None = 64  # VLM budget per scene, highest priority first; None = no limit
-    caption_outliers: bool = True  # send outliers (any class)
-    caption_candidates: bool = True  # send crops whose class is a target/rare/unknown candidate
+    max_per_scene: int | None = Field(
+        default=64, ge=0, description="VLM budget per scene, highest priority first; none: no limit"
+    )
+    caption_outliers: bool = Field(default=True, description="send outliers (any class) to the captioner")
+    caption_candidates: bool = Field(
+        default=True, description="send crops whose class is a target/rare candidate in the vocabulary (or unknown to it)"
+    )
 
 
 def _as_list(value: object) -> list[str]:
@@ -86,7 +91,6 @@ def _class_name_row(row: pd.Series) -> dict:
         "caption": humanize(row["class_name"]),
         "error": None,
         "attempts": 0,
-        "latency_s": 0.0,
     }
 
 
@@ -101,7 +105,6 @@ def _result_row(result: CaptionResult, captioner: CaptionerResource) -> dict:
         "caption": result.caption,
         "error": result.error,
         "attempts": result.attempts,
-        "latency_s": float(result.latency_s),
     }
 
 
@@ -122,14 +125,33 @@ def captions_frame(table: pd.DataFrame, per_row: list[dict]) -> pd.DataFrame:
     if df.empty:  # no float64 guesses for the string columns of an empty frame
         df = df.astype(object)
     df["attempts"] = df["attempts"].astype("int32")
-    df["latency_s"] = df["latency_s"].astype("float32")
     return df
+
+
+def _scene_outputs(context: dg.AssetExecutionContext, plans: dict, results, captioner: CaptionerResource):
+    """Per scene, its captions table from the captioner's results (in request order); with the
+    failures, the crops without outlier flags and the per-crop latencies (for metadata)."""
+    outputs, failures, missing_flags, latencies = {}, [], 0, []
+    for scene, (table, chosen) in plans.items():
+        per_row = [_class_name_row(row) for _, row in table.iterrows()]
+        for pos in chosen:
+            result = next(results)
+            per_row[pos] = _result_row(result, captioner)
+            latencies.append(float(result.latency_s))  # a timing: metadata only, never a stored row
+            if result.status == "failed":
+                failures.append(f"{scene} / {table.at[pos, 'detection_id']}: {result.error}")
+        outputs[scene] = captions_frame(table, per_row)
+        missing = int((~table["has_flags"]).sum())
+        if missing:
+            context.log.warning(f"scene {scene}: {missing} crops have no outlier_flags row; treated as inliers")
+        missing_flags += missing
+    return outputs, failures, missing_flags, latencies
 
 
 @dg.asset(
     deps=["captioner_model"],
     partitions_def=scene_partitions,
-    code_version="1",
+    code_version="2",
     kinds={"transformers", "parquet"},
     group_name="mining_scene",
     metadata=column_schema("captions"),
@@ -169,19 +191,7 @@ def captions(
     vlm_started = time.perf_counter()
     results = iter(captioner.caption(requests))  # one batched pass over every scene of the run
     vlm_s = time.perf_counter() - vlm_started
-    outputs, failures, missing_flags = {}, [], 0
-    for scene, (table, chosen) in plans.items():
-        per_row = [_class_name_row(row) for _, row in table.iterrows()]
-        for pos in chosen:
-            result = next(results)
-            per_row[pos] = _result_row(result, captioner)
-            if result.status == "failed":
-                failures.append(f"{scene} / {table.at[pos, 'detection_id']}: {result.error}")
-        outputs[scene] = captions_frame(table, per_row)
-        missing = int((~table["has_flags"]).sum())
-        if missing:
-            context.log.warning(f"scene {scene}: {missing} crops have no outlier_flags row; treated as inliers")
-        missing_flags += missing
+    outputs, failures, missing_flags, latencies = _scene_outputs(context, plans, results, captioner)
     for line in failures[:MAX_LISTED]:
         context.log.warning(f"caption failed for crop {line}")
     df = pd.concat(list(outputs.values()), ignore_index=True)
@@ -206,6 +216,8 @@ def captions(
             "vocabulary_version": vocabulary.identity,
             "captioner_seconds": round(vlm_s, 3),
             "captions_per_s": round(len(requests) / vlm_s, 2) if requests and vlm_s > 0 else None,
+            "latency_s_mean": round(float(np.mean(latencies)), 4) if latencies else None,
+            "latency_s_max": round(max(latencies), 4) if latencies else None,
             "seconds": round(time.perf_counter() - started, 3),
         }
     )

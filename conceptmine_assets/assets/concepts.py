@@ -12,6 +12,7 @@ from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.concepts import assign_group, rank_concepts, score_concepts, text_weights, top_superclass
 from conceptmine_assets.lib.vocabulary import Vocabulary
 from conceptmine_assets.resources.vocabulary import VocabularyResource
+from conceptmine_assets.lib.scenes import SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.schemas import CONCEPT_SCORES, column_schema
@@ -116,15 +117,16 @@ def score_rows(
     kinds={"pytorch", "parquet"},
     group_name="mining_scene",
     metadata=column_schema("concept_scores"),
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SCENES_PER_RUN),
 )
 def concept_scores(
     context: dg.AssetExecutionContext,
     config: ConceptScoresConfig,
-    captions: pd.DataFrame,
-    embeddings: pd.DataFrame,
+    captions: SceneTables,
+    embeddings: SceneTables,
     embedder: EmbedderResource,
     vocabulary_file: VocabularyResource,
-) -> pd.DataFrame:
+) -> SceneTables:
     """One row per crop of the scene (key: detection_id, plus scene_name, sample_token,
     sample_data_token, channel, class_name): the caption, every concept's score
     (``concept_names``/``concept_scores``), top and second concept, margin, joint label, top
@@ -134,7 +136,8 @@ def concept_scores(
     over the concept's prompts. When the embedder's image and text spaces differ (offline
     profile), or a crop has no embedding, only the caption counts (``w_t = 1``,
     ``score_mode = "text_only"``). A VLM class that names a concept is the top concept."""
-    scene = context.partition_key
+    scene = ", ".join(context.partition_keys)  # several scenes per run in a backfill
+    captions, embeddings = concat_scenes(captions), concat_scenes(embeddings)
     started = time.perf_counter()
     vocabulary = vocabulary_file.load()
     prompts, owners = vocabulary.prompt_table(config.prompt_template)
@@ -171,4 +174,4 @@ def concept_scores(
             "seconds": round(time.perf_counter() - started, 3),
         }
     )
-    return df
+    return split_scenes(df, context.partition_keys)

@@ -20,6 +20,7 @@ from conceptmine_assets.lib.outliers import (
     quality_flags,
     score,
 )
+from conceptmine_assets.lib.scenes import SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.storage import DuckDBResource
 from conceptmine_assets.schemas import OUTLIER_FLAGS, column_schema
@@ -181,21 +182,23 @@ def _check_model(embeddings: pd.DataFrame, reference: OutlierReference, scene: s
     kinds={"scikit-learn", "parquet"},
     group_name="mining_scene",
     metadata=column_schema("outlier_flags"),
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SCENES_PER_RUN),
 )
 def outlier_flags(
     context: dg.AssetExecutionContext,
     config: OutlierFlagsConfig,
-    embeddings: pd.DataFrame,
-    crops: pd.DataFrame,
+    embeddings: SceneTables,
+    crops: SceneTables,
     outlier_reference: OutlierReference,
-) -> pd.DataFrame:
+) -> SceneTables:
     """One row per embedded crop of the scene (detection_id, sample_token, class_name): the
     IsolationForest, LOF and kNN-distance scores against the global `outlier_reference`
     (higher = more anomalous; no refit), each detector's flag from the reference's threshold,
     ``is_outlier`` (union, or ``vote``) with the detectors that fired, and separately the
     image-quality flags glare / dark / blur with ``is_quality_outlier``."""
     started = time.perf_counter()
-    scene = context.partition_key
+    scene = ", ".join(context.partition_keys)  # several scenes per run in a backfill
+    embeddings, crops = concat_scenes(embeddings), concat_scenes(crops)
     _check_model(embeddings, outlier_reference, scene)
     df = _join_quality(embeddings, crops, scene)
     X = np.stack(df["embedding"].to_numpy()) if len(df) else np.zeros((0, outlier_reference.dim), np.float32)
@@ -232,4 +235,4 @@ def outlier_flags(
             "seconds": round(time.perf_counter() - started, 3),
         }
     )
-    return out
+    return split_scenes(out, context.partition_keys)

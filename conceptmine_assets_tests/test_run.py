@@ -1,0 +1,104 @@
+"""`conceptmine run`: incremental, batched, recorded runs; byte-identical outputs; UI-style runs agree."""
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from conceptmine_assets import cli
+from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
+from conceptmine_assets.runner import REPOSITORY_LABEL, REPOSITORY_LABEL_TAG
+from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, copy_dataroot
+from conceptmine_assets_tests.test_automation import GLOBAL_ASSETS, SCENE_ASSETS, _add_scene, _drop_scene
+
+DERIVED = sorted(set(GLOBAL_ASSETS) - {"outlier_reference"})
+
+
+def file_hashes(store: Path) -> dict[str, str]:
+    """sha256 of every stored file (Parquet tables and the pickled reference), by relative path."""
+    return {
+        str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(store.rglob("*")) if p.is_file()
+    }
+
+
+def materialisations(instance: dg.DagsterInstance) -> dict[tuple[str, str | None], int]:
+    counts: dict[tuple[str, str | None], int] = {}
+    for name in SCENE_ASSETS + GLOBAL_ASSETS:
+        for record in instance.fetch_materializations(dg.AssetKey(name), limit=10_000).records:
+            key = (name, record.partition_key)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+@pytest.fixture
+def deployment(highway, yolo_tflite, tmp_path, monkeypatch):
+    """A dataroot with two of the three highway scenes (the third kept aside), a store and a
+    Dagster home, selected through the environment as a deployment would."""
+    root = copy_dataroot(highway, tmp_path / "root")
+    aside = _drop_scene(root, HIGHWAY_SCENES[2])
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    for key, value in {
+        "DAGSTER_HOME": str(home), "NUSCENES_DATAROOT": str(root), "CONCEPTMINE_STORE": str(tmp_path / "store"),
+        "CONCEPTMINE_YOLO_WEIGHTS": str(yolo_tflite), "CONCEPTMINE_PROFILE": "offline",
+    }.items():
+        monkeypatch.setenv(key, value)
+    for key in ("CONCEPTMINE_CAPTIONER", "CONCEPTMINE_VOCABULARY", "CONCEPTMINE_DETECTOR", "CONCEPTMINE_EXECUTOR"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return {"root": root, "aside": aside, "store": tmp_path / "store", "tmp": tmp_path}
+
+
+def launched_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """Runs of `conceptmine run` that materialise (the observation of model identities runs every time)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"conceptmine/launched_by": "conceptmine run"}))
+    return [r for r in runs if r.job_name != "observe_models_job"]
+
+
+@pytest.mark.slow
+def test_run_is_incremental_batched_and_deterministic(deployment, capsys):
+    store = deployment["store"]
+    assert cli.main(["run"]) == 0
+    with dg.DagsterInstance.get() as instance:
+        first_runs = launched_runs(instance)
+        counts = materialisations(instance)
+    assert {k for k in counts if k[1]} == {(a, s) for a in SCENE_ASSETS for s in HIGHWAY_SCENES[:2]}
+    assert {k[0] for k in counts if k[1] is None} == set(GLOBAL_ASSETS)
+    # both scenes in one run per per-scene stage; every run listed under its job in the UI
+    scene_runs = [r for r in first_runs if r.job_name in ("perception_job", "mining_scene_job")]
+    assert len(scene_runs) == 2 and all(r.tags.get("dagster/asset_partition_range_start") for r in scene_runs)
+    assert all(r.tags[REPOSITORY_LABEL_TAG] == REPOSITORY_LABEL and r.job_code_origin for r in first_runs)
+    before = file_hashes(store)
+
+    # nothing changed: no run, no materialisation, every file as it was
+    capsys.readouterr()
+    assert cli.main(["run"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    with dg.DagsterInstance.get() as instance:
+        assert len(launched_runs(instance)) == len(first_runs) and materialisations(instance) == counts
+    assert file_hashes(store) == before
+
+    # --force recomputes everything from the same inputs: byte-identical files, every per-scene
+    # asset included (timings live only in metadata)
+    assert cli.main(["run", "--force"]) == 0
+    with dg.DagsterInstance.get() as instance:
+        forced = materialisations(instance)
+    assert all(forced[k] == counts[k] + 1 for k in counts)
+    assert file_hashes(store) == before
+    assert {p.split("/")[0] for p in before if "/" in p} == set(SCENE_ASSETS)
+    counts = forced
+
+    # a new scene: its partitions, then one refresh of the derived global assets (no refit)
+    _add_scene(deployment["root"], deployment["aside"])
+    assert cli.main(["run"]) == 0
+    with dg.DagsterInstance.get() as instance:
+        after = materialisations(instance)
+    added = {k: n - counts.get(k, 0) for k, n in after.items() if n != counts.get(k, 0)}
+    assert added == {**{(a, HIGHWAY_SCENES[2]): 1 for a in SCENE_ASSETS}, **{(a, None): 1 for a in DERIVED}}
+    grown = file_hashes(store)
+    assert all(grown[p] == h for p, h in before.items() if "/" in p)  # old scenes' files untouched
+
