@@ -161,10 +161,9 @@ class Pipeline:
         """The whole pipeline over ``scenes`` as the CLI runs it; seconds."""
         started = time.perf_counter()
         self.register(scenes)
-        for stage_job, global_job in self.pipeline:
-            for scene in scenes if stage_job else []:
-                self.run(stage_job, scene)
-            self.run(global_job)
+        for stage in self.pipeline:
+            for scene in scenes if stage.per_scene else [None]:
+                self.run(stage.job, scene)
         return time.perf_counter() - started
 
     def catch_up(self, scene: str) -> tuple[float, float]:
@@ -172,11 +171,11 @@ class Pipeline:
         Returns (per-scene seconds, global seconds)."""
         started = time.perf_counter()
         self.register([scene])
-        for stage_job, _ in self.pipeline:
-            if stage_job:
-                self.run(stage_job, scene)
+        for stage in self.pipeline:
+            if stage.per_scene:
+                self.run(stage.job, scene)
         per_scene = time.perf_counter() - started
-        self.run(self.pipeline[-1][1])
+        self.run(self.pipeline[-1].job)
         return per_scene, time.perf_counter() - started - per_scene
 
     def step_seconds(self, run_id: str) -> dict[str, float]:

@@ -32,12 +32,14 @@ ASSET_MODULES = [models, frames, detections, crops, embeddings, outliers, captio
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of the whole pipeline: a job and the assets it selects (``observe``: a job of
-    observations, run every time as it only records identities)."""
+    """One step of the whole pipeline: a job and the assets it selects (``per_scene``: its assets
+    are scene partitions; ``observe``: a job of observations, run every time as it only records
+    identities)."""
 
     job: str
     selection: dg.AssetSelection
     description: str
+    per_scene: bool = False
     observe: bool = False
 
     def define(self):
@@ -54,7 +56,7 @@ PIPELINE: list[Stage] = [
     ),
     Stage(
         "perception_job", dg.AssetSelection.groups("perception").without_checks(),
-        "Per scene: frames, detections, crops, embeddings.",
+        "Per scene: frames, detections, crops, embeddings.", per_scene=True,
     ),
     Stage(
         "outlier_reference_job", dg.AssetSelection.assets("outlier_reference").without_checks(),
@@ -62,7 +64,7 @@ PIPELINE: list[Stage] = [
     ),
     Stage(
         "mining_scene_job", dg.AssetSelection.groups("mining_scene").without_checks(),
-        "Per scene: outlier flags, captions, concept scores.",
+        "Per scene: outlier flags, captions, concept scores.", per_scene=True,
     ),
     Stage(
         "mining_global_job",

@@ -62,7 +62,7 @@ def preflight() -> tuple[Settings, object]:
     nuscenes = check_dataroot(settings)
     check_models(settings)
     check_vocabulary(settings)
-    from conceptmine_assets.definitions import build_definitions
+    from conceptmine_assets.runner import definitions_for
 
-    build_definitions(settings)  # executor and resources resolve
+    definitions_for(settings)  # executor and resources resolve (built once; the runs reuse them)
     return settings, nuscenes

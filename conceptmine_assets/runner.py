@@ -44,11 +44,16 @@ def _definitions(settings_json: str) -> dg.Definitions:
     return build_definitions(Settings.model_validate_json(settings_json))
 
 
+def definitions_for(settings) -> dg.Definitions:
+    """The deployment's definitions for ``settings``, built once per process."""
+    return _definitions(settings.model_dump_json())
+
+
 def job_named(name: str) -> dg.JobDefinition:
     """The deployed job ``name`` (what a run process reconstructs: settings from env and file)."""
     from conceptmine_assets.settings import load_settings
 
-    return _definitions(load_settings().model_dump_json()).resolve_job_def(name)
+    return definitions_for(load_settings()).resolve_job_def(name)
 
 
 @dataclass(frozen=True)
@@ -173,7 +178,7 @@ def run(
 
     out = out or sys.stdout.write
     settings = load_settings()
-    defs = _definitions(settings.model_dump_json())
+    defs = definitions_for(settings)
     nodes = graph_nodes(defs)
     order = [s for s in instance.get_dynamic_partitions(SCENE_PARTITIONS_NAME) if scenes is None or s in scenes]
     run_config, executed, progress = run_config_for(settings), [], Progress(out)

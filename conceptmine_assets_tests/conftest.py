@@ -76,3 +76,21 @@ def copy_dataroot(src: Path, dst: Path, version: str = "v1.0-mini") -> Path:
     shutil.copytree(src / "maps", dst / "maps")
     shutil.copytree(src / "samples", dst / "samples")
     return dst
+
+
+def deployment_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dataroot: Path, weights: Path) -> Path:
+    """Select a deployment through the environment, as the command line sees one: ``dataroot``,
+    a store and a Dagster home under ``tmp_path``, the offline profile with ``weights``; the
+    current directory is ``tmp_path``. Returns the store path (not created)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    for key, value in {
+        "DAGSTER_HOME": str(home), "NUSCENES_DATAROOT": str(dataroot), "CONCEPTMINE_STORE": str(tmp_path / "store"),
+        "CONCEPTMINE_YOLO_WEIGHTS": str(weights), "CONCEPTMINE_PROFILE": "offline",
+    }.items():
+        monkeypatch.setenv(key, value)
+    for key in ("CONCEPTMINE_CAPTIONER", "CONCEPTMINE_VOCABULARY", "CONCEPTMINE_DETECTOR", "CONCEPTMINE_EXECUTOR"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "store"

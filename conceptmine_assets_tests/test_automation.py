@@ -69,14 +69,16 @@ class Automation:
             self.done += [(k.to_user_string(), pk) for k in keys]
         return result.total_requested
 
-    def settle(self, when: datetime, max_ticks: int = 12) -> None:
-        """Tick until nothing more is requested (each tick a minute later); the discovery
-        sensor's work (registering new scenes) happens between ticks, as in a deployment."""
+    def settle(self, when: datetime, max_ticks: int = 16) -> None:
+        """Tick until two ticks in a row request nothing (each tick a minute later; the global
+        assets come on the tick after the scene work they wait for); the discovery sensor's work
+        (registering new scenes) happens between ticks, as in a deployment."""
+        quiet = 0
         for i in range(max_ticks):
             requested = self.tick(when + timedelta(minutes=i))
-            if register_scenes(self.instance, self.nuscenes) or requested:
-                continue
-            return
+            quiet = 0 if register_scenes(self.instance, self.nuscenes) or requested else quiet + 1
+            if quiet == 2:
+                return
         raise AssertionError(f"automation did not settle; last done: {self.done[-10:]}")
 
 

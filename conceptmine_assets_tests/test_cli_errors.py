@@ -8,23 +8,14 @@ import pytest
 
 from conceptmine_assets import cli
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
-from conceptmine_assets_tests.conftest import copy_dataroot
+from conceptmine_assets_tests.conftest import copy_dataroot, deployment_env
 
 
 @pytest.fixture
 def env(highway, yolo_tflite, tmp_path, monkeypatch):
     root = copy_dataroot(highway, tmp_path / "root")
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    for key, value in {
-        "DAGSTER_HOME": str(home), "NUSCENES_DATAROOT": str(root), "CONCEPTMINE_STORE": str(tmp_path / "store"),
-        "CONCEPTMINE_YOLO_WEIGHTS": str(yolo_tflite), "CONCEPTMINE_PROFILE": "offline",
-    }.items():
-        monkeypatch.setenv(key, value)
-    for key in ("CONCEPTMINE_CAPTIONER", "CONCEPTMINE_VOCABULARY", "CONCEPTMINE_DETECTOR", "CONCEPTMINE_CONFIG"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.chdir(tmp_path)
+    deployment_env(monkeypatch, tmp_path, root, yolo_tflite)
+    monkeypatch.delenv("CONCEPTMINE_CONFIG", raising=False)
     return {"root": root, "tmp": tmp_path, "store": tmp_path / "store"}
 
 

@@ -383,7 +383,7 @@ def materialise_real_slice(dataroot: Path, root: Path) -> dict:
     with pipeline_env(dataroot, root) as home, dg.DagsterInstance.get() as instance:
         cli.register_scenes(instance)
         with threadpool_limits(1, user_api="openmp"):  # t-SNE's OpenMP threads crawl on a busy 2-core machine
-            cli.run_pipeline(instance, [REAL_SCENE], CAMERAS)
+            cli.run_pipeline(instance, [REAL_SCENE], ops={"frames": {"config": {"cameras": list(CAMERAS)}}})
         run_config = {"ops": {
             "mined_split": {"config": {"target_frac": 1.0, "random_frac": 0.0, "output_dir": str(root / "splits")}},
             "gallery": {"config": {"output_dir": str(root / "gallery")}},

@@ -10,7 +10,7 @@ import pytest
 from conceptmine_assets import cli
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
 from conceptmine_assets.runner import REPOSITORY_LABEL, REPOSITORY_LABEL_TAG
-from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, copy_dataroot
+from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, copy_dataroot, deployment_env
 from conceptmine_assets_tests.test_automation import GLOBAL_ASSETS, SCENE_ASSETS, _add_scene, _drop_scene
 
 DERIVED = sorted(set(GLOBAL_ASSETS) - {"outlier_reference"})
@@ -39,17 +39,7 @@ def deployment(highway, yolo_tflite, tmp_path, monkeypatch):
     Dagster home, selected through the environment as a deployment would."""
     root = copy_dataroot(highway, tmp_path / "root")
     aside = _drop_scene(root, HIGHWAY_SCENES[2])
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    for key, value in {
-        "DAGSTER_HOME": str(home), "NUSCENES_DATAROOT": str(root), "CONCEPTMINE_STORE": str(tmp_path / "store"),
-        "CONCEPTMINE_YOLO_WEIGHTS": str(yolo_tflite), "CONCEPTMINE_PROFILE": "offline",
-    }.items():
-        monkeypatch.setenv(key, value)
-    for key in ("CONCEPTMINE_CAPTIONER", "CONCEPTMINE_VOCABULARY", "CONCEPTMINE_DETECTOR", "CONCEPTMINE_EXECUTOR"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.chdir(tmp_path)
+    deployment_env(monkeypatch, tmp_path, root, yolo_tflite)
     return {"root": root, "aside": aside, "store": tmp_path / "store", "tmp": tmp_path}
 
 
