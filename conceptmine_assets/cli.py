@@ -5,6 +5,7 @@
     conceptmine sql "SELECT ..."    # SQL over the DuckDB views of the store
     conceptmine search "a person pushing a cart" [-k 10]   # free-text search over the crops
     conceptmine synth-dataroot --out DIR SRC [SRC ...]   # merge (and replicate) nuScenes dataroots
+    conceptmine import-images SRC --out DIR   # a folder of images or videos as a nuScenes dataroot
 
 Settings come from conceptmine.yaml and the environment (``conceptmine_assets/settings.py``).
 The Dagster instance is ``$DAGSTER_HOME`` (``make`` sets ``data/dagster_home``): the runs show
@@ -51,15 +52,15 @@ def run_pipeline(instance: dg.DagsterInstance, scenes: list[str] | None = None, 
 def sql_command(query: str) -> int:
     import duckdb
 
-    from conceptmine_assets.resources.storage import DuckDBResource
+    from conceptmine_assets.resources.store_sql import open_store_views, stored_tables
     from conceptmine_assets.settings import load_settings
 
-    store = DuckDBResource(base_path=load_settings().store)
-    views = store.stored_assets()
+    store = load_settings().store
+    views = stored_tables(store)
     if not views:
-        raise UsageError(f"nothing is stored under {store.base_path} yet: run `conceptmine run` first")
+        raise UsageError(f"nothing is stored under {store} yet: run `conceptmine run` first")
     try:
-        df = store.query(query)
+        df = open_store_views(store).execute(query).df()
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]
         raise UsageError(f"SQL error: {first} (views: {', '.join(sorted(views))})") from None
@@ -68,14 +69,16 @@ def sql_command(query: str) -> int:
 
 
 def search_command(text: str, k: int) -> int:
-    """Print the ``k`` best crops for ``text`` and which mode ranked them (embedder of the profile)."""
+    """Print the ``k`` best crops for ``text`` from the search index, and which mode ranked them."""
     from conceptmine_assets.definitions import model_resources
-    from conceptmine_assets.lib.search import search_crops
-    from conceptmine_assets.resources.storage import DuckDBResource
+    from conceptmine_assets.resources.search_index import SearchIndexResource, search_crops
     from conceptmine_assets.settings import Settings
 
     settings = Settings.from_env()
-    result = search_crops(DuckDBResource(base_path=settings.store), model_resources(settings)["embedder"], text, k)
+    embedder = model_resources(settings)["embedder"]
+    result, stale = search_crops(SearchIndexResource(base_path=settings.store), embedder, text, k)
+    for line in stale:
+        sys.stdout.write(f"warning: the search index is older than the store ({line}); re-materialise search_index\n")
     table = result.hits.to_string(index=False, max_colwidth=50, float_format=lambda v: f"{v:.3f}")
     sys.stdout.write(f"{result.describe()}\n{table}\n")
     return 0
@@ -98,8 +101,8 @@ def run_command(scenes: list[str] | None, force: bool) -> int:
         run_pipeline(instance, scenes, force)
     store = load_settings().store
     sys.stdout.write(
-        f"\ndone. Outputs: {store}/<asset>/<scene>.parquet (split and gallery: see the `mined_split` and "
-        "`gallery` metadata)\n"
+        f"\ndone. Outputs: {store}/<asset>/<scene>.parquet\n"
+        f"Mined split: {store}/splits/mined.txt   Gallery: {store}/gallery/index.html (open in a browser)\n"
         "Browse lineage and metadata: make ui  (then open http://127.0.0.1:3000)\n"
         'Query: .venv/bin/conceptmine sql "SELECT * FROM mined_split"   '
         '.venv/bin/conceptmine search "a parked truck"\n'
@@ -125,12 +128,19 @@ def parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="rank the stored crops by a free-text query")
     search.add_argument("text", help='e.g. "a person pushing a cart"')
     search.add_argument("-k", type=int, default=10, help="number of crops to list (default 10)")
+    from conceptmine_assets.import_images import add_import_parser
+
+    add_import_parser(sub)
     return top
 
 
 def dispatch(args: argparse.Namespace) -> int:
     if args.command == "sql":
         return sql_command(args.query)
+    if args.command == "import-images":
+        from conceptmine_assets.import_images import import_command
+
+        return import_command(args)
     if args.command == "search":
         return search_command(args.text, args.k)
     if args.command == "synth-dataroot":

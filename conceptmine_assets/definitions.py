@@ -10,10 +10,13 @@ from conceptmine_assets.assets import (
     crops,
     detections,
     embeddings,
-    explain,
+    embedding_clusters,
     frames,
+    gallery,
+    mining_quality_report,
     models,
     outliers,
+    search_index,
     splits,
 )
 from conceptmine_assets.automation import automation_sensor, with_automation
@@ -22,13 +25,17 @@ from conceptmine_assets.resources.captioner import CaptionerResource
 from conceptmine_assets.resources.detector import DetectorResource
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager, PickleIOManager
+from conceptmine_assets.resources.search_index import SearchIndexResource
+from conceptmine_assets.resources.storage import ParquetIOManager, PickleIOManager, StoreViews
 from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.scaling import scale
 from conceptmine_assets.sensors import scene_discovery_sensor
 from conceptmine_assets.settings import Settings, load_settings
 
-ASSET_MODULES = [models, frames, detections, crops, embeddings, outliers, captions, concepts, splits, explain]
+ASSET_MODULES = [
+    models, frames, detections, crops, embeddings, outliers, captions, concepts, splits, mining_quality_report,
+    embedding_clusters, gallery, search_index,
+]
 
 @dataclass(frozen=True)
 class Stage:
@@ -111,7 +118,8 @@ def build_resources(settings: Settings) -> dict:
         ),
         "io_manager": ParquetIOManager(base_path=settings.store),
         "pickle_io_manager": PickleIOManager(base_path=settings.store),
-        "duckdb": DuckDBResource(base_path=settings.store),
+        "store_views": StoreViews(base_path=settings.store),
+        "search_index_store": SearchIndexResource(base_path=settings.store),
         "vocabulary_file": VocabularyResource(path=settings.vocabulary),
         **model_resources(settings),
     }

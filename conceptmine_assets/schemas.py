@@ -128,6 +128,8 @@ CAPTIONS = pa.schema(
         ("caption", _str),  # the text used for concept scoring
         ("error", _str),
         ("attempts", _i32),  # timings (latency) go to the materialisation's metadata, never here
+        ("text_model_id", _str),  # the embedder's text model that encoded the caption
+        ("caption_embedding", _vec),  # L2-normalised text embedding of `caption` (search, scoring)
     ]
 )
 
@@ -177,7 +179,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "mined_split": MINED_SPLIT,
 }
 
-VECTOR_COLUMNS = {"embedding"}
+VECTOR_COLUMNS = {"embedding", "caption_embedding"}
 
 
 def column_schema(name: str) -> dict:

@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to the repository's own data/fixtures, a tmp store, an ephemeral instance."""
+"""Shared pytest fixtures (the plain helpers they build on live in ``helpers.py``)."""
 
 import os
 import tempfile
@@ -7,25 +7,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from conceptmine_assets_tests.helpers import HIGHWAY, REAL_SCENE, REAL_SLICE, YOLO_TFLITE, pipeline_env, require
+
 # Hub look-ups hang offline; every model in the tests is local.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo-config-"))
-
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO / "data" / "fixtures"  # committed with the repository (provenance: data/fixtures/README.md)
-REAL_SLICE = FIXTURES / "nuscenes-real-slice"
-HIGHWAY = FIXTURES / "nuscenes-udacity-highway"
-YOLO_TFLITE = FIXTURES / "models" / "yolov8n_int8.tflite"
-REAL_SCENE = "scene-0061"
-HIGHWAY_SCENES = ["scene-udacity-0001", "scene-udacity-0002", "scene-udacity-0003"]
-
-
-def require(path: Path) -> Path:
-    """The path of a committed fixture; its absence is a broken checkout, not a reason to skip."""
-    if not path.exists():
-        raise FileNotFoundError(f"fixture {path} is missing: it is committed under data/fixtures/ (see its README)")
-    return path
 
 
 @pytest.fixture
@@ -56,41 +43,32 @@ def instance():
         yield inst
 
 
-def materialize_scene(assets, scene: str, instance: dg.DagsterInstance, resources: dict, **kwargs):
-    """Materialise ``assets`` for one scene partition, registering the partition first."""
-    from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The whole pipeline on the real slice, once per test session, as ``conceptmine demo`` runs it
+    (offline profile, the dataset's own boxes, CAM_FRONT), then a mined split that takes the one
+    sample (target budget 100 %) with the explain assets. Returns paths, the result and the
+    mining-quality report's metadata."""
+    from threadpoolctl import threadpool_limits
 
-    if not instance.has_dynamic_partition(SCENE_PARTITIONS_NAME, scene):
-        instance.add_dynamic_partitions(SCENE_PARTITIONS_NAME, [scene])
-    return dg.materialize(assets, partition_key=scene, instance=instance, resources=resources, **kwargs)
+    from conceptmine_assets import cli
+    from conceptmine_assets.definitions import build_definitions
+    from conceptmine_assets.settings import Settings
 
-
-def copy_dataroot(src: Path, dst: Path, version: str = "v1.0-mini") -> Path:
-    """A writable nuScenes dataroot under ``dst``: tables copied, sensor files copied per file.
-
-    Tests corrupt or delete files in the copy; the shared fixture is never touched.
-    """
-    import shutil
-
-    shutil.copytree(src / version, dst / version)
-    shutil.copytree(src / "maps", dst / "maps")
-    shutil.copytree(src / "samples", dst / "samples")
-    return dst
-
-
-def deployment_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dataroot: Path, weights: Path) -> Path:
-    """Select a deployment through the environment, as the command line sees one: ``dataroot``,
-    a store and a Dagster home under ``tmp_path``, the offline profile with ``weights``; the
-    current directory is ``tmp_path``. Returns the store path (not created)."""
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    for key, value in {
-        "DAGSTER_HOME": str(home), "NUSCENES_DATAROOT": str(dataroot), "CONCEPTMINE_STORE": str(tmp_path / "store"),
-        "CONCEPTMINE_YOLO_WEIGHTS": str(weights), "CONCEPTMINE_PROFILE": "offline",
-    }.items():
-        monkeypatch.setenv(key, value)
-    for key in ("CONCEPTMINE_CAPTIONER", "CONCEPTMINE_VOCABULARY", "CONCEPTMINE_DETECTOR", "CONCEPTMINE_EXECUTOR"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "store"
+    dataroot, root = require(REAL_SLICE), tmp_path_factory.mktemp("real-run")
+    with pipeline_env(dataroot, root) as home, dg.DagsterInstance.get() as instance:
+        cli.register_scenes(instance)
+        with threadpool_limits(1, user_api="openmp"):  # t-SNE's OpenMP threads crawl on a busy 2-core machine
+            cli.run_pipeline(instance, [REAL_SCENE])  # the config file's cameras: CAM_FRONT
+        defs = build_definitions(Settings.from_env())
+        run_config = {"ops": {
+            "mined_split": {"config": {"target_frac": 1.0, "random_frac": 0.0, "output_dir": str(root / "splits")}},
+            "gallery": {"config": {"output_dir": str(root / "gallery")}},
+        }}
+        result = dg.materialize(  # every asset: the global ones read their inputs through the IO manager
+            list(defs.assets), selection=["mined_split", "embedding_clusters", "gallery"],
+            resources=defs.resources, instance=instance, run_config=run_config,
+        )
+        report = instance.get_latest_materialization_event(dg.AssetKey("mining_quality_report"))
+    return {"dataroot": dataroot, "home": home, "store": root / "store", "gallery": root / "gallery" / "index.html",
+            "result": result, "report_metadata": report.asset_materialization.metadata if report else None}

@@ -14,10 +14,10 @@ from conceptmine_assets.lib.vocabulary import default_vocabulary_path
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
 from conceptmine_assets.sensors import register_scenes
 from conceptmine_assets.settings import Settings
-from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, copy_dataroot
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, copy_dataroot
 
 SCENE_ASSETS = ["frames", "detections", "crops", "embeddings", "outlier_flags", "captions", "concept_scores"]
-GLOBAL_ASSETS = ["outlier_reference", "mined_split", "mining_quality_report", "embedding_clusters", "gallery"]
+GLOBAL_ASSETS = ["outlier_reference", "mined_split", "mining_quality_report", "embedding_clusters", "gallery", "search_index"]
 DERIVED = sorted(set(GLOBAL_ASSETS) - {"outlier_reference"})  # cheap global views, refreshed after scenes
 SOURCES = ["detector_model", "embedding_model", "captioner_model", "concept_vocabulary"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -89,7 +89,7 @@ def pipeline(highway, yolo_tflite, tmp_path, monkeypatch):
     shutil.copy(default_vocabulary_path(), vocabulary)
     monkeypatch.setenv("NUSCENES_DATAROOT", str(root))
     monkeypatch.setenv("CONCEPTMINE_YOLO_WEIGHTS", str(yolo_tflite))
-    monkeypatch.chdir(tmp_path)  # the split's side files go under ./data/splits
+    monkeypatch.chdir(tmp_path)  # nothing may be written relative to it
     defs = build_definitions(Settings(store=str(tmp_path / "store"), vocabulary=str(vocabulary)))
     with dg.DagsterInstance.ephemeral() as instance:
         auto = Automation(defs, instance, defs.resources["nuscenes"].__class__(dataroot=str(root)))

@@ -1,7 +1,7 @@
 """The Dagster UI and the gallery page in a real headless Chromium (Debian's /usr/bin/chromium).
 
-The pipeline is materialised on the real slice in a temporary DAGSTER_HOME and store (shared with
-test_explain's end-to-end run), ``dagster-webserver`` serves it from its own process session, and
+The pipeline is materialised on the real slice in a temporary DAGSTER_HOME and store (the session's
+``real_run`` fixture, shared with test_explain), ``dagster-webserver`` serves it from its own process session, and
 Playwright (the Python package's bundled driver, never ``playwright install``) drives Chromium.
 Set ``CONCEPTMINE_UPDATE_SCREENSHOTS=1`` to copy the screenshots to ``docs/`` for the README.
 """
@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conceptmine_assets_tests.conftest import REAL_SCENE, REPO
-from conceptmine_assets_tests.test_explain import shared_real_run
+from conceptmine_assets_tests.helpers import REAL_SCENE, REPO
 
 pytestmark = pytest.mark.browser
 
@@ -70,11 +69,6 @@ def _stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def real_run(tmp_path_factory) -> dict:
-    return shared_real_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import pytest
 
 from conceptmine_assets.resources.vocabulary import VocabularyResource
 from PIL import Image
-from upath import UPath
 
 from conceptmine_assets.assets.captions import CaptionsConfig, captions, crop_table, select_for_vlm
 from conceptmine_assets.lib.vocabulary import load_vocabulary
@@ -29,9 +28,10 @@ from conceptmine_assets.resources.captioner import (
     parse_answer,
     template_caption,
 )
-from conceptmine_assets.resources.storage import ParquetIOManager, atomic_write, to_arrow
+from conceptmine_assets.resources.embedder import EmbedderResource
+from conceptmine_assets.resources.storage import ParquetIOManager
 from conceptmine_assets.schemas import CAPTIONS, CROPS, DETECTIONS, OUTLIER_FLAGS
-from conceptmine_assets_tests.conftest import materialize_scene
+from conceptmine_assets_tests.helpers import materialize_scene, write_table
 from conceptmine_assets_tests.tiny_qwen2_vl import build_tiny_qwen2_vl
 
 SCENE = "scene-test-0001"
@@ -322,8 +322,7 @@ CROP_SPECS = [
 
 
 def _write_table(store: Path, asset: str, df: pd.DataFrame) -> None:
-    table = to_arrow(df, asset, f"test {asset}")
-    atomic_write(UPath(store) / asset / f"{SCENE}.parquet", lambda fh: pq.write_table(table, fh))
+    write_table(store, asset, df, SCENE)
 
 
 def _upstream_frames(specs=CROP_SPECS) -> dict[str, pd.DataFrame]:
@@ -354,14 +353,20 @@ def upstream_store(store: Path) -> Path:
     return store
 
 
+OFFLINE_EMBEDDER = EmbedderResource(backend="offline", device="cpu")  # caption text embeddings (MiniLM)
 UPSTREAM = [dg.AssetSpec(n, partitions_def=scene_partitions) for n in ("crops", "detections", "outlier_flags")]
+
+
+def _without_vectors(schema):
+    """The schema less caption_embedding (stored as a fixed-size list, declared as a list)."""
+    return schema.remove(schema.get_field_index("caption_embedding"))
 
 
 def _materialize(store: Path, instance, captioner: CaptionerResource, config: dict | None = None):
     result = materialize_scene(
         [captions, *UPSTREAM], SCENE, instance,
         {"io_manager": ParquetIOManager(base_path=str(store)), "captioner": captioner,
-         "vocabulary_file": VocabularyResource()},
+         "vocabulary_file": VocabularyResource(), "embedder": OFFLINE_EMBEDDER},
         run_config={"ops": {"captions": {"config": config or {}}}},
         selection=[captions],
     )
@@ -385,7 +390,7 @@ def test_selection_order_and_budget():
 
 def test_captions_asset_template_backend(upstream_store, instance):
     table, md = _materialize(upstream_store, instance, CaptionerResource(backend="template"), {"max_per_scene": 3})
-    assert table.schema == CAPTIONS
+    assert _without_vectors(table.schema) == _without_vectors(CAPTIONS)
     df = table.to_pandas().set_index("detection_id")
     assert df.index.tolist() == [s[0] for s in CROP_SPECS]  # one row per crop, crop order
     assert df["status"].to_dict() == {"d-car": "class_name", "d-truck": "ok", "d-odd-car": "ok",
@@ -395,6 +400,10 @@ def test_captions_asset_template_backend(upstream_store, instance):
     assert df.loc["d-ped", "caption"] == "pedestrian" and df.loc["d-other", "caption"] == "others"
     assert df.loc["d-truck", "backend"] == "template" and pd.isna(df.loc["d-car", "backend"])
     assert (md["num_ok"].value, md["num_class_name"].value, md["num_failed"].value) == (3, 3, 0)
+    # every caption is stored with its text embedding, as the embedder encodes it
+    expected = OFFLINE_EMBEDDER.encode_texts(df["caption"].tolist())
+    assert np.allclose(np.stack(df["caption_embedding"].to_numpy()), expected, atol=1e-5)
+    assert set(df["text_model_id"]) == {OFFLINE_EMBEDDER.text_model_id}
     assert md["num_over_budget"].value == 1 and md["num_sent_to_captioner"].value == 3
     # idempotent: a re-run rewrites the same table
     again, _ = _materialize(upstream_store, instance, CaptionerResource(backend="template"), {"max_per_scene": 3})
@@ -446,7 +455,7 @@ def test_captions_asset_empty_scene(store, instance):
     for name, df in _upstream_frames(specs=[]).items():
         _write_table(store, name, df)
     table, md = _materialize(store, instance, CaptionerResource(backend="template"))
-    assert table.num_rows == 0 and table.schema == CAPTIONS
+    assert table.num_rows == 0 and _without_vectors(table.schema) == _without_vectors(CAPTIONS)
     assert md["num_crops"].value == 0 and md["captions_per_s"].value is None
 
 
@@ -456,12 +465,12 @@ def test_captions_over_several_scenes_in_one_run(store, instance):
     for scene in scenes:
         for name, df in _upstream_frames().items():
             df = df.assign(scene_name=scene, detection_id=df["detection_id"] + f"@{scene}")
-            atomic_write(UPath(store) / name / f"{scene}.parquet", lambda fh, t=to_arrow(df, name, "t"): pq.write_table(t, fh))
+            write_table(store, name, df, scene)
     instance.add_dynamic_partitions("nuscenes_scenes", scenes)
     result = dg.materialize(
         [captions, *UPSTREAM], selection=[captions], instance=instance,
         resources={"io_manager": ParquetIOManager(base_path=str(store)), "captioner": CaptionerResource(backend="template"),
-                   "vocabulary_file": VocabularyResource()},
+                   "vocabulary_file": VocabularyResource(), "embedder": OFFLINE_EMBEDDER},
         run_config={"ops": {"captions": {"config": {"max_per_scene": 2}}}},
         tags={"dagster/asset_partition_range_start": scenes[0], "dagster/asset_partition_range_end": scenes[1]},
     )

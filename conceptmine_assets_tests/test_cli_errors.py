@@ -8,14 +8,13 @@ import pytest
 
 from conceptmine_assets import cli
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
-from conceptmine_assets_tests.conftest import copy_dataroot, deployment_env
+from conceptmine_assets_tests.helpers import copy_dataroot, set_deployment
 
 
 @pytest.fixture
 def env(highway, yolo_tflite, tmp_path, monkeypatch):
     root = copy_dataroot(highway, tmp_path / "root")
-    deployment_env(monkeypatch, tmp_path, root, yolo_tflite)
-    monkeypatch.delenv("CONCEPTMINE_CONFIG", raising=False)
+    set_deployment(monkeypatch, root, tmp_path, CONCEPTMINE_DETECTOR="yolo", CONCEPTMINE_YOLO_WEIGHTS=str(yolo_tflite))
     return {"root": root, "tmp": tmp_path, "store": tmp_path / "store"}
 
 

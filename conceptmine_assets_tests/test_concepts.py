@@ -13,7 +13,6 @@ import pytest
 
 from conceptmine_assets.resources.vocabulary import VocabularyResource
 from PIL import Image
-from upath import UPath
 
 from conceptmine_assets.assets.concepts import concept_scores
 from conceptmine_assets.lib.concepts import (
@@ -37,9 +36,9 @@ from conceptmine_assets.lib.vocabulary import (
 )
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.embedder import EmbedderResource, tiny_clip_config_path
-from conceptmine_assets.resources.storage import ParquetIOManager, atomic_write, to_arrow
+from conceptmine_assets.resources.storage import ParquetIOManager
 from conceptmine_assets.schemas import CAPTIONS, CONCEPT_SCORES, EMBEDDINGS
-from conceptmine_assets_tests.conftest import materialize_scene
+from conceptmine_assets_tests.helpers import materialize_scene, write_table
 
 SCENE = "scene-test-0001"
 
@@ -324,8 +323,7 @@ def test_assign_group(class_name, vlm, top, group):
 
 
 def _write_table(store: Path, asset: str, df: pd.DataFrame) -> None:
-    table = to_arrow(df, asset, f"test {asset}")
-    atomic_write(UPath(store) / asset / f"{SCENE}.parquet", lambda fh: pq.write_table(table, fh))
+    write_table(store, asset, df, SCENE)
 
 
 KEYS = dict(scene_name=SCENE, sample_token="s0", sample_data_token="sd0", channel="CAM_FRONT")
@@ -337,8 +335,11 @@ def _captions(rows: list[tuple[str, str, str, str | None]]) -> pd.DataFrame:
     for det, cls, caption, vlm in rows:
         out.append({**KEYS, "detection_id": det, "class_name": cls, "status": "ok" if vlm else "class_name",
                     "backend": "test", "model_id": "test", "raw_answer": None, "vlm_class": vlm,
-                    "description": caption, "caption": caption, "error": None, "attempts": 1, "latency_s": 0.0})
-    return pd.DataFrame(out, columns=CAPTIONS.names)
+                    "description": caption, "caption": caption, "error": None, "attempts": 1, "latency_s": 0.0,
+                    "text_model_id": "test", "caption_embedding": np.ones(4, np.float32)})
+    df = pd.DataFrame(out, columns=CAPTIONS.names)
+    df.attrs["vector_dims"] = {"caption_embedding": 4}
+    return df
 
 
 def _embeddings(ids: list[str], classes: list[str], vectors: np.ndarray, model_id: str) -> pd.DataFrame:

@@ -14,16 +14,9 @@ from conceptmine_assets.assets.frames import CAMERAS, frames
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.schemas import DETECTIONS
-from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, REAL_SCENE, materialize_scene
-from conceptmine_assets_tests.test_detections import (
-    copy_dataroot,
-    frames_config,
-    gt_truck,
-    metadata,
-    resources,
-    stored,
-    truncate_image,
-)
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, REAL_SCENE, copy_dataroot, frames_config, gt_truck
+from conceptmine_assets_tests.helpers import materialize_scene, metadata, stored, truncate_image
+from conceptmine_assets_tests.helpers import perception_resources as resources
 
 
 def decoded_size(jpeg: bytes) -> tuple[int, int]:

@@ -1,6 +1,5 @@
 """Tests of the detector resource, the class map and the `detections` asset."""
 
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -19,9 +18,10 @@ from conceptmine_assets.lib.geometry import box_iou
 from conceptmine_assets.lib.images import read_rgb
 from conceptmine_assets.resources.detector import CLASS_NAMES, DetectorResource, class_map, normalise_class
 from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets.resources.storage import ParquetIOManager
 from conceptmine_assets.schemas import CROPS, DETECTIONS
-from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, REAL_SCENE, materialize_scene
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, REAL_SCENE, copy_dataroot, frames_config, gt_truck
+from conceptmine_assets_tests.helpers import materialize_scene, metadata, stored, truncate_image
+from conceptmine_assets_tests.helpers import perception_resources as resources
 
 COCO80 = (
     "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign "
@@ -32,62 +32,6 @@ COCO80 = (
     "cell_phone microwave oven toaster sink refrigerator book clock vase scissors teddy_bear hair_drier toothbrush"
 )
 COCO_NAMES = [n.replace("_", " ") for n in COCO80.split()]
-
-
-# ---------------------------------------------------------------- helpers shared with test_crops
-
-
-def resources(dataroot: Path, store: Path, **detector) -> dict:
-    return {
-        "nuscenes": NuScenesResource(dataroot=str(dataroot)),
-        "detector": DetectorResource(**detector),
-        "io_manager": ParquetIOManager(base_path=str(store)),
-    }
-
-
-def frames_config(cameras: list[str]) -> dict:
-    return {"ops": {"frames": {"config": {"cameras": cameras}}}}
-
-
-def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    for event in result.get_asset_materialization_events():
-        if event.materialization.asset_key.path[-1] == asset:
-            return {k: v.value for k, v in event.materialization.metadata.items()}
-    raise AssertionError(f"no materialisation of {asset}")
-
-
-def stored(store: Path, asset: str, scene: str) -> pd.DataFrame:
-    return pd.read_parquet(store / asset / f"{scene}.parquet")
-
-
-def copy_dataroot(source: Path, target: Path) -> Path:
-    """A private nuScenes dataroot under tmp: JSON tables and maps copied, sample files symlinked."""
-    shutil.copytree(source / "v1.0-mini", target / "v1.0-mini")
-    shutil.copytree(source / "maps", target / "maps")
-    for path in (source / "samples").rglob("*"):
-        if path.is_file():
-            link = target / path.relative_to(source)
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(path)
-    return target
-
-
-def truncate_image(dataroot: Path, relative: str, keep: float = 0.4) -> Path:
-    """Replace one image of a private dataroot by a truncated copy (header intact, data cut)."""
-    path = dataroot / relative
-    data = path.read_bytes()
-    path.unlink()  # a symlink: never write through it into the shared fixture
-    path.write_bytes(data[: int(len(data) * keep)])
-    return path
-
-
-def gt_truck(real_slice: Path) -> tuple[str, tuple[float, float, float, float]]:
-    """Annotation token and projected 2D box of the big parked truck in CAM_FRONT (largest truck box)."""
-    nusc = NuScenesResource(dataroot=str(real_slice)).nusc
-    found = DetectorResource(backend="annotations").annotation_boxes(nusc, nusc.sample[0]["data"]["CAM_FRONT"])
-    trucks = [b for b in found.boxes if b.category == "vehicle.truck"]
-    big = max(trucks, key=lambda b: (b.x2 - b.x1) * (b.y2 - b.y1))
-    return big.annotation_token, (big.x1, big.y1, big.x2, big.y2)
 
 
 # ---------------------------------------------------------------- class map

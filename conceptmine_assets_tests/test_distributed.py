@@ -24,14 +24,16 @@ import pytest
 import yaml
 
 from conceptmine_assets import scaling
+from conceptmine_assets.dask_executor import unmet_resources
 from conceptmine_assets.assets import crops, detections, embeddings, frames
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
-from conceptmine_assets_tests.conftest import HIGHWAY, HIGHWAY_SCENES, REPO, YOLO_TFLITE, require
+from conceptmine_assets_tests.helpers import HIGHWAY, HIGHWAY_SCENES, REPO, YOLO_TFLITE, require
 
 PERCEPTION_MODULES = [frames, detections, crops, embeddings]
 PERCEPTION_TABLES = ["frames", "detections", "crops", "embeddings"]
 MODEL_STEPS = {"detections", "embeddings"}
+MODEL_ASSETS = {"detections", "embeddings", "captions", "concept_scores", "embedding_clusters"}
 RUN_CONFIG = {"ops": {"frames": {"config": {"cameras": ["CAM_FRONT"]}}}}
 DEPLOY = REPO / "deploy"
 
@@ -64,7 +66,7 @@ def test_build_executor_by_name(name: str, address: str | None, executor_name: s
 def test_dask_executor_is_configured_with_the_scheduler_address() -> None:
     executor = scaling.build_executor("dask", "tcp://10.0.0.5:8786")
     resolved = executor.config_schema.resolve_config({})
-    assert resolved.value["config"] == {"cluster": {"existing": {"address": "tcp://10.0.0.5:8786"}}}
+    assert resolved.value["config"] == {"cluster": {"existing": {"address": "tcp://10.0.0.5:8786"}}, "step_resources": {}}
 
 
 @pytest.mark.parametrize(
@@ -87,63 +89,54 @@ def test_build_executor_rejects_bad_configuration(name: str, address: str | None
     ],
 )
 def test_unmet_resources(needs: dict, workers: dict, unmet: dict) -> None:
-    assert scaling.unmet_resources(needs, workers) == unmet
+    assert unmet_resources(needs, workers) == unmet
 
 
 def test_gpu_routing_refuses_the_multiprocess_executor() -> None:
     with pytest.raises(ConceptmineError, match="dask or k8s"):
-        scaling.gpu_tags("multiprocess")
+        scaling.build_executor("multiprocess", gpu_steps=["detections"])
 
 
-@pytest.mark.parametrize("executor", ["dask", "k8s"])
-def test_route_model_steps_tags_exactly_the_model_assets(executor: str) -> None:
+def test_model_steps_are_exactly_the_model_assets() -> None:
     from conceptmine_assets.definitions import ASSET_MODULES
 
-    originals = {a.op.name: a for a in dg.load_assets_from_modules(ASSET_MODULES) if isinstance(a, dg.AssetsDefinition) and a.is_executable}
-    routed = scaling.route_model_steps(list(originals.values()), executor)
-    ops = {a.op.name: a for a in routed}
-    tagged = {name for name, a in ops.items() if set(scaling.gpu_tags(executor).items()) <= set(a.op.tags.items())}
-    assert tagged == {"detections", "embeddings", "captions", "concept_scores", "embedding_clusters"}
-    for name, a in ops.items():  # everything else about the asset is unchanged
-        original = originals[name]
-        assert a.get_asset_spec() == original.get_asset_spec()
-        assert a.op.compute_fn is original.op.compute_fn
-        assert a.op.config_schema is original.op.config_schema
-        assert a.required_resource_keys == original.required_resource_keys
-        assert a.op.ins.keys() == original.op.ins.keys() and a.op.outs.keys() == original.op.outs.keys()
+    assets = dg.load_assets_from_modules(ASSET_MODULES)
+    assert scaling.model_steps(assets) == sorted(MODEL_ASSETS)
+
+
+def executor_config(defs: dg.Definitions, job: str) -> dict:
+    """The resolved executor config of ``job`` (the executor is configured by ``scale``)."""
+    return defs.resolve_job_def(job).executor_def.config_schema.resolve_config({}).value["config"]
 
 
 @pytest.mark.parametrize("gpu_routing", [False, True])
 def test_scale_wires_into_the_full_definitions(gpu_routing: bool, tmp_path: Path) -> None:
-    """The proposed definitions.py wiring: every job of the project resolves with the dask executor,
-    and only the model steps carry the GPU tag."""
+    """Every job of the project resolves with the dask executor, which sends exactly the model
+    steps to GPU workers; the assets are the project's, unchanged."""
     from conceptmine_assets.definitions import build_definitions
     from conceptmine_assets.settings import Settings
 
     base = build_definitions(Settings(store=str(tmp_path)))
     assets, executor = scaling.scale(list(base.assets), "dask", "tcp://127.0.0.1:8786", gpu_routing)
+    assert assets == list(base.assets)
     defs = dg.Definitions(
         assets=assets, asset_checks=base.asset_checks, resources=base.resources, jobs=base.jobs,
         sensors=base.sensors, executor=executor,
     )
     dg.Definitions.validate_loadable(defs)
-    gpu_steps = set()
     for job in defs.resolve_all_job_defs():
         assert job.executor_def.name == "dask"
-        gpu_steps |= {n.name for n in job.graph.nodes if scaling.DASK_RESOURCES_TAG in n.tags}
-    assert gpu_steps == ({"detections", "embeddings", "captions", "concept_scores", "embedding_clusters"} if gpu_routing else set())
+    routed = executor_config(defs, "perception_job")["step_resources"]
+    assert routed == ({step: {"GPU": 1} for step in MODEL_ASSETS} if gpu_routing else {})
 
 
-def test_dask_gpu_tag_is_what_dagster_dask_reads() -> None:
-    from dagster_dask.executor import get_dask_resource_requirements
-
-    assert get_dask_resource_requirements(scaling.gpu_tags("dask")) == {"GPU": 1}
-
-
-def test_k8s_gpu_tag_builds_a_gpu_pod() -> None:
-    """The tag, read by dagster-k8s itself, yields a step Job with a GPU limit on a GPU node."""
+def test_k8s_gpu_config_builds_a_gpu_pod() -> None:
+    """The per-step config, read by dagster-k8s itself, yields a step Job with a GPU limit on a GPU node."""
     k8s_job = pytest.importorskip("dagster_k8s.job")
-    user_config = k8s_job.get_user_defined_k8s_config(scaling.gpu_tags("k8s"))
+    executor = scaling.build_executor("k8s", gpu_steps=["detections"])
+    per_step = executor.config_schema.resolve_config({}).value["config"]["per_step_k8s_config"]
+    assert set(per_step) == {"detections"}
+    user_config = k8s_job.UserDefinedDagsterK8sConfig.from_dict(per_step["detections"])
     job_config = k8s_job.DagsterK8sJobConfig(
         job_image="conceptmine:test", dagster_home="/opt/dagster/dagster_home", instance_config_map="dagster-instance"
     )

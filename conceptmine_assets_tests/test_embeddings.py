@@ -26,9 +26,9 @@ from conceptmine_assets.resources.embedder import (
     torch_dtype,
 )
 from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager
+from conceptmine_assets.resources.storage import StoreViews, ParquetIOManager
 from conceptmine_assets.schemas import CROPS
-from conceptmine_assets_tests.conftest import REAL_SCENE, REAL_SLICE, materialize_scene, require
+from conceptmine_assets_tests.helpers import REAL_SCENE, REAL_SLICE, materialize_scene, require
 
 CLASS_NAMES = {"vehicle.car": "car", "vehicle.truck": "truck", "human.pedestrian.adult": "pedestrian"}
 MIN_SIDE_PX = 30  # smaller boxes say little about the object
@@ -286,7 +286,7 @@ def test_embeddings_materialise_and_rerun_identically(crops_df, offline, store, 
 
     assert _run(crops_df, offline, store, instance).success
     assert pq.read_table(path).equals(first)
-    counts = DuckDBResource(base_path=str(store)).query(
+    counts = StoreViews(base_path=str(store)).query(
         "select class_name, count(*) as n from embeddings group by class_name order by class_name"
     )
     assert dict(zip(counts["class_name"], counts["n"])) == crops_df["class_name"].value_counts().to_dict()

@@ -2,7 +2,6 @@
 
 import base64
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -14,12 +13,11 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
-from conceptmine_assets.assets.explain import (
-    CLUSTER_COLUMNS,
+from conceptmine_assets.assets.embedding_clusters import CLUSTER_COLUMNS, embedding_clusters
+from conceptmine_assets.assets.gallery import gallery
+from conceptmine_assets.lib.clustering import (
     density_clustering,
-    embedding_clusters,
     format_names,
-    gallery,
     kmeans_clustering,
     map_coordinates,
     member_names,
@@ -30,7 +28,8 @@ from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib import plots
 from conceptmine_assets.lib.gallery import ITEM_COLUMNS, gallery_items, render_gallery, top_concepts, why_selected
 from conceptmine_assets.lib.outliers import OutlierParams, fit_reference
-from conceptmine_assets_tests.conftest import REAL_SCENE
+from conceptmine_assets_tests.helpers import REAL_SCENE, pipeline_env, write_table
+from conceptmine_assets_tests.store_helpers import materialize_global
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -251,12 +250,7 @@ def test_gallery_edge_cases():
 
 
 def _write(store: Path, asset: str, df: pd.DataFrame) -> None:
-    from upath import UPath
-
-    from conceptmine_assets.resources.storage import atomic_write, to_arrow
-
-    table = to_arrow(df, asset, f"test {asset}")
-    atomic_write(UPath(store) / asset / "scene-t.parquet", lambda fh: pq.write_table(table, fh))
+    write_table(store, asset, df, "scene-t")
 
 
 def seed_clusters_store(store: Path, vectors: np.ndarray, concepts: list[str], model_id: str, vocabulary: str) -> None:
@@ -285,16 +279,17 @@ def seed_clusters_store(store: Path, vectors: np.ndarray, concepts: list[str], m
 
 def run_clusters(store: Path, embedder, **config):
     from conceptmine_assets.assets.outliers import outlier_reference
-    from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager, PickleIOManager
+    from conceptmine_assets.resources.storage import ParquetIOManager, PickleIOManager
     from conceptmine_assets.resources.vocabulary import VocabularyResource
 
-    resources = {"duckdb": DuckDBResource(base_path=str(store)), "io_manager": ParquetIOManager(base_path=str(store)),
+    resources = {"io_manager": ParquetIOManager(base_path=str(store)),
                  "pickle_io_manager": PickleIOManager(base_path=str(store)), "embedder": embedder,
                  "vocabulary_file": VocabularyResource()}
-    with threadpool_limits(1, user_api="openmp"):
-        result = dg.materialize([outlier_reference, embedding_clusters], resources=resources,
-                                run_config={"ops": {"embedding_clusters": {"config": config},
-                                                    "outlier_reference": {"config": {"lof_k": 3, "knn_k": 3}}}})
+    with threadpool_limits(1, user_api="openmp"), dg.DagsterInstance.ephemeral() as instance:
+        result = materialize_global([outlier_reference, embedding_clusters], store, instance, resources,
+                                    upstream=["embeddings", "concept_scores", "outlier_flags"],
+                                    run_config={"ops": {"embedding_clusters": {"config": config},
+                                                        "outlier_reference": {"config": {"lof_k": 3, "knn_k": 3}}}})
     return result.asset_materializations_for_node("embedding_clusters")[0].metadata, pd.read_parquet(
         store / "embedding_clusters.parquet")
 
@@ -349,69 +344,6 @@ def test_clusters_of_three_crops_with_a_large_k(store):
 
 # ---------------------------------------------------------------- end to end on the real slice
 
-CAMERAS = ["CAM_FRONT"]  # the paper's camera; 47 crops on the real slice, incl. the parked truck
-_RUNS: dict[str, dict] = {}  # one pipeline run per test session, shared with test_browser
-
-
-@contextmanager
-def pipeline_env(dataroot: Path, root: Path):
-    """Environment of a deployment on ``root`` (DAGSTER_HOME, store, cwd for relative side files)."""
-    home = root / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {
-            "DAGSTER_HOME": str(home), "NUSCENES_DATAROOT": str(dataroot), "CONCEPTMINE_STORE": str(root / "store"),
-            "CONCEPTMINE_DETECTOR": "annotations", "CONCEPTMINE_PROFILE": "offline",
-        }.items():
-            mp.setenv(key, value)
-        for key in ("CONCEPTMINE_CAPTIONER", "CONCEPTMINE_VOCABULARY"):
-            mp.delenv(key, raising=False)
-        mp.chdir(root)
-        yield home
-
-
-def materialise_real_slice(dataroot: Path, root: Path) -> dict:
-    """The whole pipeline on the real slice (as ``conceptmine demo``), then a mined split that takes
-    the one sample (target budget 100 %) and the explain assets; returns paths and results."""
-    from conceptmine_assets import cli
-    from conceptmine_assets.assets.outliers import outlier_reference
-    from conceptmine_assets.assets.splits import mined_split
-    from conceptmine_assets.definitions import build_resources
-    from conceptmine_assets.settings import Settings
-
-    with pipeline_env(dataroot, root) as home, dg.DagsterInstance.get() as instance:
-        cli.register_scenes(instance)
-        with threadpool_limits(1, user_api="openmp"):  # t-SNE's OpenMP threads crawl on a busy 2-core machine
-            cli.run_pipeline(instance, [REAL_SCENE], ops={"frames": {"config": {"cameras": list(CAMERAS)}}})
-        run_config = {"ops": {
-            "mined_split": {"config": {"target_frac": 1.0, "random_frac": 0.0, "output_dir": str(root / "splits")}},
-            "gallery": {"config": {"output_dir": str(root / "gallery")}},
-        }}
-        result = dg.materialize(
-            [mined_split, embedding_clusters, gallery, outlier_reference],
-            selection=[mined_split, embedding_clusters, gallery],
-            resources=build_resources(Settings.from_env()), instance=instance, run_config=run_config,
-        )
-        report = instance.get_latest_materialization_event(dg.AssetKey("mining_quality_report"))
-    return {"dataroot": dataroot, "home": home, "store": root / "store", "gallery": root / "gallery" / "index.html", "result": result,
-            "report_metadata": report.asset_materialization.metadata if report else None}
-
-
-def shared_real_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """:func:`materialise_real_slice` once per test session (skips when the fixture is absent)."""
-    from conceptmine_assets_tests.conftest import REAL_SLICE, require
-
-    if "real" not in _RUNS:
-        _RUNS["real"] = materialise_real_slice(require(REAL_SLICE), tmp_path_factory.mktemp("real-run"))
-    return _RUNS["real"]
-
-
-@pytest.fixture(scope="module")
-def real_run(tmp_path_factory) -> dict:
-    return shared_real_run(tmp_path_factory)
-
-
 def test_explain_assets_on_the_real_slice(real_run):
     store, result = real_run["store"], real_run["result"]
     assert result.success
@@ -448,11 +380,12 @@ def test_gallery_on_the_real_slice_is_idempotent(real_run):
     md = result.asset_materializations_for_node("gallery")[0].metadata
     assert md["html_path"].value == str(real_run["gallery"]) and md["num_items_without_image"].value == 0
     before = real_run["gallery"].read_bytes()
-    from conceptmine_assets.definitions import build_resources
+    from conceptmine_assets.definitions import ASSET_MODULES, build_resources
     from conceptmine_assets.settings import Settings
 
-    with pipeline_env(real_run["dataroot"], real_run["store"].parent):
-        again = dg.materialize([gallery], resources=build_resources(Settings.from_env()),
+    with pipeline_env(real_run["dataroot"], real_run["store"].parent), dg.DagsterInstance.get() as instance:
+        again = dg.materialize(dg.load_assets_from_modules(ASSET_MODULES), selection=[gallery], instance=instance,
+                               resources=build_resources(Settings.from_env()),
                                run_config={"ops": {"gallery": {"config": {"output_dir": str(real_run["gallery"].parent)}}}})
     assert again.success and real_run["gallery"].read_bytes() == before
     assert [p.name for p in real_run["gallery"].parent.iterdir()] == ["index.html"]  # no temporary files left
@@ -461,3 +394,80 @@ def test_gallery_on_the_real_slice_is_idempotent(real_run):
 def test_mining_quality_report_has_the_per_class_plot(real_run):
     md = real_run["report_metadata"]
     assert md is not None and decode_png(md["per_class_plot"].value).startswith(PNG_MAGIC)
+
+
+# ---------------------------------------------------------------- sampled / streamed paths = exact paths
+
+
+def seed_scenes_store(store: Path, X: np.ndarray, scenes: int = 3) -> list[str]:
+    """``seed_clusters_store`` spread over several scene files (the streamed path reads them in batches)."""
+    ids = [f"d{i:03d}" for i in range(len(X))]
+    for s in range(scenes):
+        part = store / f"part-{s}"
+        part.mkdir()
+        rows = np.arange(s, len(X), scenes)
+        seed_clusters_store(part, X[rows], ["car" if i % 2 else "bus" for i in rows], "offline:x", "v")
+        for asset in ("embeddings", "concept_scores", "outlier_flags"):
+            df = pd.read_parquet(part / asset / "scene-t.parquet")
+            df["detection_id"], df["scene_name"] = [ids[i] for i in rows], f"scene-{s}"
+            if asset == "embeddings":
+                df.attrs["vector_dims"] = {"embedding": X.shape[1]}
+            table = __import__("conceptmine_assets.lib.tables", fromlist=["to_arrow"]).to_arrow(df, asset, "t")
+            (store / asset).mkdir(exist_ok=True)
+            pq.write_table(table, store / asset / f"scene-{s}.parquet")
+    return ids
+
+
+@pytest.mark.parametrize("max_sample", [1000, 40])
+def test_clusters_fitted_on_a_sample_and_streamed_equal_the_in_memory_fit(store, max_sample):
+    """Sample >= all crops: labels equal kmeans/HDBSCAN on every row. Smaller sample: the sampled
+    crops keep the labels fitted on the sample and every other crop gets its nearest centre."""
+    from conceptmine_assets.lib.clustering import assign
+    from conceptmine_assets.resources.embedder import EmbedderResource
+    from conceptmine_assets.resources.store_sql import connect, reservoir_sample, stored_tables
+
+    X, _ = blobs(n=90, centers=3)
+    ids = seed_scenes_store(store, X)
+    md, clusters = run_clusters(store, EmbedderResource(backend="offline", device="cpu"), k=3, max_sample=max_sample,
+                                scenes_per_batch=2, min_cluster_size=5)
+    assert clusters["scene_name"].tolist() == sorted(clusters["scene_name"])  # scene order, streamed in batches
+    by_id = clusters.set_index("detection_id")
+    with connect(stored_tables(str(store))["embeddings"]) as con:
+        sample = reservoir_sample(con, "SELECT detection_id, embedding FROM embeddings", max_sample, 0)
+    Xs = np.stack(sample["embedding"].to_list()).astype(np.float32)
+    with threadpool_limits(1, user_api="openmp"):
+        exact_k = kmeans_clustering(Xs, k=3)
+        exact_d = density_clustering(Xs, "hdbscan", min_cluster_size=5)
+    assert by_id.loc[sample["detection_id"], "kmeans_cluster"].tolist() == exact_k.labels.tolist()
+    assert by_id.loc[sample["detection_id"], "density_cluster"].tolist() == exact_d.labels.tolist()
+    assert md["num_crops"].value == 90 and md["num_sample"].value == min(max_sample, 90)
+    if max_sample >= 90:
+        assert sorted(sample["detection_id"]) == sorted(ids)
+    else:
+        rest = sorted(set(ids) - set(sample["detection_id"]))
+        X_rest = X[[ids.index(d) for d in rest]]
+        assert by_id.loc[rest, "kmeans_cluster"].tolist() == assign(X_rest, exact_k).tolist()
+        assert by_id.loc[rest, "density_cluster"].tolist() == assign(X_rest, exact_d).tolist()
+
+
+def test_gallery_candidates_pick_the_same_items_as_the_whole_store(store, instance, tmp_path):
+    """The SQL-chosen candidates (bounded) give gallery_items exactly what the whole crop table gives."""
+    from conceptmine_assets.assets.gallery import _FROM, _LIGHT, GalleryConfig, candidates
+    from conceptmine_assets.resources.store_sql import connect, stored_tables
+    from conceptmine_assets_tests.test_splits import run_split, seed_store
+
+    seed_store(store)
+    run_split(store, instance, target_frac=0.1, rare_frac=0.05, random_frac=0.1, output_dir=str(tmp_path / "s"))
+    tables = stored_tables(str(store))
+    config = GalleryConfig(max_crops_per_sample=1, max_all_crops=5, max_per_group_class=1, samples_per_page=3)
+    with connect(tables["mined_split"], tables["concept_scores"], tables["outlier_flags"]) as con:
+        split = con.execute("SELECT sample_token, scene_name, reason, rank, detection_ids FROM mined_split").df()
+        found = candidates(con, config)
+        everything = con.execute(f"SELECT {_LIGHT} {_FROM}").df()
+    everything["is_outlier"] = everything["is_outlier"].astype(bool)
+    args = (config.max_crops_per_sample, config.max_all_crops, config.max_per_group_class, config.samples_per_page)
+    fast, _ = gallery_items(split, found, *args)
+    exact, _ = gallery_items(split, everything, *args)
+    assert len(found) < len(everything)
+    pd.testing.assert_frame_equal(fast[ITEM_COLUMNS], exact[ITEM_COLUMNS])
+    assert set(fast["page"]) == set(range(1, 4)) and (fast.loc[fast["section"] == "all", "page"] == 1).all()

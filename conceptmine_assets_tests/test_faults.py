@@ -53,9 +53,9 @@ from conceptmine_assets.lib.synth import synth_dataroot
 from conceptmine_assets.resources.detector import DetectorResource
 from conceptmine_assets.resources.embedder import EmbedderResource, tiny_clip_config_path
 from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager
+from conceptmine_assets.resources.storage import StoreViews, ParquetIOManager
 from conceptmine_assets.schemas import SCHEMAS
-from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, REAL_SCENE, REPO, materialize_scene
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, REAL_SCENE, REPO, materialize_scene
 
 PERCEPTION = [frames, detections, crops, embeddings]
 GOOD, BAD = HIGHWAY_SCENES[0], HIGHWAY_SCENES[1]  # 2 frames and 1 frame, different image files
@@ -349,8 +349,8 @@ def all_parquet_files_open(store: Path) -> list[Path]:
 
 
 def _frames_rows(store: Path) -> int | None:
-    duck = DuckDBResource(base_path=str(store))
-    if "frames" not in duck.stored_assets():
+    duck = StoreViews(base_path=str(store))
+    if "frames" not in duck.tables():
         return None
     return int(duck.query("SELECT count(*) AS n FROM frames")["n"][0])
 
@@ -394,7 +394,7 @@ def test_sigkill_mid_write_never_exposes_a_half_written_file(highway_root, tmp_p
 def test_concurrent_writers_of_one_scene_last_writer_wins_atomically(real_slice, tmp_path, store):
     target = store / "frames" / f"{REAL_SCENE}.parquet"
     seen, errors, stop = [], [], threading.Event()
-    duck = DuckDBResource(base_path=str(store))
+    duck = StoreViews(base_path=str(store))
 
     def read_once(i: int) -> int:
         """Rows of the scene's file, read as the pipeline reads it: one open file (the IO manager)

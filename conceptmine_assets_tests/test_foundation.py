@@ -17,10 +17,10 @@ from conceptmine_assets.errors import DatasetError
 from conceptmine_assets.lib.sampling import keep, unit_hash
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
 from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager
+from conceptmine_assets.resources.storage import StoreViews, ParquetIOManager
 from conceptmine_assets.sensors import scene_discovery_sensor
 from conceptmine_assets.settings import Settings
-from conceptmine_assets_tests.conftest import (
+from conceptmine_assets_tests.helpers import (
     HIGHWAY_SCENES,
     REAL_SCENE,
     REPO,
@@ -211,7 +211,7 @@ def test_duckdb_view_is_union_of_scenes(real_slice, highway, store, instance):
                       run_config=_frames_config(cameras=ALL_CAMERAS))
     for scene in HIGHWAY_SCENES:
         materialize_scene([frames], scene, instance, _resources(highway, store))
-    counts = DuckDBResource(base_path=str(store)).query(
+    counts = StoreViews(base_path=str(store)).query(
         "SELECT scene_name, count(*) AS n FROM frames GROUP BY scene_name ORDER BY scene_name"
     )
     assert dict(zip(counts["scene_name"], counts["n"])) == {
@@ -244,7 +244,7 @@ def test_parallel_scene_runs_do_not_conflict(highway, store, scenes):
     assert all(p.returncode == 0 for p in procs), outputs[0][-2000:] + outputs[1][-2000:]
     assert sorted(p.name for p in (store / "frames").iterdir()) == sorted({f"{s}.parquet" for s in scenes})
     expected = sum({HIGHWAY_SCENES[0]: 2, HIGHWAY_SCENES[1]: 1}[s] for s in set(scenes))
-    assert DuckDBResource(base_path=str(store)).query("SELECT count(*) AS n FROM frames")["n"][0] == expected
+    assert StoreViews(base_path=str(store)).query("SELECT count(*) AS n FROM frames")["n"][0] == expected
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

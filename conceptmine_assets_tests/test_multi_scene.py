@@ -15,7 +15,7 @@ from conceptmine_assets.resources.detector import DetectorResource
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import ParquetIOManager
-from conceptmine_assets_tests.conftest import HIGHWAY_SCENES
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES
 
 ASSETS = [frames, detections, crops, embeddings]
 

@@ -6,8 +6,12 @@ import pytest
 
 from conceptmine_assets.assets.frames import frames
 from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager
-from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, materialize_scene
+from upath import UPath
+
+from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
+from conceptmine_assets.resources.storage import ParquetIOManager, StoreViews
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, materialize_scene
+from conceptmine_assets_tests.store_helpers import upstream_specs
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")
 
@@ -37,8 +41,10 @@ def test_scene_round_trip_on_s3(highway, instance, s3_options):
     # Re-running a scene replaces its object.
     assert materialize_scene([frames], HIGHWAY_SCENES[0], instance, resources).success
 
-    views = DuckDBResource(base_path=base, storage_options=s3_options)
-    assert views.stored_assets() == {"frames": f"{base}/frames/*.parquet"}
+    views = StoreViews(base_path=base, storage_options=s3_options)
+    tables = views.tables()
+    assert list(tables) == ["frames"] and tables["frames"].partitions == tuple(sorted(HIGHWAY_SCENES[:2]))
+    assert tables["frames"].files == tuple(f"{base}/frames/{s}.parquet" for s in sorted(HIGHWAY_SCENES[:2]))
     counts = views.query("SELECT scene_name, count(*) AS n FROM frames GROUP BY 1 ORDER BY 1")
     assert dict(zip(counts["scene_name"], counts["n"])) == {HIGHWAY_SCENES[0]: 2, HIGHWAY_SCENES[1]: 1}
 
@@ -48,3 +54,28 @@ def test_scene_round_trip_on_s3(highway, instance, s3_options):
                                  asset_partitions_def=frames.partitions_def, instance=instance)
     df = loaded.load_input(ctx)
     assert list(df["scene_name"]) == [HIGHWAY_SCENES[1]]
+
+
+def test_split_and_gallery_side_files_live_under_an_s3_store(instance, s3_options, tmp_path):
+    """mined_split reads its inputs from s3:// and writes its token list next to them, reported as a URL."""
+    from conceptmine_assets.assets.splits import mined_split
+    from conceptmine_assets_tests.test_splits import seed_store
+
+    local = tmp_path / "seed"
+    local.mkdir()
+    seed_store(local)  # hand-written frames, concept_scores, outlier_flags, copied to the bucket
+    base = "s3://conceptmine/store"
+    fs = UPath(base, **s3_options).fs
+    for path in sorted(local.glob("*/*.parquet")):
+        fs.put_file(str(path), f"{base}/{path.parent.name}/{path.name}")
+    instance.add_dynamic_partitions(SCENE_PARTITIONS_NAME, ["scene-0", "scene-1"])
+    result = dg.materialize(
+        [mined_split, *upstream_specs(["frames", "concept_scores", "outlier_flags"])], selection=[mined_split],
+        instance=instance, resources={"io_manager": ParquetIOManager(base_path=base, storage_options=s3_options)},
+        run_config={"ops": {"mined_split": {"config": {"target_frac": 0.1, "random_frac": 0.1}}}},
+    )
+    md = result.asset_materializations_for_node("mined_split")[0].metadata
+    assert md["token_list"].value == f"{base}/splits/mined.txt"
+    tokens = fs.cat_file(f"{base}/splits/mined.txt").decode().splitlines()
+    assert len(tokens) == md["num_selected"].value == 8
+    assert not (tmp_path / "data").exists()  # nothing relative to the working directory

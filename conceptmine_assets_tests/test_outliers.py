@@ -24,9 +24,10 @@ from conceptmine_assets.lib.outliers import (
     score,
 )
 from conceptmine_assets.partitions import scene_partitions
-from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager, PickleIOManager, atomic_write, to_arrow
+from conceptmine_assets.resources.storage import ParquetIOManager, PickleIOManager, atomic_write, to_arrow
 from conceptmine_assets.schemas import CROPS, EMBEDDINGS, OUTLIER_FLAGS
-from conceptmine_assets_tests.conftest import materialize_scene
+from conceptmine_assets_tests.helpers import materialize_scene
+from conceptmine_assets_tests.store_helpers import materialize_global
 
 DIM = 32
 
@@ -281,13 +282,13 @@ def resources(store: Path) -> dict:
     return {
         "io_manager": ParquetIOManager(base_path=str(store)),
         "pickle_io_manager": PickleIOManager(base_path=str(store)),
-        "duckdb": DuckDBResource(base_path=str(store)),
     }
 
 
 def fit(store: Path, instance, **config) -> dg.ExecuteInProcessResult:
     run_config = {"ops": {"outlier_reference": {"config": {"tsne_max_points": 0, **config}}}}
-    return dg.materialize([outlier_reference], instance=instance, resources=resources(store), run_config=run_config)
+    return materialize_global([outlier_reference], store, instance, resources(store), upstream=["embeddings"],
+                              run_config=run_config)
 
 
 def flag(store: Path, scene: str, instance, **config) -> pd.DataFrame:

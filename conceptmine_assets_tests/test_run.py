@@ -10,7 +10,7 @@ import pytest
 from conceptmine_assets import cli
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
 from conceptmine_assets.runner import REPOSITORY_LABEL, REPOSITORY_LABEL_TAG
-from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, copy_dataroot, deployment_env
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, copy_dataroot, set_deployment
 from conceptmine_assets_tests.test_automation import GLOBAL_ASSETS, SCENE_ASSETS, _add_scene, _drop_scene
 
 DERIVED = sorted(set(GLOBAL_ASSETS) - {"outlier_reference"})
@@ -36,10 +36,10 @@ def materialisations(instance: dg.DagsterInstance) -> dict[tuple[str, str | None
 @pytest.fixture
 def deployment(highway, yolo_tflite, tmp_path, monkeypatch):
     """A dataroot with two of the three highway scenes (the third kept aside), a store and a
-    Dagster home, selected through the environment as a deployment would."""
+    Dagster home, selected through the environment as a deployment would (YOLO detector)."""
     root = copy_dataroot(highway, tmp_path / "root")
     aside = _drop_scene(root, HIGHWAY_SCENES[2])
-    deployment_env(monkeypatch, tmp_path, root, yolo_tflite)
+    set_deployment(monkeypatch, root, tmp_path, CONCEPTMINE_DETECTOR="yolo", CONCEPTMINE_YOLO_WEIGHTS=str(yolo_tflite))
     return {"root": root, "aside": aside, "store": tmp_path / "store", "tmp": tmp_path}
 
 

@@ -1,22 +1,22 @@
-"""Free-text crop search: ranking, both modes on hand-made vectors, the real text model, the CLI."""
+"""Free-text crop search: exact ranking, the persisted index against brute force (flat and IVF,
+both modes), staleness, errors, the real offline text model and the CLI."""
 
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from upath import UPath
 
+from conceptmine_assets.assets.search_index import SearchIndexConfig, build
 from conceptmine_assets.errors import ConceptmineError
-from conceptmine_assets.lib.search import HIT_COLUMNS, rank_by_similarity, search_crops
+from conceptmine_assets.lib.search import HIT_COLUMNS, rank_by_similarity
 from conceptmine_assets.resources.embedder import EmbedderResource
-from conceptmine_assets.resources.storage import DuckDBResource, atomic_write, to_arrow
-from conceptmine_assets.schemas import CONCEPT_SCORES, EMBEDDINGS
+from conceptmine_assets.resources.search_index import SearchIndexResource, search_crops
+from conceptmine_assets.schemas import CAPTIONS, CONCEPT_SCORES, EMBEDDINGS
+from conceptmine_assets_tests.helpers import write_table
 
-SCENE = "scene-s"
-
-# ---------------------------------------------------------------- ranking
+# ---------------------------------------------------------------- exact ranking (the reference)
 
 
 @pytest.mark.parametrize(
@@ -45,105 +45,127 @@ def test_rank_ties_break_by_id_and_shapes_are_checked():
         rank_by_similarity(np.ones(3), matrix, np.array(["a", "b", "c"]), 1)
 
 
-# ---------------------------------------------------------------- search_crops on hand-made vectors
+# ---------------------------------------------------------------- a small random store
 
 
 class FakeEmbedder:
-    """Duck-typed embedder whose text vectors are given by a table (counts encoded texts)."""
+    """Duck-typed embedder: text vectors from a table, or seeded random ones (counts encoded texts)."""
 
-    def __init__(self, shared_space: bool, vectors: dict[str, list[float]], image_model_id: str = "fake-image"):
-        self.shared_space = shared_space
-        self.vectors = vectors
-        self.image_model_id = image_model_id
-        self.text_model_id = "fake-text"
+    def __init__(self, shared_space: bool, vectors: dict[str, list[float]] | None = None, dim: int = 3,
+                 image_model_id: str = "fake-image", text_model_id: str = "fake-text"):
+        self.shared_space, self.vectors, self.dim = shared_space, vectors or {}, dim
+        self.image_model_id, self.text_model_id = image_model_id, text_model_id
         self.encoded: list[str] = []
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         self.encoded += list(texts)
-        rows = [np.asarray(self.vectors[t], dtype=np.float32) for t in texts]
-        return np.stack(rows) if rows else np.zeros((0, 3), np.float32)
+        rows = [np.asarray(self.vectors[t], dtype=np.float32) if t in self.vectors else
+                np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(self.dim).astype(np.float32) for t in texts]
+        return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
 
 
-CROPS = [  # detection_id, class, caption, image embedding
-    ("d1", "pedestrian", "a person pushing a cart", [0.0, 1.0, 0.0]),
-    ("d2", "pedestrian", "a pedestrian", [0.0, 0.0, 1.0]),
-    ("d3", "car", "a pedestrian", [1.0, 0.0, 0.0]),
-    ("d4", "truck", "a parked truck", [0.6, 0.8, 0.0]),
-]
-TEXT = {
-    "a person pushing a cart": [0.0, 1.0, 0.0],
-    "a pedestrian": [0.1, 0.9, 0.3],
-    "a parked truck": [1.0, 0.0, 0.0],
-    "shopping cart": [0.0, 0.9, 0.1],
-}
+def seed(store: Path, crops: list[tuple], image_model="fake-image", text_model="fake-text") -> None:
+    """crops: (scene, detection_id, class, caption, image vector, caption vector)."""
+    frame = pd.DataFrame(crops, columns=["scene_name", "detection_id", "class_name", "caption", "image", "text"])
+    for scene, part in frame.groupby("scene_name"):
+        keys = part[["detection_id", "scene_name", "class_name"]].reset_index(drop=True)
+        keys["sample_token"], keys["sample_data_token"], keys["channel"] = "s-" + scene, "sd", "CAM_FRONT"
+        emb = keys.assign(model_id=image_model, embedding=[np.asarray(v, np.float32) for v in part["image"]])
+        write_table(store, "embeddings", emb[EMBEDDINGS.names], scene)
+        cap = keys.assign(caption=part["caption"].to_numpy(), text_model_id=text_model, status="ok", attempts=1,
+                          latency_s=0.0, caption_embedding=[np.asarray(v, np.float32) for v in part["text"]])
+        write_table(store, "captions", cap.reindex(columns=CAPTIONS.names).astype({"vlm_class": object}), scene)
+        scores = keys.assign(caption=part["caption"].to_numpy(), group="common", top_concept=part["class_name"].to_numpy())
+        scores = scores.reindex(columns=CONCEPT_SCORES.names).astype(object)
+        scores["concept_names"] = [["car"]] * len(scores)
+        scores["concept_scores"] = [np.ones(1, np.float32)] * len(scores)
+        write_table(store, "concept_scores", scores, scene)
 
 
-def write(store: Path, asset: str, df: pd.DataFrame) -> None:
-    table = to_arrow(df, asset, f"test {asset}")
-    atomic_write(UPath(store) / asset / f"{SCENE}.parquet", lambda fh: pq.write_table(table, fh))
+def random_crops(n_scenes=3, per_scene=120, dim=16, n_captions=9, seed_=0) -> list[tuple]:
+    rng = np.random.default_rng(seed_)
+    caption_vectors = rng.standard_normal((n_captions, dim))
+    rows = []
+    for s in range(n_scenes):
+        for i in range(per_scene):
+            c = int(rng.integers(n_captions))
+            rows.append((f"scene-{s:02d}", f"d{s:02d}-{rng.integers(1e9):09d}", "car", f"caption {c}",
+                         rng.standard_normal(dim), caption_vectors[c]))
+    return rows
 
 
-def seed(store: Path, model_id: str = "fake-image", crops=CROPS) -> None:
-    keys = {"scene_name": SCENE, "sample_token": "s0", "sample_data_token": "sd0", "channel": "CAM_FRONT"}
-    emb = pd.DataFrame([{**keys, "detection_id": d, "class_name": c, "model_id": model_id,
-                         "embedding": np.asarray(v, dtype=np.float32)} for d, c, _, v in crops], columns=EMBEDDINGS.names)
-    scores = pd.DataFrame({c: pd.Series([None] * len(crops), dtype=object) for c in CONCEPT_SCORES.names})
-    for k, v in keys.items():
-        scores[k] = v
-    scores["detection_id"] = [d for d, *_ in crops]
-    scores["class_name"] = [c for _, c, *_ in crops]
-    scores["caption"] = [cap for _, _, cap, _ in crops]
-    scores["group"] = ["common", "common", "common", "target"][: len(crops)]
-    scores["top_concept"] = scores["class_name"]
-    write(store, "embeddings", emb)
-    write(store, "concept_scores", scores)
+def index(store: Path, shared_space: bool = True, **config) -> SearchIndexResource:
+    resource = SearchIndexResource(base_path=str(store))
+    resource.publish(build(resource, shared_space, SearchIndexConfig(**config)))
+    return resource
 
 
-def test_shared_space_ranks_crop_image_embeddings(store):
-    seed(store)
-    embedder = FakeEmbedder(True, TEXT)
-    result = search_crops(DuckDBResource(base_path=str(store)), embedder, "shopping cart", k=3)
-    assert result.mode == "image_embedding" and "share one space" in result.describe()
-    assert result.hits["detection_id"].tolist() == ["d1", "d4", "d2"]  # cos 0.994, 0.795, 0.110
-    assert list(result.hits.columns) == HIT_COLUMNS and result.hits["rank"].tolist() == [1, 2, 3]
-    assert result.hits["caption"].iloc[0] == "a person pushing a cart" and result.num_candidates == 4
-    assert embedder.encoded == ["shopping cart"]  # captions are not encoded in this mode
+def brute_force(crops: list[tuple], query: np.ndarray, k: int, column: int) -> list[str]:
+    ids = np.array([c[1] for c in crops], dtype=object)
+    order, _ = rank_by_similarity(query, np.stack([c[column] for c in crops]), ids, k)
+    return ids[order].tolist()
 
 
-def test_caption_mode_ranks_caption_text_and_encodes_each_caption_once(store):
-    seed(store)
-    embedder = FakeEmbedder(False, TEXT)
-    result = search_crops(DuckDBResource(base_path=str(store)), embedder, "  shopping cart ", k=4)
-    assert result.mode == "caption_text" and "spaces differ" in result.describe()
-    # d2 and d3 share the caption "a pedestrian" (cos 0.97): tie broken by detection_id
-    assert result.hits["detection_id"].tolist() == ["d1", "d2", "d3", "d4"]
-    assert result.hits["score"].iloc[1] == pytest.approx(result.hits["score"].iloc[2])
-    assert sorted(embedder.encoded) == sorted(["a person pushing a cart", "a pedestrian", "a parked truck", "shopping cart"])
+@pytest.mark.parametrize("config", [{}, {"exact_max_rows": 10, "codec": "Flat", "nlist": 6, "nprobe": 6}])
+def test_index_equals_brute_force_in_both_modes(store, config):
+    crops = random_crops()
+    seed(store, crops)
+    resource = index(store, **config)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        query = rng.standard_normal(16).astype(np.float32)
+        embedder = FakeEmbedder(True, {"q": query}, dim=16)
+        result, stale = search_crops(resource, embedder, "q", k=12)
+        assert result.mode == "image_embedding" and not stale
+        assert result.hits["detection_id"].tolist() == brute_force(crops, query, 12, 4)
+        assert list(result.hits.columns) == HIT_COLUMNS and result.hits["rank"].tolist() == list(range(1, 13))
+        result, _ = search_crops(resource, FakeEmbedder(False, {"q": query}, dim=16), "q", k=50)
+        assert result.mode == "caption_text" and result.num_candidates == len(crops)
+        assert result.hits["detection_id"].tolist() == brute_force(crops, query, 50, 5)
+        assert embedder.encoded == ["q"]  # only the query is encoded: captions come from the index
 
 
-def test_search_errors_are_clear(store, tmp_path):
-    seed(store, model_id="another-model")
-    duck = DuckDBResource(base_path=str(store))
+def test_ivf_index_is_approximate_but_deterministic(store):
+    seed(store, random_crops(per_scene=200))
+    first = index(store, exact_max_rows=10, nlist=8, nprobe=2)
+    files = {p.name: p.read_bytes() for p in (UPath(store) / "search_index").rglob("*") if p.is_file()}
+    manifest = first.load().manifest["modes"]["image_embedding"]
+    assert manifest["index"] == "IVF8,SQfp16" and manifest["rows"] == 600
+    (UPath(store) / "search_index" / "CURRENT").unlink()  # force a rebuild: byte-identical files
+    index(store, exact_max_rows=10, nlist=8, nprobe=2)
+    again = {p.name: p.read_bytes() for p in (UPath(store) / "search_index").rglob("*") if p.is_file()}
+    assert again == files
+
+
+def test_stale_index_says_so_and_errors_are_clear(store, tmp_path):
+    crops = random_crops(n_scenes=2, per_scene=10)
+    with pytest.raises(ConceptmineError, match="materialise the `search_index`"):
+        search_crops(SearchIndexResource(base_path=str(store)), FakeEmbedder(True, dim=16), "q")
+    seed(store, crops)
+    resource = index(store)
+    seed(store, [c for c in crops if c[0] == "scene-01"])  # rewrite one scene's files
+    _, stale = search_crops(resource, FakeEmbedder(True, dim=16), "q", k=3)
+    assert any(line.startswith("embeddings: 1 scene file(s) changed") for line in stale)
     with pytest.raises(ConceptmineError, match="another-model"):
-        search_crops(duck, FakeEmbedder(True, TEXT), "shopping cart")
+        search_crops(resource, FakeEmbedder(True, dim=16, image_model_id="another-model"), "q")
     with pytest.raises(ConceptmineError, match="empty"):
-        search_crops(duck, FakeEmbedder(False, TEXT), "   ")
+        search_crops(resource, FakeEmbedder(True, dim=16), "   ")
     with pytest.raises(ConceptmineError, match="k must be at least 1"):
-        search_crops(duck, FakeEmbedder(False, TEXT), "shopping cart", k=0)
-    empty = DuckDBResource(base_path=str(tmp_path / "nothing"))
-    with pytest.raises(ConceptmineError, match="no `embeddings` stored"):
-        search_crops(empty, FakeEmbedder(True, TEXT), "shopping cart")
-    with pytest.raises(ConceptmineError, match="no `concept_scores` stored"):
-        search_crops(empty, FakeEmbedder(False, TEXT), "shopping cart")
+        search_crops(resource, FakeEmbedder(True, dim=16), "q", k=0)
+    index(store, shared_space=False)
+    with pytest.raises(ConceptmineError, match="no image_embedding index"):
+        search_crops(resource, FakeEmbedder(True, dim=16), "q")
+    with pytest.raises(ConceptmineError, match="no `captions` stored"):
+        build(SearchIndexResource(base_path=str(tmp_path / "empty")), False, SearchIndexConfig())
 
 
 # ---------------------------------------------------------------- the real offline text model and the CLI
 
 REAL_CAPTIONS = [
-    ("r1", "pedestrian", "a person pushing a shopping cart", [1, 0, 0]),
-    ("r2", "pedestrian", "a pedestrian crossing the road", [1, 0, 0]),
-    ("r3", "truck", "a parked truck with an open cargo bed", [1, 0, 0]),
-    ("r4", "traffic_cone", "an orange traffic cone", [1, 0, 0]),
+    ("r1", "pedestrian", "a person pushing a shopping cart"),
+    ("r2", "pedestrian", "a pedestrian crossing the road"),
+    ("r3", "truck", "a parked truck with an open cargo bed"),
+    ("r4", "traffic_cone", "an orange traffic cone"),
 ]
 
 
@@ -152,24 +174,31 @@ def offline_embedder() -> EmbedderResource:
     return EmbedderResource(backend="offline", device="cpu")
 
 
+@pytest.fixture
+def real_store(store, offline_embedder) -> Path:
+    texts = offline_embedder.encode_texts([c for _, _, c in REAL_CAPTIONS])
+    seed(store, [("scene-r", d, cls, cap, [1.0, 0.0], vec) for (d, cls, cap), vec in zip(REAL_CAPTIONS, texts)],
+         image_model=offline_embedder.image_model_id, text_model=offline_embedder.text_model_id)
+    index(store, shared_space=False)
+    return store
+
+
 @pytest.mark.real_model
 @pytest.mark.parametrize(
     "query, best", [("someone pushing a cart", "r1"), ("a delivery truck", "r3"), ("a cone on the street", "r4")]
 )
-def test_offline_text_model_finds_the_matching_caption(store, offline_embedder, query, best):
-    seed(store, crops=REAL_CAPTIONS)
-    result = search_crops(DuckDBResource(base_path=str(store)), offline_embedder, query, k=4)
+def test_offline_text_model_finds_the_matching_caption(real_store, offline_embedder, query, best):
+    result, _ = search_crops(SearchIndexResource(base_path=str(real_store)), offline_embedder, query, k=4)
     assert result.mode == "caption_text"
     assert result.hits["detection_id"].iloc[0] == best
     assert result.hits["score"].iloc[0] - result.hits["score"].iloc[1] > 0.05
 
 
 @pytest.mark.real_model
-def test_cli_search_prints_mode_and_table(store, monkeypatch, capsys):
+def test_cli_search_prints_mode_and_table(real_store, monkeypatch, capsys):
     from conceptmine_assets import cli
 
-    seed(store, crops=REAL_CAPTIONS)
-    monkeypatch.setenv("CONCEPTMINE_STORE", str(store))
+    monkeypatch.setenv("CONCEPTMINE_STORE", str(real_store))
     monkeypatch.setenv("CONCEPTMINE_PROFILE", "offline")
     assert cli.main(["search", "a person pushing a cart", "-k", "2"]) == 0
     out = capsys.readouterr().out.splitlines()

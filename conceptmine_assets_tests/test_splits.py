@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from upath import UPath
 
-from conceptmine_assets.assets.splits import mined_split, mining_quality_report
+from conceptmine_assets.assets.mining_quality_report import mining_quality_report
+from conceptmine_assets.assets.splits import mined_split
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.splits import (
     SPLIT_COLUMNS,
@@ -20,12 +21,14 @@ from conceptmine_assets.lib.splits import (
     coverage,
     explain,
     filter_mmdet3d_infos,
-    markdown_table,
+    sample_tiers,
     select_split,
 )
+from conceptmine_assets.lib.tables import markdown_table
 from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets.resources.storage import DuckDBResource, ParquetIOManager, atomic_write, to_arrow
+from conceptmine_assets.resources.storage import ParquetIOManager, atomic_write, to_arrow
 from conceptmine_assets.schemas import CONCEPT_SCORES, DETECTIONS, FRAMES, OUTLIER_FLAGS
+from conceptmine_assets_tests.store_helpers import materialize_global
 
 # ---------------------------------------------------------------- synthetic crops
 
@@ -269,11 +272,9 @@ def seed_store(store: Path) -> None:
 
 
 def run_split(store: Path, instance, **config):
-    return dg.materialize(
-        [mined_split],
-        instance=instance,
-        resources={"io_manager": ParquetIOManager(base_path=str(store)), "duckdb": DuckDBResource(base_path=str(store))},
-        run_config={"ops": {"mined_split": {"config": config}}},
+    return materialize_global(
+        [mined_split], store, instance, {"io_manager": ParquetIOManager(base_path=str(store))},
+        upstream=["frames", "concept_scores", "outlier_flags"], run_config={"ops": {"mined_split": {"config": config}}},
     )
 
 
@@ -340,14 +341,10 @@ SLICE_SAMPLE = "ca9a282c9e77460f8360f564131a8af5"
 
 
 def run_report(store: Path, instance, dataroot: Path, **config):
-    return dg.materialize(
-        [mining_quality_report],
-        instance=instance,
-        resources={
-            "io_manager": ParquetIOManager(base_path=str(store)),
-            "duckdb": DuckDBResource(base_path=str(store)),
-            "nuscenes": NuScenesResource(dataroot=str(dataroot)),
-        },
+    return materialize_global(
+        [mining_quality_report], store, instance,
+        {"io_manager": ParquetIOManager(base_path=str(store)), "nuscenes": NuScenesResource(dataroot=str(dataroot))},
+        upstream=["mined_split", "frames", "detections"],
         run_config={"ops": {"mining_quality_report": {"config": config}}} if config else None,
     )
 
@@ -388,3 +385,115 @@ def test_mining_quality_report_needs_annotations(highway, store, instance):
     result = run_report(store, instance, highway)  # an unannotated dataroot: an empty report, logged
     assert pd.read_parquet(store / "mining_quality_report.parquet").empty
     assert result.asset_materializations_for_node("mining_quality_report")[0].metadata["num_annotations"].value == 0
+
+
+# ---------------------------------------------------------------- strategies, streaming = exact, the check
+
+
+def test_paper_strategy_differs_from_priority_exactly_where_expected():
+    """10 samples: t0 target∧outlier, t1 target, t2 rare∧outlier, t3 rare, the rest nothing;
+    random 20 % (2), target 50 % (5). priority fills the target budget from targets only and draws
+    random last; paper draws random first (from all samples), then lets rare samples and random
+    leftovers (``random_fill``) fill the target budget."""
+    from conceptmine_assets.lib.splits import TIERS, _hash_order, select_from_tiers
+
+    universe = universe_of(10)
+    tokens = universe["sample_token"].tolist()
+    tiers = pd.DataFrame({"sample_token": tokens})
+    for i, tier in enumerate(TIERS):
+        tiers[tier] = [j == i or (tier == "target" and j == 0) or (tier == "rare" and j == 2) for j in range(10)]
+    order = _hash_order(set(tokens), 3)
+
+    prio, caps = select_from_tiers(universe, tiers, SplitParams(0.2, 0.5, 0.0, 3, "priority"))
+    assert caps == {"target": 5, "rare": 0, "random": 2}
+    expected = [("tok000", "target_outlier"), ("tok001", "target")]
+    expected += [(t, "random") for t in [t for t in order if t not in ("tok000", "tok001")][:2]]
+    assert list(zip(prio["sample_token"], prio["reason"])) == expected
+
+    paper, _ = select_from_tiers(universe, tiers, SplitParams(0.2, 0.5, 0.0, 3, "paper"))
+    first = order[:2]
+    expected = [(t, "random") for t in first]
+    expected += [(t, r) for t, r in [("tok000", "target_outlier"), ("tok001", "target"), ("tok002", "rare_outlier"),
+                                      ("tok003", "rare")] if t not in first]
+    fill = [t for t in order if t not in {t for t, _ in expected}][: 5 - (len(expected) - 2)]
+    expected += [(t, "random_fill") for t in fill]
+    assert list(zip(paper["sample_token"], paper["reason"])) == expected
+    assert len(paper) == 7 and len(prio) == 4  # paper fills the target budget; priority leaves it short
+    assert paper["rank"].tolist() == list(range(7))
+    with pytest.raises(ConceptmineError, match="no rare budget"):
+        SplitParams(0.1, 0.1, 0.1, 0, "paper").validate()
+
+
+def _exact_crops(store: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The whole-table path: every crop in pandas, a missing flag filled as not an outlier."""
+    frames = pd.concat([pd.read_parquet(p) for p in sorted((store / "frames").glob("*.parquet"))])
+    universe = frames.groupby("sample_token", as_index=False)["scene_name"].min().sort_values("sample_token")
+    cs = pd.concat([pd.read_parquet(p) for p in sorted((store / "concept_scores").glob("*.parquet"))])
+    of = pd.concat([pd.read_parquet(p) for p in sorted((store / "outlier_flags").glob("*.parquet"))])
+    crops = cs.merge(of[["detection_id", "is_outlier", "outlier_detectors"]], on="detection_id", how="left")
+    crops["is_outlier"] = crops["is_outlier"].astype("boolean").fillna(False).astype(bool)
+    crops["outlier_detectors"] = [list(d) if isinstance(d, (list, np.ndarray)) else [] for d in crops["outlier_detectors"]]
+    return universe.reset_index(drop=True), crops
+
+
+@pytest.mark.parametrize("strategy, rare", [("priority", 0.05), ("paper", 0.0)])
+def test_streamed_split_equals_the_whole_table_path(store, instance, tmp_path, strategy, rare):
+    from conceptmine_assets.lib.splits import TIERS_SQL
+    from conceptmine_assets.resources.store_sql import connect, stored_tables
+
+    seed_store(store)
+    universe, crops = _exact_crops(store)
+    tables = stored_tables(str(store))
+    with connect(tables["frames"], tables["concept_scores"], tables["outlier_flags"]) as con:
+        tiers = con.execute(TIERS_SQL).df()
+    pd.testing.assert_frame_equal(tiers, sample_tiers(crops), check_dtype=False)
+    run_split(store, instance, target_frac=0.15, rare_frac=rare, random_frac=0.1, seed=5, strategy=strategy,
+              output_dir=str(tmp_path / "s"))
+    params = SplitParams(0.1, 0.15, rare, 5, strategy)
+    exact = explain(select_split(universe, crops, params)[0], crops)
+    pd.testing.assert_frame_equal(pd.read_parquet(store / "mined_split.parquet"), exact, check_dtype=False)
+
+
+def test_side_files_default_to_the_store_and_zero_budgets_are_explained(store, instance, tmp_path, monkeypatch):
+    seed_store(store)
+    monkeypatch.chdir(tmp_path)
+    result = run_split(store, instance, target_frac=0.01, random_frac=0.1)  # 0.01 * 40 rounds to 0
+    md = result.asset_materializations_for_node("mined_split")[0].metadata
+    assert md["token_list"].value == str(store / "splits" / "mined.txt") and Path(md["token_list"].value).is_file()
+    assert "target_frac 0.01 of 40 samples rounds down to a budget of 0" in md["zero_budgets"].value
+    assert not (tmp_path / "data").exists()
+    run_split(store, instance, random_frac=0.1, output_dir="elsewhere")  # relative: under the store
+    assert (store / "elsewhere" / "mined.txt").is_file()
+
+
+def test_split_check_errors_on_broken_budgets_and_warns_on_zero_budgets():
+    from conceptmine_assets.assets.splits import SplitConfig
+    from conceptmine_assets.checks import evaluate_split
+
+    split = pd.DataFrame({"sample_token": ["a", "b", "c"], "reason": ["target", "target", "random"]})
+    ok = evaluate_split(split, SplitConfig(target_frac=0.2, random_frac=0.1), 10)
+    assert ok.passed and ok.metadata["budgets"].value == {"target": 2, "rare": 0, "random": 1}
+    broken = evaluate_split(split, SplitConfig(target_frac=0.1, random_frac=0.1), 10)
+    assert not broken.passed and broken.severity == dg.AssetCheckSeverity.ERROR
+    assert "target: 2 selected > budget 1" in broken.description
+    empty = evaluate_split(split.iloc[0:0], SplitConfig(target_frac=0.1, random_frac=0.1), 5)
+    assert not empty.passed and empty.severity == dg.AssetCheckSeverity.WARN
+    assert empty.description == ("random_frac 0.1 of 5 samples rounds down to a budget of 0; "
+                                 "target_frac 0.1 of 5 samples rounds down to a budget of 0")
+    paper = pd.DataFrame({"sample_token": list("abcd"), "reason": ["random", "target", "rare", "random_fill"]})
+    assert evaluate_split(paper, SplitConfig(target_frac=0.3, random_frac=0.1, strategy="paper"), 10).passed
+    short = evaluate_split(paper.iloc[:3], SplitConfig(target_frac=0.3, random_frac=0.1, strategy="paper"), 10)
+    assert not short.passed and "target: 2 selected, budget 3" in short.description
+
+
+def test_split_config_validates_declaratively():
+    from pydantic import ValidationError
+
+    from conceptmine_assets.assets.splits import SplitConfig
+
+    with pytest.raises(ValidationError, match="sum to at most 1"):
+        SplitConfig(target_frac=0.6, random_frac=0.6)
+    with pytest.raises(ValidationError):
+        SplitConfig(target_frac=1.5)
+    with pytest.raises(ValidationError, match="no rare budget"):
+        SplitConfig(rare_frac=0.1, strategy="paper")

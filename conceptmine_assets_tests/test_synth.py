@@ -11,7 +11,7 @@ from conceptmine_assets.errors import ConceptmineError, DatasetError
 from conceptmine_assets.lib.synth import copy_name, copy_token, synth_dataroot
 from conceptmine_assets.resources.nuscenes import NUSCENES_TABLES, NuScenesResource
 from conceptmine_assets.resources.storage import ParquetIOManager
-from conceptmine_assets_tests.conftest import HIGHWAY_SCENES, REAL_SCENE, materialize_scene
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, REAL_SCENE, materialize_scene
 
 # Per source: scenes, samples, sample_data, ego poses, annotations, instances (fixtures README).
 COUNTS = {

@@ -13,6 +13,7 @@ from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, by_
 from conceptmine_assets.lib.vocabulary import Vocabulary, humanize
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.captioner import CaptionerResource, CaptionRequest, CaptionResult
+from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.schemas import CAPTIONS, column_schema
 from conceptmine_assets.settings import stage_config
@@ -148,8 +149,18 @@ def _scene_outputs(context: dg.AssetExecutionContext, plans: dict, results, capt
     return outputs, failures, missing_flags, latencies
 
 
+def add_caption_embeddings(outputs: dict[str, pd.DataFrame], embedder: EmbedderResource) -> None:
+    """Store each crop's caption text embedding (each distinct caption encoded once per run)."""
+    texts = sorted({str(c) for df in outputs.values() for c in df["caption"]})
+    vectors = dict(zip(texts, embedder.encode_texts(texts)))
+    for df in outputs.values():
+        df["text_model_id"] = embedder.text_model_id
+        df["caption_embedding"] = pd.Series([vectors[str(c)] for c in df["caption"]], index=df.index, dtype=object)
+        df.attrs["vector_dims"] = {"caption_embedding": embedder.text_dim}
+
+
 @dg.asset(
-    deps=["captioner_model"],
+    deps=["captioner_model", "embedding_model"],
     partitions_def=scene_partitions,
     code_version="2",
     kinds={"transformers", "parquet"},
@@ -165,6 +176,7 @@ def captions(
     outlier_flags: SceneTables,
     captioner: CaptionerResource,
     vocabulary_file: VocabularyResource,
+    embedder: EmbedderResource,
 ) -> SceneTables:
     """One row per crop of the scene (key: detection_id, plus scene_name, sample_token,
     sample_data_token, channel, class_name) with the caption used for concept scoring.
@@ -173,7 +185,9 @@ def captions(
     it) go to the ``captioner`` resource in priority order, up to ``max_per_scene``: status
     ``ok`` with the raw answer, the parsed ``vlm_class`` and description, or ``failed`` with the
     error and attempts (the caption is then the class name). All other crops get
-    ``status = "class_name"`` and their class name as caption."""
+    ``status = "class_name"`` and their class name as caption. Every caption is stored with its
+    text embedding from the ``embedder`` (``caption_embedding``, ``text_model_id``), so search
+    never re-encodes captions."""
     scenes = context.partition_keys
     started = time.perf_counter()
     vocabulary = vocabulary_file.load()
@@ -192,6 +206,7 @@ def captions(
     results = iter(captioner.caption(requests))  # one batched pass over every scene of the run
     vlm_s = time.perf_counter() - vlm_started
     outputs, failures, missing_flags, latencies = _scene_outputs(context, plans, results, captioner)
+    add_caption_embeddings(outputs, embedder)
     for line in failures[:MAX_LISTED]:
         context.log.warning(f"caption failed for crop {line}")
     df = pd.concat(list(outputs.values()), ignore_index=True)

@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.lib.model_guard import check_embedding_model
 from conceptmine_assets.lib.concepts import assign_group, rank_concepts, score_concepts, text_weights, top_superclass
 from conceptmine_assets.lib.vocabulary import Vocabulary
 from conceptmine_assets.resources.vocabulary import VocabularyResource
@@ -56,12 +56,8 @@ def crop_vectors(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(n, d) crop image embeddings aligned with ``captions`` (zeros where missing) and the mask of
     crops that have one. Refuses embeddings made by another model than the embedder's."""
-    models = sorted(set(embeddings["model_id"].dropna()))
-    if models and models != [embedder.image_model_id]:
-        raise ConceptmineError(
-            f"scene {scene}: stored embeddings come from {models}, but the embedder is "
-            f"{embedder.image_model_id!r}; re-materialise embeddings with the same embedder"
-        )
+    check_embedding_model(embeddings["model_id"], embedder.image_model_id, f"scene {scene}",
+                          "re-materialise embeddings with the same embedder")
     by_id = dict(zip(embeddings["detection_id"], embeddings["embedding"]))
     has = np.array([d in by_id for d in captions["detection_id"]], dtype=bool)
     dim = embedder.image_dim

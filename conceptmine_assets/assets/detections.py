@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import dagster as dg
 import pandas as pd
 
+from conceptmine_assets.errors import DatasetError
 from conceptmine_assets.lib.images import ImageDecodeError, read_rgb
 from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
 from conceptmine_assets.partitions import scene_partitions
@@ -86,6 +87,11 @@ def _run_annotations(
     context: dg.AssetExecutionContext, frames: list[dict], detector: DetectorResource, nuscenes: NuScenesResource
 ) -> tuple[list[dict], dict[str, int]]:
     rows, dropped = [], Counter()
+    if not nuscenes.nusc.sample_annotation:
+        raise DatasetError(
+            f"nuScenes at {nuscenes.dataroot} has no annotations (sample_annotation.json is empty, e.g. made by "
+            "import-images): the annotations detector has nothing to project; set CONCEPTMINE_DETECTOR=yolo"
+        )
     for frame in frames:
         found = detector.annotation_boxes(nuscenes.nusc, frame["sample_data_token"])
         dropped["behind_camera"] += found.behind_camera

@@ -4,8 +4,10 @@ import time
 from typing import Literal
 
 import dagster as dg
+import duckdb
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.outliers import (
@@ -20,9 +22,11 @@ from conceptmine_assets.lib.outliers import (
     quality_flags,
     score,
 )
+from conceptmine_assets.lib.model_guard import check_embedding_model
 from conceptmine_assets.lib.scenes import SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
-from conceptmine_assets.partitions import scene_partitions
-from conceptmine_assets.resources.storage import DuckDBResource
+from conceptmine_assets.lib.tables import stack_vectors
+from conceptmine_assets.partitions import all_scenes, scene_partitions
+from conceptmine_assets.resources.store_sql import StoredTable, connect, reservoir_sample
 from conceptmine_assets.schemas import OUTLIER_FLAGS, column_schema
 from conceptmine_assets.settings import stage_config
 
@@ -31,62 +35,44 @@ from conceptmine_assets.settings import stage_config
 class OutlierReferenceConfig(dg.Config):
     """How the global reference sample is drawn and the detectors fitted."""
 
-    max_reference: int = 50_000  # reservoir sample size over all scenes' embeddings
-    seed: int = 0
-    contamination: float = 0.1  # IsolationForest and LOF; the paper uses 0.1-0.2
-    lof_k: int = 20
-    knn_k: int = 10  # neighbours of the mean-kNN-distance detector (the paper's script: 10)
-    knn_percentile: float = 80.0  # kNN flag above this percentile of the reference scores
-    n_estimators: int = 100
-    tsne_max_points: int = 5_000  # t-SNE map of at most this many members, for plots; 0: none
-    tsne_perplexity: float = 30.0
+    max_reference: int = Field(50_000, ge=MIN_REFERENCE_ROWS, description="Size of the seeded reservoir sample of all scenes' embeddings the detectors are fitted on.")
+    seed: int = Field(0, description="Seed of the reservoir sample, IsolationForest and t-SNE.")
+    contamination: float = Field(0.1, gt=0.0, le=0.5, description="IsolationForest and LOF contamination (the paper uses 0.1-0.2).")
+    lof_k: int = Field(20, ge=1, description="Neighbours of the LOF detector (the paper: 20).")
+    knn_k: int = Field(10, ge=1, description="Neighbours of the mean-kNN-distance detector (the paper's script: 10).")
+    knn_percentile: float = Field(80.0, gt=0.0, lt=100.0, description="kNN flag above this percentile of the reference's own scores.")
+    n_estimators: int = Field(100, ge=1, description="Trees of the IsolationForest.")
+    tsne_max_points: int = Field(5_000, ge=0, description="t-SNE map of at most this many reference members, for plots; 0: none.")
+    tsne_perplexity: float = Field(30.0, gt=0.0, description="t-SNE perplexity (capped at (points - 1) / 3).")
 
 
-def _check_one_model(duckdb: DuckDBResource) -> tuple[str, int, int, int]:
+def _check_one_model(con: duckdb.DuckDBPyConnection, store: str) -> tuple[str, int, int, int]:
     """(model_id, dim, rows, scenes) of all stored embeddings; an error if they are mixed."""
-    if "embeddings" not in duckdb.stored_assets():
-        raise ConceptmineError(f"no `embeddings` stored under {duckdb.base_path}; materialise some scenes first")
-    groups = duckdb.query(
+    groups = con.execute(
         "SELECT model_id, len(embedding) AS dim, count(*) AS n, count(DISTINCT scene_name) AS scenes "
         "FROM embeddings GROUP BY ALL ORDER BY n DESC"
-    )
+    ).df()
     if groups.empty:
-        raise ConceptmineError(f"`embeddings` under {duckdb.base_path} has no rows; nothing to fit the reference on")
+        raise ConceptmineError(f"`embeddings` under {store} has no rows; nothing to fit the reference on")
     if len(groups) != 1:
         found = "; ".join(f"{r.model_id} dim {r.dim}: {r.n} rows in {r.scenes} scenes" for r in groups.itertuples())
         raise ConceptmineError(
-            f"embeddings under {duckdb.base_path} mix models or dimensions ({found}); "
+            f"embeddings under {store} mix models or dimensions ({found}); "
             "re-materialise `embeddings` for every scene with one model"
         )
     row = groups.iloc[0]
     return str(row["model_id"]), int(row["dim"]), int(row["n"]), int(row["scenes"])
 
 
-def _reservoir_sample(duckdb: DuckDBResource, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A seeded reservoir sample of at most ``n`` embeddings, streamed by DuckDB (ids, scenes, X)."""
-    sql = (
-        "SELECT detection_id, scene_name, embedding FROM "
-        f"(SELECT detection_id, scene_name, embedding FROM embeddings "
-        f"USING SAMPLE reservoir({int(n)} ROWS) REPEATABLE ({int(seed)})) ORDER BY detection_id"
-    )
-    with duckdb.connect() as con:
-        con.execute("SET threads = 1")  # the seeded sample is reproducible on one thread
-        sample = con.execute(sql).df()
-    ids = sample["detection_id"].to_numpy(dtype=object)
-    scenes = sample["scene_name"].to_numpy(dtype=object)
-    X = np.stack(sample["embedding"].to_numpy()).astype(np.float32) if len(sample) else np.zeros((0, 0), np.float32)
-    return ids, scenes, X
-
-
 @dg.asset(
-    deps=["embeddings"],
+    ins={"embeddings": all_scenes},
     io_manager_key="pickle_io_manager",
     code_version="1",
     kinds={"scikit-learn", "duckdb"},
     group_name="mining_global",
 )
 def outlier_reference(
-    context: dg.AssetExecutionContext, config: OutlierReferenceConfig, duckdb: DuckDBResource
+    context: dg.AssetExecutionContext, config: OutlierReferenceConfig, embeddings: StoredTable
 ) -> OutlierReference:
     """The outlier detectors fitted once on a seeded reservoir sample (``max_reference`` rows)
     of all materialised scenes' embeddings, read through DuckDB so no scene is loaded whole.
@@ -98,10 +84,15 @@ def outlier_reference(
     error. Re-materialise it after re-embedding with another model; `outlier_flags` refuses a
     mismatch."""
     started = time.perf_counter()
-    if config.max_reference < MIN_REFERENCE_ROWS:
-        raise ConceptmineError(f"max_reference must be at least {MIN_REFERENCE_ROWS}, got {config.max_reference}")
-    model_id, dim, total, scenes = _check_one_model(duckdb)
-    ids, member_scenes, X = _reservoir_sample(duckdb, config.max_reference, config.seed)
+    if embeddings.empty:
+        raise ConceptmineError(f"no `embeddings` stored under {embeddings.store}; materialise some scenes first")
+    with connect(embeddings) as con:
+        model_id, dim, total, scenes = _check_one_model(con, embeddings.store)
+        sample = reservoir_sample(con, "SELECT detection_id, scene_name, embedding FROM embeddings",
+                                  config.max_reference, config.seed)
+    ids = sample["detection_id"].to_numpy(dtype=object)
+    member_scenes = sample["scene_name"].to_numpy(dtype=object)
+    X = stack_vectors(sample["embedding"], dim)
     params = OutlierParams(
         contamination=config.contamination,
         lof_k=config.lof_k,
@@ -141,11 +132,11 @@ def outlier_reference(
 class OutlierFlagsConfig(dg.Config):
     """How detector flags combine, and the image-quality limits."""
 
-    combine: Literal["union", "vote"] = "union"  # union: any detector; vote: >= min_votes of 3
-    min_votes: int = 2
-    glare_overexposed_frac: float = 0.10  # glare if overexposed_frac is above this
-    dark_frac: float = 0.50  # dark if dark_frac is above this
-    blur_laplacian_var: float = 50.0  # blur if blur_laplacian_var is below this (resolution-dependent)
+    combine: Literal["union", "vote"] = Field("union", description="union: any detector fires; vote: at least min_votes of the 3.")
+    min_votes: int = Field(2, ge=1, le=len(DETECTORS), description="Detectors that must agree under the vote rule.")
+    glare_overexposed_frac: float = Field(0.10, ge=0.0, le=1.0, description="Glare if the crop's overexposed_frac is above this.")
+    dark_frac: float = Field(0.50, ge=0.0, le=1.0, description="Dark if the crop's dark_frac is above this.")
+    blur_laplacian_var: float = Field(50.0, ge=0.0, description="Blur if the crop's Laplacian variance is below this (resolution-dependent).")
 
 
 _QUALITY_COLUMNS = ["detection_id", "overexposed_frac", "dark_frac", "blur_laplacian_var"]
@@ -165,15 +156,6 @@ def _join_quality(embeddings: pd.DataFrame, crops: pd.DataFrame, scene: str) -> 
     if len(joined) != len(embeddings):
         raise ConceptmineError(f"scene {scene}: `crops` has duplicate detection_ids")
     return joined.drop(columns="_merge")
-
-
-def _check_model(embeddings: pd.DataFrame, reference: OutlierReference, scene: str) -> None:
-    found = sorted(set(embeddings["model_id"]))
-    if found and found != [reference.model_id]:
-        raise ConceptmineError(
-            f"scene {scene}: embeddings were made by {found}, the outlier_reference was fitted on "
-            f"{reference.model_id!r}; re-materialise `outlier_reference` (and embeddings of all scenes)"
-        )
 
 
 @dg.asset(
@@ -199,9 +181,11 @@ def outlier_flags(
     started = time.perf_counter()
     scene = ", ".join(context.partition_keys)  # several scenes per run in a backfill
     embeddings, crops = concat_scenes(embeddings), concat_scenes(crops)
-    _check_model(embeddings, outlier_reference, scene)
+    check_embedding_model(embeddings["model_id"], outlier_reference.model_id, f"scene {scene}",
+                          "the outlier_reference was fitted on another model; re-materialise "
+                          "`outlier_reference` (and embeddings of all scenes)")
     df = _join_quality(embeddings, crops, scene)
-    X = np.stack(df["embedding"].to_numpy()) if len(df) else np.zeros((0, outlier_reference.dim), np.float32)
+    X = stack_vectors(df["embedding"], outlier_reference.dim)
     scores = score(outlier_reference, X, df["detection_id"].to_numpy(dtype=object))
     flags = apply_thresholds(scores, outlier_reference.thresholds)
     is_outlier, fired = combine(flags, config.combine, config.min_votes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import math
 from collections.abc import Iterable
 
@@ -20,22 +21,16 @@ import pandas as pd
 GROUP_RANK = {"target": 0, "rare": 1, "common": 2}
 SECTIONS = {"mined": "Mined split", "all": "All crops by group"}
 ITEM_COLUMNS = [
-    "section", "position", "sample_token", "scene_name", "detection_id", "channel", "class_name", "group",
+    "section", "page", "position", "sample_token", "scene_name", "detection_id", "channel", "class_name", "group",
     "top_concept", "top_score", "reason", "why", "is_outlier", "has_image",
 ]
-# Columns of the per-crop table the gallery reads (concept_scores ⨝ outlier_flags ⨝ crops ⨝ captions).
-CROP_INFO_COLUMNS = [
-    "detection_id", "scene_name", "sample_token", "channel", "class_name", "caption", "caption_status",
-    "caption_backend", "top_concept", "top_score", "group", "concept_names", "concept_scores", "is_outlier",
-    "outlier_detectors", "quality_flags", "lidar_points", "lidar_median_depth",
-]
-
 _REASON_TEXT = {
     "target_outlier": "target concept and an embedding outlier",
     "target": "target concept",
     "rare_outlier": "rare concept and an embedding outlier",
     "rare": "rare concept",
     "random": "random fill (the sample was drawn at random, not for this crop)",
+    "random_fill": "random leftover of the target budget (drawn at random, not for this crop)",
 }
 
 
@@ -56,7 +51,7 @@ def why_selected(reason: str | None, row: pd.Series | dict, section: str = "mine
         mined = f"its sample is in the mined split ({reason})" if reason else "its sample is not in the mined split"
         return f"group {row.get('group') or 'unscored'}; {mined}"
     text = f"{reason}: {_REASON_TEXT.get(reason, reason)}"
-    if reason == "random":
+    if reason.startswith("random"):
         return text
     detectors = [str(d) for d in _as_list(row.get("outlier_detectors"))]
     evidence = f"top concept {row.get('top_concept')} ({_fmt(row.get('top_score'))}) in group {row.get('group')}"
@@ -79,7 +74,8 @@ def _crop_order(crops: pd.DataFrame) -> pd.DataFrame:
 
 
 def gallery_items(
-    split: pd.DataFrame, crops: pd.DataFrame, max_crops_per_sample: int = 12, all_crops_limit: int = 0
+    split: pd.DataFrame, crops: pd.DataFrame, max_crops_per_sample: int = 12, all_crops_limit: int = 0,
+    per_group_class: int | None = None, samples_per_page: int = 0,
 ) -> tuple[pd.DataFrame, int]:
     """The gallery's items (``ITEM_COLUMNS`` + the crop's info columns) and how many crops the
     split names that are not in ``crops`` (they are skipped; the caller reports the count).
@@ -87,13 +83,16 @@ def gallery_items(
     Mined section: per split row in ``rank`` order, the crops that qualified the sample
     (``detection_ids``); a random-fill sample (no qualifying crops) shows its own crops, at most
     ``max_crops_per_sample``, target first. All-crops section (``all_crops_limit`` > 0): at most
-    that many crops of the store, target, rare then common, best score first.
+    that many crops of the store, target, rare then common, best score first, and at most
+    ``per_group_class`` of each (group, class). ``page``: mined samples are split into pages of
+    ``samples_per_page`` (0: one page); the all-crops section is on page 1.
     """
     by_id = crops.set_index("detection_id", drop=False)
     by_sample = dict(tuple(crops.groupby("sample_token", sort=False))) if len(crops) else {}
     rows: list[dict] = []
     missing = 0
-    for split_row in split.sort_values("rank").itertuples(index=False):
+    for i, split_row in enumerate(split.sort_values("rank").itertuples(index=False)):
+        page = 1 + (i // samples_per_page if samples_per_page > 0 else 0)
         ids = [str(d) for d in _as_list(split_row.detection_ids)]
         if ids:
             present = [d for d in ids if d in by_id.index]
@@ -102,17 +101,23 @@ def gallery_items(
         else:
             chosen = _crop_order(by_sample.get(split_row.sample_token, crops.iloc[0:0]))
         for crop in chosen.head(max_crops_per_sample).to_dict("records"):
-            rows.append({**crop, "section": "mined", "reason": split_row.reason,
+            rows.append({**crop, "section": "mined", "page": page, "reason": split_row.reason,
                          "why": why_selected(split_row.reason, crop)})
     if all_crops_limit > 0:
         reason_of = dict(zip(split["sample_token"], split["reason"]))
-        for crop in _crop_order(crops).head(all_crops_limit).to_dict("records"):
+        ordered = _crop_order(crops)
+        if per_group_class is not None:
+            keys = [ordered["group"].fillna("\0"), ordered["class_name"].fillna("\0")]
+            ordered = ordered[ordered.groupby(keys, sort=False).cumcount() < per_group_class]
+        for crop in ordered.head(all_crops_limit).to_dict("records"):
             reason = reason_of.get(crop["sample_token"])
-            rows.append({**crop, "section": "all", "reason": reason, "why": why_selected(reason, crop, "all")})
+            rows.append({**crop, "section": "all", "page": 1, "reason": reason,
+                         "why": why_selected(reason, crop, "all")})
     items = pd.DataFrame(rows, columns=list(dict.fromkeys([*ITEM_COLUMNS, *crops.columns])))
     items["reason"] = pd.Series([r if isinstance(r, str) else None for r in items["reason"]], index=items.index,
                                 dtype=object)
     items["position"] = np.arange(len(items), dtype=np.int64)
+    items["page"] = items["page"].astype(np.int64)
     jpegs = items["image_jpeg"] if "image_jpeg" in items else [None] * len(items)
     items["has_image"] = [isinstance(b, (bytes, bytearray)) and len(b) > 0 for b in jpegs]
     items["is_outlier"] = items["is_outlier"].astype("boolean").fillna(False).astype(bool)
@@ -224,8 +229,39 @@ _JS = """
 """
 
 
-def render_gallery(items: pd.DataFrame, title: str = "conceptmine gallery", summary: str = "") -> str:
-    """The whole page: filters (group buttons, class select), one section per gallery section."""
+def page_name(page: int) -> str:
+    """File name of gallery page ``page`` (1-based): ``index.html``, ``page-002.html``, ..."""
+    return "index.html" if page == 1 else f"page-{page:03d}.html"
+
+
+def page_links(pages: int, current: int) -> str:
+    """Links to every page of a multi-page gallery (empty for one page)."""
+    if pages <= 1:
+        return ""
+    links = (f"<b>{p}</b>" if p == current else f'<a href="{page_name(p)}">{p}</a>' for p in range(1, pages + 1))
+    return f'<nav class="pages">pages: {" ".join(links)}</nav>'
+
+
+def thumbnail(jpeg: bytes, max_px: int, quality: int = 80) -> bytes:
+    """The crop as a JPEG of at most ``max_px`` on its longer side (unchanged if already that small).
+
+    Raises ``PIL.UnidentifiedImageError``/``OSError`` for bytes that are not a decodable image.
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(jpeg)) as img:
+        if max(img.size) <= max_px:
+            return jpeg
+        img = img.convert("RGB")
+        img.thumbnail((max_px, max_px), Image.Resampling.BILINEAR)
+        out = io.BytesIO()
+        img.save(out, format="JPEG", quality=quality, optimize=False)
+    return out.getvalue()
+
+
+def render_gallery(items: pd.DataFrame, title: str = "conceptmine gallery", summary: str = "", nav: str = "") -> str:
+    """The whole page: filters (group buttons, class select), one section per gallery section;
+    ``nav``: links to the other pages (:func:`page_links`)."""
     records = items.to_dict("records")
     groups = sorted({str(r.get("group") or "unscored") for r in records}, key=lambda g: (GROUP_RANK.get(g, 9), g))
     classes = sorted({str(r.get("class_name") or "unknown") for r in records})
@@ -247,7 +283,7 @@ def render_gallery(items: pd.DataFrame, title: str = "conceptmine gallery", summ
         "<!DOCTYPE html>\n"
         f'<html lang="en"><head><meta charset="utf-8"><title>{_E(title)}</title>'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body>'
-        f"<h1>{_E(title)}</h1><p>{_E(summary)}</p>"
+        f"<h1>{_E(title)}</h1><p>{_E(summary)}</p>{nav}"
         f'<div class="filters">group: {buttons} class: <select id="class-filter">{options}</select>'
         f' <span class="dim"><span id="shown">{len(records)}</span> of {len(records)} shown</span></div>'
         f"{''.join(sections)}<script>{_JS}</script></body></html>\n"

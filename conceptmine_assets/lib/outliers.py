@@ -40,6 +40,9 @@ from sklearn.neighbors import LocalOutlierFactor
 from conceptmine_assets.errors import ConceptmineError
 
 DETECTORS: tuple[str, ...] = ("iforest", "lof", "knn")
+# A crop without an `outlier_flags` row (not scored yet) counts as not an outlier: the one
+# statement of that rule, for queries that LEFT JOIN outlier_flags AS o.
+IS_OUTLIER_SQL = "coalesce(o.is_outlier, false)"
 MIN_REFERENCE_ROWS = 3
 QUALITY_FLAGS: tuple[str, ...] = ("glare", "dark", "blur")
 
@@ -249,6 +252,7 @@ def quality_flags(crops: pd.DataFrame, limits: QualityThresholds = QualityThresh
 
 __all__ = [
     "DETECTORS",
+    "IS_OUTLIER_SQL",
     "MIN_REFERENCE_ROWS",
     "OutlierParams",
     "OutlierReference",

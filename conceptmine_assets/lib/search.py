@@ -1,50 +1,59 @@
-"""Free-text search over the stored crops ("a person pushing a cart").
+"""Free-text search over the crops ("a person pushing a cart"): pure ranking, no I/O.
 
 Two modes, chosen by the embedder:
 
 - ``image_embedding`` (CLIP, ``embedder.shared_space``): cosine of the query's text embedding
-  with every crop's stored image embedding. The stored embeddings must come from the
-  embedder's image model (otherwise the two vectors are not comparable: an error).
+  with every crop's stored image embedding.
 - ``caption_text`` (image and text spaces differ, e.g. the offline profile): cosine of the
-  query's text embedding with the embedding of each crop's caption (``concept_scores.caption``),
-  encoded with the same text encoder, each distinct caption once, in batches.
+  query's text embedding with the stored embedding of each crop's caption. Many crops share a
+  caption ("car"), so the index holds each distinct caption once and a hit caption expands to
+  its crops.
 
-Ties (many crops share a caption) are broken by ``detection_id`` so results are reproducible.
+:func:`rank_by_similarity` is the exact brute-force ranking (the reference the tests compare the
+index with); :func:`new_index` / :func:`top_rows` build and query a faiss index (exact
+``IndexFlatIP`` up to ``exact_max_rows`` vectors, ``IVF<nlist>`` with a scalar-quantised codec
+above). Ties are broken by row position (rows are stored in scene, detection_id order; caption
+crops by detection_id), so results are reproducible.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+import faiss
 import numpy as np
 import pandas as pd
 
 from conceptmine_assets.errors import ConceptmineError
 
-if TYPE_CHECKING:
-    from conceptmine_assets.resources.embedder import EmbedderResource
-    from conceptmine_assets.resources.storage import DuckDBResource
-
 SearchMode = Literal["image_embedding", "caption_text"]
+MODES: tuple[SearchMode, ...] = ("image_embedding", "caption_text")
 HIT_COLUMNS = [
     "rank", "score", "detection_id", "scene_name", "sample_token", "class_name", "group", "top_concept", "caption",
 ]
+TIE_SLACK = 16  # extra neighbours fetched so that ties at the k-th place are ordered by position
+MIN_POINTS_PER_LIST = 39  # faiss k-means wants at least this many training points per IVF list
 
-_INFO = 'c.class_name AS cs_class, c."group" AS "group", c.top_concept, c.caption'
-_IMAGE_SQL = f"""
-SELECT e.detection_id, e.scene_name, e.sample_token, e.class_name, e.model_id, e.embedding, {_INFO}
-FROM embeddings e LEFT JOIN concept_scores c ON c.detection_id = e.detection_id
-"""
-_IMAGE_SQL_NO_SCORES = """
-SELECT detection_id, scene_name, sample_token, class_name, model_id, embedding,
-       NULL AS cs_class, NULL AS "group", NULL AS top_concept, NULL AS caption
-FROM embeddings
-"""
-_CAPTION_SQL = """
-SELECT detection_id, scene_name, sample_token, class_name, "group", top_concept, caption
-FROM concept_scores WHERE caption IS NOT NULL AND trim(caption) <> ''
-"""
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How a vector index is built and probed."""
+
+    exact_max_rows: int = 200_000  # up to this many vectors: exact flat index (equals brute force)
+    codec: str = "SQfp16"  # IVF codec above that: faiss factory name (SQfp16, SQ8, Flat)
+    nlist: int | None = None  # IVF lists; None: 2·sqrt(n), at most train_rows / 39
+    train_rows: int = 100_000  # IVF training sample
+    nprobe: int = 32  # IVF lists visited per query
+    seed: int = 0
+
+    def lists_for(self, n: int) -> int:
+        wanted = self.nlist if self.nlist is not None else round(2 * math.sqrt(n))
+        return max(1, min(wanted, self.train_rows // MIN_POINTS_PER_LIST, n))
+
+    def is_exact(self, n: int) -> bool:
+        return n <= self.exact_max_rows
 
 
 @dataclass(frozen=True)
@@ -52,9 +61,10 @@ class SearchResult:
     """The ranked hits, how they were ranked, and over how many candidates."""
 
     mode: SearchMode
-    model_id: str  # the text model that encoded the query (and the captions)
+    model_id: str  # the text model that encoded the query
     num_candidates: int
     hits: pd.DataFrame  # HIT_COLUMNS, best first
+    index_kind: str = "brute force"
 
     def describe(self) -> str:
         """One line saying which mode ranked the crops and why."""
@@ -62,11 +72,26 @@ class SearchResult:
             why = "text and image share one space: query text vs crop image embeddings"
         else:
             why = "text and image spaces differ: query text vs caption text embeddings"
-        return f"mode: {self.mode} ({why}; model {self.model_id}; {self.num_candidates} candidates)"
+        return (f"mode: {self.mode} ({why}; model {self.model_id}; {self.num_candidates} candidates; "
+                f"index {self.index_kind})")
+
+
+def check_query(text: str, k: int) -> str:
+    """The stripped query; an error for an empty query or k < 1."""
+    text = (text or "").strip()
+    if not text:
+        raise ConceptmineError("the search query is empty; give a free-text description, e.g. 'a person pushing a cart'")
+    if k < 1:
+        raise ConceptmineError(f"k must be at least 1, got {k}")
+    return text
+
+
+def mode_for(shared_space: bool) -> SearchMode:
+    return "image_embedding" if shared_space else "caption_text"
 
 
 def rank_by_similarity(query: np.ndarray, matrix: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row positions, cosines) of the ``k`` rows of ``matrix`` most similar to ``query``.
+    """(row positions, cosines) of the ``k`` rows of ``matrix`` most similar to ``query``, exactly.
 
     Rows and the query are L2-normalised here (so unnormalised inputs rank correctly); ties are
     broken by ``ids`` in ascending order.
@@ -83,55 +108,74 @@ def rank_by_similarity(query: np.ndarray, matrix: np.ndarray, ids: np.ndarray, k
     return order, scores[order]
 
 
-def _check_query(text: str, k: int) -> str:
-    text = (text or "").strip()
-    if not text:
-        raise ConceptmineError("the search query is empty; give a free-text description, e.g. 'a person pushing a cart'")
-    if k < 1:
-        raise ConceptmineError(f"k must be at least 1, got {k}")
-    return text
+def normalised(vectors: np.ndarray) -> np.ndarray:
+    """float32, C-contiguous, rows L2-normalised (zero rows stay zero)."""
+    out = np.ascontiguousarray(vectors, dtype=np.float32).copy()
+    if out.size:
+        faiss.normalize_L2(out)
+    return out
 
 
-def _image_candidates(duckdb: DuckDBResource, embedder: EmbedderResource) -> tuple[pd.DataFrame, np.ndarray]:
-    stored = duckdb.stored_assets()
-    if "embeddings" not in stored:
-        raise ConceptmineError(f"no `embeddings` stored under {duckdb.base_path}; materialise some scenes first")
-    df = duckdb.query(_IMAGE_SQL if "concept_scores" in stored else _IMAGE_SQL_NO_SCORES)
-    models = sorted(set(df["model_id"].dropna()))
-    if models and models != [embedder.image_model_id]:
-        raise ConceptmineError(
-            f"stored embeddings under {duckdb.base_path} come from {models}, but the embedder is "
-            f"{embedder.image_model_id!r}; search with the embedder that made them"
-        )
-    matrix = np.stack(df["embedding"].to_numpy()).astype(np.float32) if len(df) else np.zeros((0, 1), np.float32)
-    return df.drop(columns=["embedding", "model_id", "cs_class"]), matrix
+def new_index(dim: int, n: int, params: IndexParams, sample: np.ndarray | None = None) -> tuple[faiss.Index, str]:
+    """An empty inner-product index for ``n`` vectors of ``dim`` and its faiss factory string.
+
+    Exact (``Flat``) for ``n <= exact_max_rows``; else ``IVF<nlist>,<codec>`` trained on
+    ``sample`` (normalised rows; required then)."""
+    if params.is_exact(n):
+        return faiss.IndexFlatIP(dim), "Flat"
+    if sample is None or len(sample) == 0:
+        raise ConceptmineError(f"an IVF index over {n} vectors needs a training sample")
+    nlist = min(params.lists_for(n), len(sample))
+    spec = f"IVF{nlist},{params.codec}"
+    index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.seed = params.seed
+    index.train(normalised(sample))
+    ivf.nprobe = min(params.nprobe, nlist)
+    return index, spec
 
 
-def _caption_candidates(duckdb: DuckDBResource, embedder: EmbedderResource) -> tuple[pd.DataFrame, np.ndarray]:
-    if "concept_scores" not in duckdb.stored_assets():
-        raise ConceptmineError(
-            f"no `concept_scores` stored under {duckdb.base_path}; caption search needs the captions it holds"
-        )
-    df = duckdb.query(_CAPTION_SQL)
-    unique = list(dict.fromkeys(df["caption"].astype(str)))
-    vectors = embedder.encode_texts(unique)  # batched by the embedder's batch_size
-    position = {c: i for i, c in enumerate(unique)}
-    index = np.array([position[c] for c in df["caption"].astype(str)], dtype=int)
-    matrix = vectors[index] if len(index) else np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 1))
-    return df, matrix
+def top_rows(index: faiss.Index, query: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(row positions, cosines) of the ``k`` best rows of ``index`` for one query vector, best
+    first, ties by position (``k`` is capped at the index size)."""
+    k = min(int(k), index.ntotal)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    if nprobe is not None and not isinstance(index, faiss.IndexFlat):
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    q = normalised(np.asarray(query).reshape(1, -1))
+    if q.shape[1] != index.d:
+        raise ConceptmineError(f"query has dim {q.shape[1]}, the index holds vectors of dim {index.d}")
+    scores, rows = index.search(q, min(k + TIE_SLACK, index.ntotal))
+    keep = rows[0] >= 0
+    rows, scores = rows[0][keep], scores[0][keep]
+    order = np.lexsort((rows, -scores))[:k]
+    return rows[order], scores[order]
 
 
-def search_crops(duckdb: DuckDBResource, embedder: EmbedderResource, text: str, k: int = 10) -> SearchResult:
-    """The ``k`` crops that best match ``text``; see the module docstring for the two modes."""
-    text = _check_query(text, k)
-    mode: SearchMode = "image_embedding" if embedder.shared_space else "caption_text"
-    if mode == "image_embedding":
-        candidates, matrix = _image_candidates(duckdb, embedder)
-    else:
-        candidates, matrix = _caption_candidates(duckdb, embedder)
-    query = embedder.encode_texts([text])[0]
-    order, scores = rank_by_similarity(query, matrix, candidates["detection_id"].to_numpy(dtype=object), k)
-    hits = candidates.iloc[order].reset_index(drop=True)
-    hits.insert(0, "score", scores.astype(float))
+def expand_captions(
+    caption_rows: np.ndarray, caption_scores: np.ndarray, offsets: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop positions and scores of the ``k`` best crops, given captions ranked best first:
+    caption ``c``'s crops are positions ``offsets[c]:offsets[c + 1]`` (in detection_id order)."""
+    positions: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    taken = 0
+    for row, score in zip(caption_rows, caption_scores):
+        crops = np.arange(offsets[row], min(offsets[row + 1], offsets[row] + k - taken))
+        positions.append(crops)
+        scores.append(np.full(len(crops), score, dtype=np.float32))
+        taken += len(crops)
+        if taken >= k:
+            break
+    if not positions:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    return np.concatenate(positions), np.concatenate(scores)
+
+
+def hits_frame(meta: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
+    """The hit table (HIT_COLUMNS) from the hits' metadata rows, best first."""
+    hits = meta.reset_index(drop=True).copy()
+    hits.insert(0, "score", np.asarray(scores, dtype=float))
     hits.insert(0, "rank", np.arange(1, len(hits) + 1))
-    return SearchResult(mode, embedder.text_model_id, len(candidates), hits[HIT_COLUMNS])
+    return hits.reindex(columns=HIT_COLUMNS)

@@ -14,6 +14,15 @@ split never exceeds its fractions. Selection, in order, all from samples not yet
 Within a tier samples are ordered by :func:`~conceptmine_assets.lib.sampling.unit_hash` of
 ``(seed, sample_token)``, never by input order. The total is therefore exactly
 ``min(B_t, |T|) + min(B_r, |R \\ chosen|) + min(B_rand, N - chosen)``.
+
+``strategy="paper"`` follows the original research code instead: the random share is drawn
+first (from all samples), then the target budget is filled with ``target_outlier``, ``target``,
+``rare_outlier`` and ``rare`` samples in that order and, if candidates run out, with random
+leftovers (reason ``random_fill``). It has no separate rare budget (``rare_frac`` must be 0);
+its total is ``min(B_rand, N) + min(B_t, N - B_rand)``.
+
+Selection only needs one row per sample with its tier flags (:data:`TIERS`): the asset
+aggregates them in SQL (:data:`TIERS_SQL`), :func:`sample_tiers` is the same on a crop table.
 """
 
 from __future__ import annotations
@@ -28,15 +37,28 @@ import numpy as np
 import pandas as pd
 
 from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.lib.outliers import IS_OUTLIER_SQL
 from conceptmine_assets.lib.sampling import unit_hash
 
-REASONS: tuple[str, ...] = ("target_outlier", "target", "rare_outlier", "rare", "random")
+REASONS: tuple[str, ...] = ("target_outlier", "target", "rare_outlier", "rare", "random", "random_fill")
+TIERS: tuple[str, ...] = ("target_outlier", "target", "rare_outlier", "rare")
+STRATEGIES: tuple[str, ...] = ("priority", "paper")
 WHY_COLUMNS = ["detection_ids", "top_concepts", "top_scores", "captions", "outlier_detectors"]
 SPLIT_COLUMNS = ["sample_token", "scene_name", "reason", "rank", *WHY_COLUMNS]
-# columns of the per-crop table select_split reads
+# columns of the per-crop table select_split and explain read
 CROP_COLUMNS = [
     "detection_id", "sample_token", "group", "is_outlier", "top_concept", "top_score", "caption", "outlier_detectors",
 ]
+# One row per sample with a concept-scored crop: its tier flags (views concept_scores, outlier_flags).
+TIERS_SQL = f"""
+SELECT c.sample_token,
+       coalesce(bool_or(c."group" = 'target' AND {IS_OUTLIER_SQL}), false) AS target_outlier,
+       coalesce(bool_or(c."group" = 'target'), false) AS target,
+       coalesce(bool_or(c."group" = 'rare' AND {IS_OUTLIER_SQL}), false) AS rare_outlier,
+       coalesce(bool_or(c."group" = 'rare'), false) AS rare
+FROM concept_scores c LEFT JOIN outlier_flags o ON o.detection_id = c.detection_id
+GROUP BY c.sample_token ORDER BY c.sample_token
+"""
 
 
 @dataclass(frozen=True)
@@ -45,11 +67,17 @@ class SplitParams:
     target_frac: float = 0.10
     rare_frac: float = 0.0
     seed: int = 0
+    strategy: str = "priority"
 
     def validate(self) -> None:
         fracs = (self.random_frac, self.target_frac, self.rare_frac)
         if any(not 0.0 <= f <= 1.0 for f in fracs) or sum(fracs) > 1.0 + 1e-9:
             raise ConceptmineError(f"split fractions must be in [0, 1] and sum to at most 1, got {fracs}")
+        if self.strategy not in STRATEGIES:
+            raise ConceptmineError(f"split strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.strategy == "paper" and self.rare_frac > 0:
+            raise ConceptmineError("strategy 'paper' has no rare budget (rare samples fill the target budget); "
+                                   f"set rare_frac to 0, got {self.rare_frac}")
 
 
 def budget(frac: float, n: int) -> int:
@@ -75,44 +103,75 @@ def _hash_order(tokens: set[str] | pd.Index, seed: int) -> list[str]:
     return sorted(tokens, key=lambda t: (unit_hash(seed, t), t))
 
 
-def select_split(universe: pd.DataFrame, crops: pd.DataFrame, params: SplitParams) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Selected samples (``sample_token, scene_name, reason, rank``) and the budgets.
-
-    ``universe``: one row per training sample (``sample_token, scene_name``); ``crops``: one row
-    per crop with ``CROP_COLUMNS`` (``is_outlier`` boolean, no nulls). Crops of samples outside
-    the universe are ignored (the caller reports them).
-    """
-    params.validate()
+def sample_tiers(crops: pd.DataFrame) -> pd.DataFrame:
+    """One row per sample of ``crops`` with a boolean column per tier (what :data:`TIERS_SQL` gives)."""
     missing = [c for c in CROP_COLUMNS if c not in crops.columns]
     if missing:
         raise ConceptmineError(f"the crop table for the split lacks columns {missing}")
+    flags = pd.DataFrame({"sample_token": crops["sample_token"].astype(object)})
+    for tier in TIERS:
+        flags[tier] = _qualifies(crops, tier).fillna(False).astype(bool).to_numpy()
+    return flags.groupby("sample_token", sort=True).any().reset_index()
+
+
+class _Picker:
+    """Takes samples tier by tier in hash order, never one twice."""
+
+    def __init__(self, tiers: pd.DataFrame, seed: int):
+        self.tiers, self.seed = tiers, seed
+        self.chosen: list[tuple[str, str]] = []
+        self.taken: set[str] = set()
+
+    def take(self, candidates: set[str], reason: str, limit: int) -> int:
+        picked = _hash_order(candidates - self.taken, self.seed)[: max(limit, 0)]
+        self.chosen += [(t, reason) for t in picked]
+        self.taken.update(picked)
+        return limit - len(picked)
+
+    def tier(self, name: str, limit: int) -> int:
+        return self.take(set(self.tiers.loc[self.tiers[name], "sample_token"]), name, limit)
+
+
+def select_from_tiers(
+    universe: pd.DataFrame, tiers: pd.DataFrame, params: SplitParams
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Selected samples (``sample_token, scene_name, reason, rank``) and the budgets, from one
+    row per sample with tier flags (:func:`sample_tiers`); tier rows outside the universe are
+    ignored (the caller reports them)."""
+    params.validate()
     if universe["sample_token"].duplicated().any():
         raise ConceptmineError("the training-set sample tokens are not unique")
     tokens = set(universe["sample_token"])
-    crops = crops[crops["sample_token"].isin(tokens)]
     caps = budgets(params, len(tokens))
-    chosen: list[tuple[str, str]] = []
-    taken: set[str] = set()
-    for cap_name, tiers in (("target", ("target_outlier", "target")), ("rare", ("rare_outlier", "rare"))):
-        left = caps[cap_name]
-        for reason in tiers:
-            candidates = set(crops.loc[_qualifies(crops, reason), "sample_token"]) - taken
-            for token in _hash_order(candidates, params.seed)[: max(left, 0)]:
-                chosen.append((token, reason))
-                taken.add(token)
-                left -= 1
-    for token in _hash_order(tokens - taken, params.seed)[: caps["random"]]:
-        chosen.append((token, "random"))
+    picker = _Picker(tiers[tiers["sample_token"].isin(tokens)], params.seed)
+    if params.strategy == "paper":
+        picker.take(tokens, "random", caps["random"])
+        left = caps["target"]
+        for tier in TIERS:
+            left = picker.tier(tier, left)
+        picker.take(tokens, "random_fill", left)
+    else:
+        for cap, names in (("target", TIERS[:2]), ("rare", TIERS[2:])):
+            left = caps[cap]
+            for tier in names:
+                left = picker.tier(tier, left)
+        picker.take(tokens, "random", caps["random"])
     scene_of = dict(zip(universe["sample_token"], universe["scene_name"]))
     split = pd.DataFrame(
         {
-            "sample_token": pd.Series([t for t, _ in chosen], dtype=object),
-            "scene_name": pd.Series([scene_of[t] for t, _ in chosen], dtype=object),
-            "reason": pd.Series([r for _, r in chosen], dtype=object),
-            "rank": np.arange(len(chosen), dtype=np.int64),
+            "sample_token": pd.Series([t for t, _ in picker.chosen], dtype=object),
+            "scene_name": pd.Series([scene_of[t] for t, _ in picker.chosen], dtype=object),
+            "reason": pd.Series([r for _, r in picker.chosen], dtype=object),
+            "rank": np.arange(len(picker.chosen), dtype=np.int64),
         }
     )
     return split, caps
+
+
+def select_split(universe: pd.DataFrame, crops: pd.DataFrame, params: SplitParams) -> tuple[pd.DataFrame, dict[str, int]]:
+    """:func:`select_from_tiers` on a per-crop table with ``CROP_COLUMNS`` (``is_outlier``
+    boolean, no nulls): the exact path the SQL-aggregated tiers must agree with."""
+    return select_from_tiers(universe, sample_tiers(crops), params)
 
 
 def explain(split: pd.DataFrame, crops: pd.DataFrame) -> pd.DataFrame:
@@ -121,7 +180,7 @@ def explain(split: pd.DataFrame, crops: pd.DataFrame) -> pd.DataFrame:
     by_sample = dict(tuple(crops.groupby("sample_token", sort=False))) if len(crops) else {}
     for token, reason in zip(split["sample_token"], split["reason"]):
         rows = by_sample.get(token)
-        if reason == "random" or rows is None:
+        if reason.startswith("random") or rows is None:
             rows = crops.iloc[0:0]
         else:
             rows = rows[_qualifies(rows, reason)].sort_values(["top_score", "detection_id"], ascending=[False, True])
@@ -183,7 +242,8 @@ def coverage(
     splits of the same size drawn without replacement from ``universe`` (mean, population std),
     and ``ratio = mined / random_mean`` (NaN when ``random_mean`` is 0).
 
-    ``gt`` has one row per annotation: ``sample_token, class_name``.
+    ``gt`` has one row per annotation (``sample_token, class_name``) or, with a column ``n``,
+    one row per (sample, class) with its number of annotations.
     """
     columns = ["class_name", "gt_total", "mined", "random_mean", "random_std", "ratio"]
     universe_index = pd.Index(pd.unique(pd.Series(universe, dtype=object)))
@@ -195,7 +255,9 @@ def coverage(
     gt = gt[gt["sample_token"].isin(universe_index)]
     if gt.empty:
         return pd.DataFrame({c: pd.Series(dtype=object if c == "class_name" else float) for c in columns})
-    counts = pd.crosstab(gt["sample_token"], gt["class_name"]).reindex(universe_index, fill_value=0)
+    weights = gt["n"] if "n" in gt else pd.Series(1, index=gt.index)
+    counts = pd.crosstab(gt["sample_token"], gt["class_name"], values=weights, aggfunc="sum")
+    counts = counts.fillna(0).reindex(universe_index, fill_value=0)
     matrix = counts.to_numpy(dtype=np.int64)
     in_split = universe_index.isin(pd.Index(split))
     k = int(in_split.sum())
@@ -215,15 +277,3 @@ def coverage(
             "ratio": ratio,
         }
     ).sort_values("class_name", ignore_index=True)
-
-
-def markdown_table(df: pd.DataFrame) -> str:
-    """A plain Markdown table (no tabulate dependency)."""
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return "n/a" if math.isnan(v) else f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)

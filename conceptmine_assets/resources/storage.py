@@ -1,11 +1,17 @@
-"""Storage: one Parquet file per (asset, scene) on any fsspec path, plus DuckDB views over them.
+"""Storage: one Parquet file per (asset, scene) on any fsspec path; global stages read it lazily.
 
-Layout under ``base_path``: ``<asset>/<scene>.parquet`` for scene-partitioned assets and
-``<asset>.parquet`` for global ones; non-tabular outputs (fitted reference models) go to
-``<asset>.pkl`` through :class:`PickleIOManager`. Writes are atomic: on a local filesystem the
-file is written to a hidden temporary sibling and ``os.replace``-d into place; object stores
-(``s3://``, ``gs://``, ...) publish a PUT only when it completes. A re-run of a scene replaces
-that scene's file and touches nothing else.
+Layout under ``base_path`` (the IO manager below is its one owner): ``<asset>/<scene>.parquet``
+for scene-partitioned assets, ``<asset>.parquet`` for global ones, ``<asset>.pkl`` for
+non-tabular outputs (fitted reference models, :class:`PickleIOManager`), and side files of the
+global stages under ``splits/`` and ``gallery/`` (:func:`side_path`). Writes are atomic: on a
+local filesystem the file is written to a hidden temporary sibling and ``os.replace``-d into
+place; object stores (``s3://``, ``gs://``, ...) publish a PUT only when it completes. A re-run
+of a scene replaces that scene's file and touches nothing else.
+
+Reads across scenes: an asset input annotated :class:`~conceptmine_assets.resources.store_sql.StoredTable`
+(with ``AllPartitionMapping``) is handed the files of every partition, not their rows; the
+asset queries them through DuckDB (:func:`~conceptmine_assets.resources.store_sql.connect`),
+reading only the columns and rows it needs. Any other input is loaded as a DataFrame.
 """
 
 from __future__ import annotations
@@ -19,20 +25,19 @@ from collections.abc import Callable
 from typing import IO, Any
 
 import dagster as dg
-import duckdb
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from upath import UPath
 
-from conceptmine_assets.errors import ConceptmineError, SchemaError
-from conceptmine_assets.schemas import SCHEMAS, VECTOR_COLUMNS
+from conceptmine_assets.errors import SchemaError
+from conceptmine_assets.lib.tables import to_arrow
+from conceptmine_assets.resources.store_sql import StoredTable, StoreViews, is_local, open_store_views
 
-
-def _is_local(path: UPath) -> bool:
-    return path.protocol in ("", "file", "local")
-
+__all__ = [
+    "ParquetIOManager", "PickleIOManager", "StoreViews", "StoredTable", "atomic_write", "open_store_views",
+    "side_path", "to_arrow",
+]
 
 STALE_TEMP_SECONDS = 3600.0
 
@@ -54,7 +59,7 @@ def _remove_stale_temps(final: str) -> None:
 def atomic_write(path: UPath, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` so that readers see either the old file or the complete new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not _is_local(path):
+    if not is_local(path):
         with path.open("wb") as fh:  # an object-store PUT is published only when complete
             write(fh)
         return
@@ -72,49 +77,21 @@ def atomic_write(path: UPath, write: Callable[[IO[bytes]], None]) -> None:
             os.remove(tmp)
 
 
-def _fix_vector_columns(table: pa.Table, dims: dict[str, int], where: str) -> pa.Table:
-    """Store declared vector columns as ``fixed_size_list<float32>[dim]``."""
-    for name in VECTOR_COLUMNS & set(table.column_names):
-        col = table.column(name).combine_chunks()
-        lengths = pc.unique(pc.list_value_length(col)).to_pylist()
-        if len(lengths) > 1:
-            raise SchemaError(f"{where}: column {name!r} holds vectors of different lengths {lengths}")
-        dim = lengths[0] if lengths else dims.get(name)
-        if dim is None:
-            raise SchemaError(f"{where}: empty table needs df.attrs['vector_dims'][{name!r}]")
-        if col.null_count:
-            raise SchemaError(f"{where}: column {name!r} has {col.null_count} null vectors")
-        values = col.flatten()
-        if len(values) and not pc.all(pc.is_finite(values)).as_py():
-            raise SchemaError(f"{where}: column {name!r} contains NaN or inf")
-        fixed = pa.FixedSizeListArray.from_arrays(values, dim)
-        idx = table.column_names.index(name)
-        table = table.set_column(idx, pa.field(name, fixed.type), fixed)
-    return table
+def side_path(table: StoredTable, folder: str | None, default: str, *parts: str) -> UPath:
+    """Where a global stage writes a side file: ``<store>/<default>/...`` unless ``folder`` is set.
 
-
-def to_arrow(df: pd.DataFrame | pa.Table, asset_name: str, where: str) -> pa.Table:
-    """Conform a stage output to its declared schema (see :mod:`conceptmine_assets.schemas`)."""
-    if isinstance(df, pa.Table):
-        table, dims = df, {}
+    A relative ``folder`` is taken under the store (never the current directory); an absolute
+    path or a URL is used as it is. Local results are absolute, so metadata can link them.
+    """
+    root = UPath(table.store, **table.storage_options)
+    if folder is None:
+        base = root / default
+    elif "://" in folder or os.path.isabs(folder):
+        base = UPath(folder, **(table.storage_options if "://" in folder else {}))
     else:
-        schema = SCHEMAS.get(asset_name)
-        dims = dict(df.attrs.get("vector_dims", {}))
-        if schema is None:
-            table = pa.Table.from_pandas(df, preserve_index=False)
-        else:
-            missing = [c for c in schema.names if c not in df.columns]
-            extra = [c for c in df.columns if c not in schema.names]
-            if missing or extra:
-                raise SchemaError(f"{where}: missing columns {missing}, unexpected columns {extra}")
-            frame = df[schema.names]
-            if frame.empty:  # pandas gives empty columns float64/object dtypes; let the schema decide
-                frame = frame.astype(object)
-            try:
-                table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-                raise SchemaError(f"{where}: does not match the {asset_name} schema: {exc}") from exc
-    return _fix_vector_columns(table, dims, where)
+        base = root / folder
+    path = base.joinpath(*parts)
+    return UPath(os.path.abspath(str(path))) if is_local(path) else path
 
 
 def _where(context: dg.OutputContext | dg.InputContext) -> str:
@@ -123,6 +100,30 @@ def _where(context: dg.OutputContext | dg.InputContext) -> str:
         keys = context.asset_partition_keys
         return f"asset {name!r}, scene {keys[0] if len(keys) == 1 else keys}"
     return f"asset {name!r}"
+
+
+def _write_batches(path: UPath, batches: pa.RecordBatchReader, asset: str, where: str) -> int:
+    """Stream record batches into one Parquet file (a global table too big to hold at once)."""
+    rows = 0
+
+    def write(fh: IO[bytes]) -> None:
+        nonlocal rows
+        with pq.ParquetWriter(fh, batches.schema, compression="zstd") as writer:
+            for batch in batches:
+                writer.write_table(to_arrow(pa.Table.from_batches([batch], batches.schema), asset, where))
+                rows += batch.num_rows
+
+    atomic_write(path, write)
+    return rows
+
+
+def _wants_stored_table(context: dg.InputContext) -> bool:
+    """Whether the input is annotated :class:`StoredTable` (a context built without a type, as
+    ``dg.build_input_context`` does by default, asks for the rows)."""
+    try:
+        return context.dagster_type.typing_type is StoredTable
+    except dg.DagsterInvariantViolationError:  # no dagster_type on this context: a plain load
+        return False
 
 
 class _ParquetUPathIOManager(dg.UPathIOManager):
@@ -142,10 +143,12 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
         context.add_output_metadata({"dagster/row_count": rows, "num_scenes": len(paths)})
 
     def _write(self, context: dg.OutputContext, obj: Any, path: UPath, where: str) -> int:
+        asset = context.asset_key.path[-1]
+        if isinstance(obj, pa.RecordBatchReader):
+            return _write_batches(path, obj, asset, where)
         if not isinstance(obj, (pd.DataFrame, pa.Table)):
-            raise SchemaError(f"{where}: expected a DataFrame or Arrow table, got {type(obj).__name__}")
-        table = to_arrow(obj, context.asset_key.path[-1], where)
-        path.parent.mkdir(parents=True, exist_ok=True)
+            raise SchemaError(f"{where}: expected a DataFrame, Arrow table or batch reader, got {type(obj).__name__}")
+        table = to_arrow(obj, asset, where)
         atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
         return table.num_rows
 
@@ -156,6 +159,32 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
         with path.open("rb") as fh:
             return pq.read_table(fh).to_pandas()
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        """A :class:`StoredTable` for inputs annotated so (no rows read), else DataFrames."""
+        if _wants_stored_table(context):
+            return self.stored_table(context)
+        return super().load_input(context)
+
+    def stored_table(self, context: dg.InputContext) -> StoredTable:
+        """The files of the input's partitions (all, under ``AllPartitionMapping``) that exist."""
+        name = context.asset_key.path[-1]
+        if context.has_asset_partitions:
+            paths = self._get_paths_for_partitions(context)
+        else:
+            paths = {"": self._get_path(context)}
+        present: dict[str, set[str]] = {}
+        for path in {p.parent for p in paths.values()}:
+            present[str(path)] = {p.name for p in path.iterdir()} if path.exists() else set()
+        found = {k: p for k, p in sorted(paths.items()) if p.name in present[str(p.parent)]}
+        return StoredTable(
+            name=name,
+            files=tuple(str(p) for p in found.values()),
+            partitions=tuple(k for k in found if k),
+            missing=tuple(sorted(k for k in paths if k not in found and k)),
+            store=str(self._base_path),
+            storage_options=dict(self._base_path.storage_options),
+        )
 
 
 class _PickleUPathIOManager(dg.UPathIOManager):
@@ -170,7 +199,8 @@ class _PickleUPathIOManager(dg.UPathIOManager):
 
 
 class ParquetIOManager(dg.ConfigurableIOManagerFactory):
-    """Stores tables as ``<base_path>/<asset>/<scene>.parquet`` (local path or fsspec URL)."""
+    """Stores tables as ``<base_path>/<asset>/<scene>.parquet`` (local path or fsspec URL) and
+    hands global assets :class:`StoredTable` inputs over them."""
 
     base_path: str
     storage_options: dict[str, Any] = {}
@@ -187,60 +217,3 @@ class PickleIOManager(dg.ConfigurableIOManagerFactory):
 
     def create_io_manager(self, context: dg.InitResourceContext) -> _PickleUPathIOManager:
         return _PickleUPathIOManager(base_path=UPath(self.base_path, **self.storage_options))
-
-
-class DuckDBResource(dg.ConfigurableResource):
-    """SQL over all scenes: one view per stored asset, in a fresh in-memory database.
-
-    Each connection is private and in memory, so concurrent scene runs never compete for a
-    DuckDB file lock (DuckDB allows one writer per database file); the Parquet files are the
-    only shared state. Remote ``base_path``s are read through DuckDB's fsspec support.
-    """
-
-    base_path: str
-    storage_options: dict[str, Any] = {}
-
-    def _root(self) -> UPath:
-        return UPath(self.base_path, **self.storage_options)
-
-    def stored_assets(self) -> dict[str, str]:
-        """Map of asset name to the glob of its Parquet files, for assets with at least one file."""
-        root = self._root()
-        if not root.exists():
-            return {}
-        found: dict[str, str] = {}
-        for child in sorted(root.iterdir(), key=lambda p: p.name):
-            if child.is_dir() and any(p.name.endswith(".parquet") for p in child.iterdir()):
-                found[child.name] = f"{child}/*.parquet"
-            elif child.name.endswith(".parquet") and not child.name.startswith("."):
-                found.setdefault(child.name[: -len(".parquet")], str(child))
-        return found
-
-    def missing(self, names: list[str]) -> list[str]:
-        """Which of the named assets have no stored file yet."""
-        stored = self.stored_assets()
-        return [n for n in names if n not in stored]
-
-    def require(self, names: list[str], reader: str) -> None:
-        """Fail clearly when ``reader`` needs assets that nothing has stored yet."""
-        missing = self.missing(names)
-        if missing:
-            raise ConceptmineError(
-                f"{reader} reads {missing} but nothing is stored under {self.base_path}; materialise them first"
-            )
-
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory connection with a view per asset (``SELECT * FROM frames``)."""
-        con = duckdb.connect(":memory:")
-        root = self._root()
-        if not _is_local(root):
-            con.register_filesystem(root.fs)
-        for name, glob in self.stored_assets().items():
-            literal = glob.replace("'", "''")
-            con.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{literal}', union_by_name = true)")
-        return con
-
-    def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
-        """Run one query against the views and return a DataFrame."""
-        with self.connect() as con:
-            return con.execute(sql, params or []).df()

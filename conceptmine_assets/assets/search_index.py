@@ -1,0 +1,218 @@
+"""`search_index`: the persisted faiss index that `conceptmine search` queries (no store scan per query)."""
+
+import time
+from collections.abc import Iterator
+from typing import Literal
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.lib.search import IndexParams, new_index, normalised
+from conceptmine_assets.resources.embedder import EmbedderResource
+from conceptmine_assets.resources.search_index import FORMAT, IndexBuild, SearchIndexResource
+
+META = ["detection_id", "scene_name", "sample_token", "class_name", "group", "top_concept", "caption"]
+_SCORES = 'SELECT detection_id, "group", top_concept, caption AS cs_caption FROM read_parquet({files})'
+_NO_SCORES = ('SELECT NULL::VARCHAR AS detection_id, NULL::VARCHAR AS "group", NULL::VARCHAR AS top_concept, '
+              "NULL::VARCHAR AS cs_caption WHERE false")
+_IMAGE_SQL = """
+SELECT e.detection_id, e.scene_name, e.sample_token, e.class_name, c."group", c.top_concept,
+       c.cs_caption AS caption, e.model_id, e.embedding AS vector
+FROM read_parquet({files}) e LEFT JOIN ({scores}) c ON c.detection_id = e.detection_id
+ORDER BY e.scene_name, e.detection_id
+"""
+_CAPTION_SQL = """
+SELECT p.detection_id, p.scene_name, p.sample_token, p.class_name, c."group", c.top_concept,
+       p.caption, p.text_model_id AS model_id, p.caption_embedding AS vector
+FROM read_parquet({files}, union_by_name = true) p LEFT JOIN ({scores}) c ON c.detection_id = p.detection_id
+WHERE p.caption IS NOT NULL AND trim(p.caption) <> ''
+ORDER BY p.scene_name, p.detection_id
+"""
+
+
+class SearchIndexConfig(dg.Config):
+    """How the vector indexes are built (exact up to a size, IVF above) and probed."""
+
+    exact_max_rows: int = Field(default=200_000, ge=1, description="Up to this many vectors the index is exact (flat).")
+    codec: Literal["SQfp16", "SQ8", "Flat"] = Field(default="SQfp16", description="IVF vector codec above exact_max_rows.")
+    nlist: int | None = Field(default=None, ge=1, description="IVF lists; None: 2*sqrt(rows), at most train_rows/39.")
+    train_rows: int = Field(default=100_000, ge=100, le=2_000_000, description="Seeded IVF training sample size.")
+    nprobe: int = Field(default=32, ge=1, description="IVF lists visited per query (recall vs speed).")
+    scenes_per_read: int = Field(default=32, ge=1, le=4096, description="Scene files read per DuckDB query while building.")
+    seed: int = Field(default=0, ge=0, description="Seed of the training sample and of k-means.")
+
+
+def _files(paths: list) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _chunks(con, sql: str, files: dict, scores: dict, per_read: int) -> Iterator[pa.Table]:
+    """The rows of ``sql`` for consecutive groups of scenes, in (scene, detection_id) order."""
+    scenes = list(files)
+    for start in range(0, len(scenes), per_read):
+        part = scenes[start : start + per_read]
+        have = [scores[s] for s in part if s in scores]
+        joined = _SCORES.format(files=_files(have)) if have else _NO_SCORES
+        try:
+            table = con.sql(sql.format(files=_files([files[s] for s in part]), scores=joined)).to_arrow_table()
+        except duckdb.BinderException as exc:
+            raise ConceptmineError(
+                f"search_index: scenes {part[0]}..{part[-1]} lack a column it reads ({exc}); re-materialise "
+                "`captions` for them (caption embeddings are stored with each caption)"
+            ) from exc
+        yield table
+
+
+def _vectors(table: pa.Table, where: str) -> np.ndarray:
+    column = table.column("vector").combine_chunks()
+    if column.null_count:
+        raise ConceptmineError(f"{where}: {column.null_count} rows have no vector; re-materialise them")
+    if len(column) == 0:
+        return np.zeros((0, 0), np.float32)
+    dim = len(column[0])
+    return pc.list_flatten(column).to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+
+
+def _one_model(models: set[str], where: str) -> str:
+    models.discard(None)
+    if len(models) != 1:
+        raise ConceptmineError(f"{where} mix models {sorted(models)}; re-materialise them with one model")
+    return models.pop()
+
+
+def _sample(con, files: dict, column: str, params: IndexParams) -> np.ndarray:
+    """A seeded reservoir sample of ``train_rows`` vectors (reproducible on one thread)."""
+    con.execute("SET threads = 1")
+    sql = (f"SELECT {column} AS vector FROM read_parquet({_files(list(files.values()))}) "
+           f"USING SAMPLE reservoir({params.train_rows} ROWS) REPEATABLE ({params.seed})")
+    sample = _vectors(con.sql(sql).to_arrow_table(), "sample")
+    con.execute("RESET threads")
+    return sample
+
+
+def build_image_index(con, files: dict, scores: dict, params: IndexParams, per_read: int, total: int):
+    """(index, metadata table, manifest entry) over every crop's image embedding."""
+    sample = None if params.is_exact(total) else _sample(con, files, "embedding", params)
+    index, metas, models = None, [], set()
+    for table in _chunks(con, _IMAGE_SQL, files, scores, per_read):
+        vectors = _vectors(table, "embeddings")
+        if index is None and len(vectors):
+            index, spec = new_index(vectors.shape[1], total, params, sample)
+        if len(vectors):
+            index.add(normalised(vectors))
+        models.update(pc.unique(table.column("model_id")).to_pylist())
+        metas.append(table.select(META))
+    if index is None:
+        raise ConceptmineError("`embeddings` has no rows; nothing to index")
+    model_id = _one_model(models, "stored embeddings")
+    entry = {"model_id": model_id, "dim": index.d, "rows": index.ntotal, "index": spec, "nprobe": params.nprobe}
+    return index, pa.concat_tables(metas), entry
+
+
+def build_caption_index(con, files: dict, scores: dict, params: IndexParams, per_read: int):
+    """(index over distinct captions, caption table, crop table, manifest entry).
+
+    Crops are sorted by (caption id, detection_id), captions by text; ``offset`` in the caption
+    table is where each caption's crops start in the crop table."""
+    vectors: dict[str, np.ndarray] = {}
+    crops, models = [], set()
+    for table in _chunks(con, _CAPTION_SQL, files, scores, per_read):
+        if "vector" not in table.column_names or len(table) == 0:
+            continue
+        vec = _vectors(table, "captions")
+        firsts = pc.index_in(pc.unique(table.column("caption")), table.column("caption"))
+        for row in firsts.to_pylist():
+            vectors.setdefault(table.column("caption")[row].as_py(), vec[row])
+        models.update(pc.unique(table.column("model_id")).to_pylist())
+        crops.append(table.select(META))
+    if not vectors:
+        raise ConceptmineError("`captions` has no captioned crops; nothing to index")
+    texts = sorted(vectors)
+    matrix = np.stack([vectors[t] for t in texts])
+    index, spec = new_index(matrix.shape[1], len(texts), params, matrix[: params.train_rows])
+    index.add(normalised(matrix))
+    crop_table = pa.concat_tables(crops)
+    caption_id = pc.index_in(crop_table.column("caption"), pa.array(texts))
+    crop_table = crop_table.append_column("caption_id", caption_id).sort_by([("caption_id", "ascending"),
+                                                                             ("detection_id", "ascending")])
+    counts = np.bincount(crop_table.column("caption_id").to_numpy(), minlength=len(texts))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    caption_table = pa.table({"caption": texts + [None], "offset": offsets})
+    entry = {"model_id": _one_model(models, "stored caption embeddings"), "dim": index.d, "rows": index.ntotal,
+             "crops": len(crop_table), "index": spec, "nprobe": params.nprobe}
+    return index, caption_table, crop_table.drop_columns(["caption_id"]), entry
+
+
+def _params(config: SearchIndexConfig) -> IndexParams:
+    return IndexParams(config.exact_max_rows, config.codec, config.nlist, config.train_rows, config.nprobe, config.seed)
+
+
+def _count(con, files: dict) -> int:
+    return int(con.sql(f"SELECT count(*) FROM read_parquet({_files(list(files.values()))})").fetchall()[0][0])
+
+
+def build(index_store: SearchIndexResource, shared_space: bool, config: SearchIndexConfig) -> IndexBuild:
+    """Both indexes that apply (image mode only where text and image share a space)."""
+    params = _params(config)
+    sources = ["captions", "concept_scores"] + (["embeddings"] if shared_space else [])
+    fingerprint = index_store.fingerprint(sources)
+    scores = index_store.scene_files("concept_scores")
+    out = IndexBuild({"format": FORMAT, "sources": fingerprint, "modes": {}, "params": params.__dict__})
+    with index_store.connect() as con:
+        if shared_space:
+            files = index_store.scene_files("embeddings")
+            if not files:
+                raise ConceptmineError(f"no `embeddings` stored under {index_store.base_path}; materialise some scenes first")
+            index, meta, entry = build_image_index(con, files, scores, params, config.scenes_per_read, _count(con, files))
+            out.indexes["image_embedding"], out.tables["image_embedding"] = index, meta
+            out.manifest["modes"]["image_embedding"] = entry
+        files = index_store.scene_files("captions")
+        if files:
+            index, captions, crops, entry = build_caption_index(con, files, scores, params, config.scenes_per_read)
+            out.indexes["caption_text"], out.tables["caption_text"] = index, captions
+            out.tables["caption_text_crops"] = crops
+            out.manifest["modes"]["caption_text"] = entry
+    if not out.manifest["modes"]:
+        raise ConceptmineError(f"no `captions` stored under {index_store.base_path}; materialise some scenes first")
+    return out
+
+
+@dg.asset(
+    deps=["embeddings", "captions", "concept_scores"],
+    code_version="1",
+    kinds={"faiss", "duckdb"},
+    group_name="mining_global",
+)
+def search_index(
+    context: dg.AssetExecutionContext,
+    config: SearchIndexConfig,
+    search_index_store: SearchIndexResource,
+    embedder: EmbedderResource,
+) -> dg.MaterializeResult:
+    """The vector indexes `conceptmine search` loads, under ``<store>/search_index/``: grain one
+    row per crop (key detection_id) in ``image_embedding`` mode (every crop's image embedding;
+    built only when the embedder's text and image share one space) and one row per distinct
+    caption text in ``caption_text`` mode (the caption embeddings stored in `captions`, each
+    caption's crops listed by detection_id). Exact (flat inner product) up to
+    ``exact_max_rows`` vectors, faiss IVF above; read scene by scene through DuckDB, so memory
+    is bounded by the index, not the store. The manifest records every source scene file's
+    size and mtime: search says when the store has changed since."""
+    started = time.perf_counter()
+    result = build(search_index_store, embedder.shared_space, config)
+    build_id = search_index_store.publish(result)
+    modes = result.manifest["modes"]
+    return dg.MaterializeResult(
+        metadata={
+            "build": build_id,
+            **{f"{m}_rows": e["rows"] for m, e in modes.items()},
+            **{f"{m}_index": e["index"] for m, e in modes.items()},
+            **{f"{m}_model_id": e["model_id"] for m, e in modes.items()},
+            "num_caption_crops": modes.get("caption_text", {}).get("crops", 0),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )

@@ -1,0 +1,164 @@
+"""SQL over the store through DuckDB: lazy table handles for global assets, views for checks and the CLI.
+
+A :class:`StoredTable` names the Parquet files of one asset (the IO manager builds it from the
+partitions of a declared input); :func:`connect` opens a private in-memory DuckDB connection
+with one view per handle, so a query reads only the columns and row groups it needs and large
+results can be streamed as Arrow batches. Each connection is private and in memory, so
+concurrent runs never compete for a DuckDB file lock; the Parquet files are the only shared
+state. DuckDB's memory is capped (:data:`MEMORY_LIMIT`); it spills to a temporary directory
+under the system temp folder, never the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import dagster as dg
+import duckdb
+import pandas as pd
+from upath import UPath
+
+from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.schemas import SCHEMAS
+
+MEMORY_LIMIT = "2GB"  # DuckDB's buffer cap per connection (joins and sorts spill beyond it)
+THREADS = 2
+
+
+def is_local(path: UPath) -> bool:
+    return path.protocol in ("", "file", "local")
+
+
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class StoredTable:
+    """The stored files of one asset (all its partitions that have a file), not their rows."""
+
+    name: str
+    files: tuple[str, ...]
+    partitions: tuple[str, ...] = ()  # partitions that have a file, in the order of ``files``
+    missing: tuple[str, ...] = ()  # requested partitions without a file (not materialised yet)
+    store: str = ""  # the store's base path (messages, side files)
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.files
+
+    def require(self, reader: str) -> StoredTable:
+        """Fail clearly when ``reader`` needs this table and nothing has stored it yet."""
+        if self.empty:
+            raise ConceptmineError(
+                f"{reader} reads `{self.name}` but nothing is stored under {self.store}; materialise it first"
+            )
+        return self
+
+    def only(self, partitions: list[str] | tuple[str, ...]) -> StoredTable:
+        """The same table restricted to some of its partitions (e.g. one scene at a time)."""
+        keep = set(partitions)
+        pairs = [(f, p) for f, p in zip(self.files, self.partitions) if p in keep]
+        return replace(self, files=tuple(f for f, _ in pairs), partitions=tuple(p for _, p in pairs), missing=())
+
+    def source_sql(self) -> str:
+        """``read_parquet([...])`` over the files (``union_by_name``: older files may lack new columns)."""
+        return f"read_parquet([{', '.join(sql_literal(f) for f in self.files)}], union_by_name = true)"
+
+
+def open_connection(storage_options: dict[str, Any] | None = None, store: str = "") -> duckdb.DuckDBPyConnection:
+    """A private in-memory connection with bounded memory; remote stores read through fsspec."""
+    spill = os.path.join(tempfile.gettempdir(), "conceptmine-duckdb")
+    con = duckdb.connect(":memory:", config={"memory_limit": MEMORY_LIMIT, "threads": THREADS,
+                                            "temp_directory": spill})
+    root = UPath(store or ".", **(storage_options or {}))
+    if store and not is_local(root):
+        con.register_filesystem(root.fs)
+    return con
+
+
+def connect(*tables: StoredTable) -> duckdb.DuckDBPyConnection:
+    """A connection with one view per table, named after its asset (``SELECT ... FROM frames``).
+
+    A table without files becomes an empty view with its declared columns, so queries still
+    bind; call :meth:`StoredTable.require` first where an empty input is an error.
+    """
+    con = open_connection(tables[0].storage_options if tables else None, tables[0].store if tables else "")
+    for table in tables:
+        if table.files:
+            con.execute(f'CREATE VIEW "{table.name}" AS SELECT * FROM {table.source_sql()}')
+        elif table.name in SCHEMAS:
+            con.register(f"_empty_{table.name}", SCHEMAS[table.name].empty_table())
+            con.execute(f'CREATE VIEW "{table.name}" AS SELECT * FROM "_empty_{table.name}"')
+        else:
+            raise ConceptmineError(f"nothing is stored for `{table.name}` under {table.store}; materialise it first")
+    return con
+
+
+def stored_tables(base_path: str, storage_options: dict[str, Any] | None = None) -> dict[str, StoredTable]:
+    """Every asset with at least one stored Parquet file, as a table over all its files."""
+    options = dict(storage_options or {})
+    root = UPath(base_path, **options)
+    if not root.exists():
+        return {}
+    found: dict[str, StoredTable] = {}
+    for child in sorted(root.iterdir(), key=lambda p: p.name):
+        if child.is_dir():
+            files = sorted(p for p in child.iterdir() if p.name.endswith(".parquet") and not p.name.startswith("."))
+            if files:
+                found[child.name] = StoredTable(child.name, tuple(str(p) for p in files),
+                                                tuple(p.name[: -len(".parquet")] for p in files), (), base_path, options)
+        elif child.name.endswith(".parquet") and not child.name.startswith("."):
+            name = child.name[: -len(".parquet")]
+            found.setdefault(name, StoredTable(name, (str(child),), (), (), base_path, options))
+    return found
+
+
+def open_store_views(base_path: str, storage_options: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+    """A connection with a view per stored asset (``conceptmine sql``); an error on an empty store."""
+    tables = stored_tables(base_path, storage_options)
+    if not tables:
+        raise ConceptmineError(f"nothing is stored under {base_path} yet; run the pipeline first (conceptmine demo)")
+    return connect(*tables.values())
+
+
+def reservoir_sample(con: duckdb.DuckDBPyConnection, sql: str, n: int, seed: int) -> pd.DataFrame:
+    """A seeded reservoir sample of at most ``n`` rows of ``sql`` (which has a ``detection_id``
+    column), streamed by DuckDB and ordered by detection_id; reproducible (one thread)."""
+    con.execute("SET threads = 1")  # the seeded sample is reproducible on one thread
+    try:
+        return con.execute(
+            f"SELECT * FROM (SELECT * FROM ({sql}) USING SAMPLE reservoir({int(n)} ROWS) REPEATABLE ({int(seed)})) "
+            "ORDER BY detection_id"
+        ).df()
+    finally:
+        con.execute(f"SET threads = {THREADS}")
+
+
+class StoreViews(dg.ConfigurableResource):
+    """SQL over all scenes of the store for asset checks and tools: one view per stored asset."""
+
+    base_path: str
+    storage_options: dict[str, Any] = {}
+
+    def tables(self) -> dict[str, StoredTable]:
+        return stored_tables(self.base_path, self.storage_options)
+
+    def missing(self, names: list[str]) -> list[str]:
+        """Which of the named assets have no stored file yet."""
+        stored = self.tables()
+        return [n for n in names if n not in stored]
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory connection with a view per stored asset (``SELECT * FROM frames``)."""
+        tables = self.tables()
+        return connect(*tables.values()) if tables else open_connection()
+
+    def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
+        """Run one query against the views and return a DataFrame."""
+        with self.connect() as con:
+            return con.execute(sql, params or []).df()

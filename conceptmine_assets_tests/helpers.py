@@ -1,0 +1,157 @@
+"""Helpers shared by the test modules: fixture paths, private dataroots, running and reading assets.
+
+Test modules import from here (never from each other, never from ``conftest.py``, which only
+holds pytest fixtures built on these helpers).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "data" / "fixtures"  # committed with the repository (provenance: data/fixtures/README.md)
+REAL_SLICE = FIXTURES / "nuscenes-real-slice"
+HIGHWAY = FIXTURES / "nuscenes-udacity-highway"
+YOLO_TFLITE = FIXTURES / "models" / "yolov8n_int8.tflite"
+REAL_SCENE = "scene-0061"
+HIGHWAY_SCENES = ["scene-udacity-0001", "scene-udacity-0002", "scene-udacity-0003"]
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def require(path: Path) -> Path:
+    """The path of a committed fixture; its absence is a broken checkout, not a reason to skip."""
+    if not path.exists():
+        raise FileNotFoundError(f"fixture {path} is missing: it is committed under data/fixtures/ (see its README)")
+    return path
+
+
+# ---------------------------------------------------------------- dataroots
+
+
+def copy_dataroot(source: Path, target: Path) -> Path:
+    """A private, writable copy of the nuScenes dataroot ``source`` at ``target``.
+
+    Everything is copied (tables, maps, sensor files; the fixtures are a few MB), never linked:
+    tests corrupt, truncate or delete files in the copy and the shared fixture is never touched.
+    """
+    shutil.copytree(require(source), target, symlinks=False)
+    return target
+
+
+def truncate_image(dataroot: Path, relative: str, keep: float = 0.4) -> Path:
+    """Cut one image of a private dataroot to ``keep`` of its bytes (header intact, data cut)."""
+    path = dataroot / relative
+    data = path.read_bytes()
+    path.unlink()  # never write through a link into a shared file
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def gt_truck(real_slice: Path) -> tuple[str, tuple[float, float, float, float]]:
+    """Annotation token and projected 2D box of the big parked truck in CAM_FRONT (largest truck box)."""
+    from conceptmine_assets.resources.detector import DetectorResource
+    from conceptmine_assets.resources.nuscenes import NuScenesResource
+
+    nusc = NuScenesResource(dataroot=str(real_slice)).nusc
+    found = DetectorResource(backend="annotations").annotation_boxes(nusc, nusc.sample[0]["data"]["CAM_FRONT"])
+    trucks = [b for b in found.boxes if b.category == "vehicle.truck"]
+    big = max(trucks, key=lambda b: (b.x2 - b.x1) * (b.y2 - b.y1))
+    return big.annotation_token, (big.x1, big.y1, big.x2, big.y2)
+
+
+# ---------------------------------------------------------------- running assets
+
+
+def materialize_scene(assets, scene: str, instance: dg.DagsterInstance, resources: dict, **kwargs):
+    """Materialise ``assets`` for one scene partition, registering the partition first."""
+    from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
+
+    if not instance.has_dynamic_partition(SCENE_PARTITIONS_NAME, scene):
+        instance.add_dynamic_partitions(SCENE_PARTITIONS_NAME, [scene])
+    return dg.materialize(assets, partition_key=scene, instance=instance, resources=resources, **kwargs)
+
+
+def perception_resources(dataroot: Path, store: Path, **detector) -> dict:
+    """nuScenes, detector (``detector`` are its fields) and the Parquet IO manager on ``store``."""
+    from conceptmine_assets.resources.detector import DetectorResource
+    from conceptmine_assets.resources.nuscenes import NuScenesResource
+    from conceptmine_assets.resources.storage import ParquetIOManager
+
+    return {
+        "nuscenes": NuScenesResource(dataroot=str(dataroot)),
+        "detector": DetectorResource(**detector),
+        "io_manager": ParquetIOManager(base_path=str(store)),
+    }
+
+
+def frames_config(cameras: list[str] | None = None, **config) -> dict:
+    """Run config of the ``frames`` op (``cameras`` and any other of its fields)."""
+    if cameras is not None:
+        config["cameras"] = cameras
+    return {"ops": {"frames": {"config": config}}}
+
+
+def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    """The plain values of ``asset``'s first materialisation metadata in ``result``."""
+    for event in result.get_asset_materialization_events():
+        if event.materialization.asset_key.path[-1] == asset:
+            return {k: v.value for k, v in event.materialization.metadata.items()}
+    raise AssertionError(f"no materialisation of {asset}")
+
+
+# ---------------------------------------------------------------- the store
+
+
+def stored(store: Path, asset: str, scene: str | None = None) -> pd.DataFrame:
+    """A stored table: one scene's file of a partitioned asset, or a global asset's file."""
+    path = store / asset / f"{scene}.parquet" if scene else store / f"{asset}.parquet"
+    return pq.read_table(path).to_pandas()
+
+
+def write_table(store: Path, asset: str, df: pd.DataFrame, scene: str | None = None) -> None:
+    """Store a hand-made table as the IO manager would (conformed to the asset's schema, atomic):
+    one scene's file of a partitioned asset, or a global asset's file when ``scene`` is None."""
+    from upath import UPath
+
+    from conceptmine_assets.resources.storage import atomic_write, to_arrow
+
+    table = to_arrow(df, asset, f"test {asset}")
+    path = UPath(store) / asset / f"{scene}.parquet" if scene else UPath(store) / f"{asset}.parquet"
+    atomic_write(path, lambda fh: pq.write_table(table, fh))
+
+
+# ---------------------------------------------------------------- a deployment in a folder
+
+
+def set_deployment(mp: pytest.MonkeyPatch, dataroot: Path, root: Path, **overrides: str) -> Path:
+    """Set, through ``mp``, the environment of a deployment on ``root`` (DAGSTER_HOME, store, cwd
+    for relative side files); the offline profile with the dataset's own boxes as detector unless
+    ``overrides`` say otherwise. Returns DAGSTER_HOME."""
+    home = root / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    for key, value in {
+        "DAGSTER_HOME": str(home), "NUSCENES_DATAROOT": str(dataroot), "CONCEPTMINE_STORE": str(root / "store"),
+        "CONCEPTMINE_DETECTOR": "annotations", "CONCEPTMINE_PROFILE": "offline", **overrides,
+    }.items():
+        mp.setenv(key, value)
+    for key in ("CONCEPTMINE_CAPTIONER", "CONCEPTMINE_VOCABULARY", "CONCEPTMINE_EXECUTOR", "CONCEPTMINE_CONFIG"):
+        if key not in overrides:
+            mp.delenv(key, raising=False)
+    mp.chdir(root)
+    return home
+
+
+@contextmanager
+def pipeline_env(dataroot: Path, root: Path) -> Iterator[Path]:
+    """:func:`set_deployment` for the duration of a ``with`` block; yields DAGSTER_HOME."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield set_deployment(mp, dataroot, root)
