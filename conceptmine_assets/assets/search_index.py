@@ -15,6 +15,7 @@ from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.search import IndexParams, new_index, normalised
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.search_index import FORMAT, IndexBuild, SearchIndexResource
+from conceptmine_assets.settings import stage_config
 
 META = ["detection_id", "scene_name", "sample_token", "class_name", "group", "top_concept", "caption"]
 _SCORES = 'SELECT detection_id, "group", top_concept, caption AS cs_caption FROM read_parquet({files})'
@@ -35,6 +36,7 @@ ORDER BY p.scene_name, p.detection_id
 """
 
 
+@stage_config("search_index")
 class SearchIndexConfig(dg.Config):
     """How the vector indexes are built (exact up to a size, IVF above) and probed."""
 
