@@ -74,8 +74,9 @@ class Run:
 
 
 def batch(job: str, planned: dict[str, list[str | None]], order: list[str], per_run: int) -> list[Run]:
-    """The runs of one stage: scenes needing the same assets, consecutive in partition order,
-    at most ``per_run`` per run; unpartitioned assets in one run after them."""
+    """The runs of one stage: scenes needing the same assets, consecutive in ``order`` (every
+    registered partition: a run's range covers all partitions between its ends), at most
+    ``per_run`` per run; unpartitioned assets in one run after them."""
     runs: list[Run] = []
     globals_ = tuple(a for a, keys in planned.items() if keys == [None])
     wanted = {s: tuple(a for a, keys in planned.items() if s in keys) for s in order}
@@ -180,7 +181,8 @@ def run(
     settings = load_settings()
     defs = definitions_for(settings)
     nodes = graph_nodes(defs)
-    order = [s for s in instance.get_dynamic_partitions(SCENE_PARTITIONS_NAME) if scenes is None or s in scenes]
+    partitions = instance.get_dynamic_partitions(SCENE_PARTITIONS_NAME)  # a run's range spans these
+    order = [s for s in partitions if scenes is None or s in scenes]
     run_config, executed, progress = run_config_for(settings), [], Progress(out)
     work = [s for s in PIPELINE if not s.observe]
     for stage in PIPELINE:
@@ -190,7 +192,7 @@ def run(
             execute(instance, Run(stage.job, tuple(names), ()), run_config)
             continue
         planned = plan_stage(Records(instance), nodes, names, order, force)
-        runs = batch(stage.job, planned, order, scenes_per_run(defs, names))
+        runs = batch(stage.job, planned, partitions, scenes_per_run(defs, names))
         progress.plan(runs, len(work) - 1 - work.index(stage))
         for item in runs:
             started = time.perf_counter()

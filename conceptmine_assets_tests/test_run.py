@@ -92,3 +92,43 @@ def test_run_is_incremental_batched_and_deterministic(deployment, capsys):
     grown = file_hashes(store)
     assert all(grown[p] == h for p, h in before.items() if "/" in p)  # old scenes' files untouched
 
+
+
+def test_batches_are_ranges_of_consecutive_partitions_needing_the_same_assets():
+    from conceptmine_assets.runner import Run, batch
+
+    order = ["a", "b", "c", "d", "e", "f"]  # every registered partition; "b" needs nothing
+    planned = {"x": ["a", "c", "d", "e", "f"], "y": ["a", "c", "d", "f"], "g": [None]}
+    runs = batch("j", planned, order, per_run=2)
+    assert runs == [
+        Run("j", ("x", "y"), ("a",)), Run("j", ("x", "y"), ("c", "d")), Run("j", ("x",), ("e",)),
+        Run("j", ("x", "y"), ("f",)), Run("j", ("g",), ()),
+    ]
+    assert Run("j", ("x",), ("c", "d")).tags()["dagster/asset_partition_range_end"] == "d"
+    assert Run("j", ("x",), ("c",)).tags()["dagster/partition"] == "c"
+
+
+@pytest.mark.slow
+def test_a_ui_style_run_equals_the_command_line(deployment):
+    """Per-scene assets materialised for one scene by a run with no run config (a click on
+    Materialize in the UI, or automation) equal what `conceptmine run` stored (several scenes per
+    run there), byte for byte."""
+    from conceptmine_assets.definitions import build_definitions
+    from conceptmine_assets.settings import load_settings
+
+    store = deployment["store"]
+    assert cli.main(["run"]) == 0
+    ui_store = deployment["tmp"] / "ui-store"
+    ui_store.mkdir()
+    shutil.copy(store / "outlier_reference.pkl", ui_store / "outlier_reference.pkl")  # the fitted global reference
+    defs = build_definitions(load_settings(store=str(ui_store)))
+    scene = HIGHWAY_SCENES[1]
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(SCENE_PARTITIONS_NAME, HIGHWAY_SCENES[:2])
+        job = defs.resolve_implicit_global_asset_job_def().get_subset(
+            asset_selection={dg.AssetKey(a) for a in SCENE_ASSETS}
+        )
+        assert job.execute_in_process(instance=instance, partition_key=scene).success
+    for asset in SCENE_ASSETS:
+        path = f"{asset}/{scene}.parquet"
+        assert (ui_store / path).read_bytes() == (store / path).read_bytes(), path
