@@ -1,6 +1,6 @@
 """Benchmark of ``conceptmine run`` (issue 11): incremental re-runs, runs per backfill, image checks.
 
-    .venv/bin/python bench/pipeline.py [--scenes 8 64 850]
+    .venv/bin/python bench/pipeline.py [--scenes 8 64 850] [--quick]
 
 Prints, on the built-in demo dataroot (the committed fixtures merged, its config
 ``conceptmine.demo.yaml``), in a temporary Dagster home and store that are deleted afterwards:
@@ -146,7 +146,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, nargs="+", default=[8, 64, 850], help="backfill sizes to plan")
     parser.add_argument("--skip-incremental", action="store_true", help="skip the timed demo runs")
+    parser.add_argument("--quick", action="store_true", help="CI: no timed demo runs, one backfill size (8)")
     args = parser.parse_args()
+    if args.quick:
+        args.skip_incremental, args.scenes = True, [8]
     rows = []
     if not args.skip_incremental:
         with tempfile.TemporaryDirectory(prefix="conceptmine-bench-") as tmp:

@@ -21,10 +21,8 @@ from conceptmine_assets.assets import (
 )
 from conceptmine_assets.automation import automation_sensor, with_automation
 from conceptmine_assets.checks import CHECKS
-from conceptmine_assets.resources.captioner import CaptionerResource
-from conceptmine_assets.resources.detector import DetectorResource
-from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.nuscenes import NuScenesResource
+from conceptmine_assets.resources.profiles import model_resources
 from conceptmine_assets.resources.search_index import SearchIndexResource
 from conceptmine_assets.resources.storage import ParquetIOManager, PickleIOManager, StoreViews
 from conceptmine_assets.resources.vocabulary import VocabularyResource
@@ -84,32 +82,6 @@ JOBS = [stage.define() for stage in PIPELINE]
 observe_models_job, perception_job, outlier_reference_job, mining_scene_job, mining_global_job = JOBS
 
 
-def model_resources(settings: Settings) -> dict:
-    """Detector, embedder and captioner for the configured profile (and overrides)."""
-    if settings.detector == "annotations":
-        detector = DetectorResource(backend="annotations")
-    elif settings.profile == "paper":
-        detector = DetectorResource(backend="yolo", weights="yolov8l.pt", device="auto")
-    else:
-        weights = settings.yolo_weights or dg.EnvVar("CONCEPTMINE_YOLO_WEIGHTS")
-        detector = DetectorResource(backend="yolo", weights=weights, device="cpu")
-    if settings.profile == "paper":
-        embedder = EmbedderResource(backend="open_clip", model="ViT-B-32", pretrained="laion2b_s34b_b79k")
-    else:
-        embedder = EmbedderResource(backend="offline")
-    captioner_backend = settings.captioner or ("qwen2_vl" if settings.profile == "paper" else "template")
-    if captioner_backend == "openai":
-        captioner = CaptionerResource(
-            backend="openai",
-            base_url=dg.EnvVar("CONCEPTMINE_VLM_BASE_URL"),
-            model=dg.EnvVar("CONCEPTMINE_VLM_MODEL"),
-            api_key=dg.EnvVar("CONCEPTMINE_VLM_API_KEY"),
-        )
-    else:
-        captioner = CaptionerResource(backend=captioner_backend)
-    return {"detector": detector, "embedder": embedder, "captioner": captioner}
-
-
 def build_resources(settings: Settings) -> dict:
     """All resources of a deployment; tests build their own with ``tmp_path`` stores."""
     return {
@@ -120,7 +92,7 @@ def build_resources(settings: Settings) -> dict:
         "pickle_io_manager": PickleIOManager(base_path=settings.store),
         "store_views": StoreViews(base_path=settings.store),
         "search_index_store": SearchIndexResource(base_path=settings.store),
-        "vocabulary_file": VocabularyResource(path=settings.vocabulary),
+        "vocabulary": VocabularyResource(path=settings.vocabulary),
         **model_resources(settings),
     }
 

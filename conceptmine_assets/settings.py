@@ -34,7 +34,7 @@ PROFILES: tuple[str, ...] = ("offline", "paper")
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "conceptmine.yaml"
 CONFIG_ENV = "CONCEPTMINE_CONFIG"
 # File keys holding paths: resolved against the file's folder (URLs such as s3://... are kept).
-_PATH_KEYS = ("dataroot", "store", "vocabulary", "yolo_weights")
+_PATH_KEYS = ("dataroot", "store", "vocabulary", "yolo_weights", "openclip_checkpoint", "hub_cache")
 
 
 class SettingsError(ConceptmineError):
@@ -102,8 +102,20 @@ class Settings(BaseSettings):
     store: str = Field("data/store", description="where Parquet outputs go: a path or fsspec URL (s3://...)")
     profile: Profile = Field("offline", description="model profile: offline (weights shipped by pip) or paper")
     detector: Literal["yolo", "annotations"] = Field("yolo", description="yolo, or annotations (the dataset's own boxes)")
-    yolo_weights: str | None = Field(None, description="detector weights of the offline profile (any file ultralytics loads)")
+    yolo_weights: str | None = Field(
+        None, description="detector weights (any file ultralytics loads); unset: the paper profile's yolov8l.pt"
+    )
     captioner: Literal["template", "qwen2_vl", "openai"] | None = Field(None, description="captioner; unset: the profile's")
+    openclip_checkpoint: str | None = Field(
+        None, description="local open_clip checkpoint file for the paper profile; unset: laion2b_s34b_b79k from the hub cache"
+    )
+    qwen2_vl_model: str | None = Field(
+        None, description="Qwen2-VL hub id or local model directory; unset: Qwen/Qwen2-VL-2B-Instruct"
+    )
+    hub_cache: str | None = Field(None, description="Hugging Face hub cache folder; unset: HF_HUB_CACHE / HF_HOME")
+    prompt_style: Literal["json", "paper"] = Field(
+        "json", description="VLM question: json (class + description) or paper (the original's bare class name)"
+    )
     vocabulary: str | None = Field(None, description="concept vocabulary file; unset: the packaged concepts_v1.yaml")
     remine_cron: str = Field("0 3 * * 1", description="cron of the global re-mining (outlier reference refit, split)")
     executor: Literal["multiprocess", "dask", "k8s"] = Field("multiprocess", description="run executor (scaling.py)")

@@ -57,14 +57,28 @@ def truncate_image(dataroot: Path, relative: str, keep: float = 0.4) -> Path:
 
 def gt_truck(real_slice: Path) -> tuple[str, tuple[float, float, float, float]]:
     """Annotation token and projected 2D box of the big parked truck in CAM_FRONT (largest truck box)."""
-    from conceptmine_assets.resources.detector import DetectorResource
+    from conceptmine_assets.resources.detector import AnnotationsDetector
     from conceptmine_assets.resources.nuscenes import NuScenesResource
 
     nusc = NuScenesResource(dataroot=str(real_slice)).nusc
-    found = DetectorResource(backend="annotations").annotation_boxes(nusc, nusc.sample[0]["data"]["CAM_FRONT"])
+    found = AnnotationsDetector().annotation_boxes(nusc, nusc.sample[0]["data"]["CAM_FRONT"])
     trucks = [b for b in found.boxes if b.category == "vehicle.truck"]
     big = max(trucks, key=lambda b: (b.x2 - b.x1) * (b.y2 - b.y1))
     return big.annotation_token, (big.x1, big.y1, big.x2, big.y2)
+
+
+def tiny_clip_config_path() -> str:
+    """A tiny open_clip config (model name ``tiny_clip``, 64-d) for random CI twins of CLIP."""
+    return str(Path(__file__).parent / "tiny_clip.json")
+
+
+def box_iou(a: tuple, b: tuple) -> float:
+    """Intersection over union of two boxes; 0 when either has no area."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 # ---------------------------------------------------------------- running assets
@@ -80,14 +94,15 @@ def materialize_scene(assets, scene: str, instance: dg.DagsterInstance, resource
 
 
 def perception_resources(dataroot: Path, store: Path, **detector) -> dict:
-    """nuScenes, detector (``detector`` are its fields) and the Parquet IO manager on ``store``."""
-    from conceptmine_assets.resources.detector import DetectorResource
+    """nuScenes, detector (a YOLO detector with fields ``detector`` when they name ``weights``, else
+    the annotations detector) and the Parquet IO manager on ``store``."""
+    from conceptmine_assets.resources.detector import AnnotationsDetector, YoloDetector
     from conceptmine_assets.resources.nuscenes import NuScenesResource
     from conceptmine_assets.resources.storage import ParquetIOManager
 
     return {
         "nuscenes": NuScenesResource(dataroot=str(dataroot)),
-        "detector": DetectorResource(**detector),
+        "detector": YoloDetector(**detector) if "weights" in detector else AnnotationsDetector(),
         "io_manager": ParquetIOManager(base_path=str(store)),
     }
 

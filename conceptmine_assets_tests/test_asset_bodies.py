@@ -19,7 +19,7 @@ from conceptmine_assets.assets.frames import FramesConfig, frames
 from conceptmine_assets.definitions import model_resources
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
-from conceptmine_assets.resources.detector import DetectorResource
+from conceptmine_assets.resources.detector import AnnotationsDetector
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.schemas import CROPS, EMBEDDINGS
 from conceptmine_assets.settings import Settings
@@ -62,7 +62,7 @@ def test_perception_bodies_on_the_real_slice(real_slice, instance, embedder):
     nuscenes = NuScenesResource(dataroot=str(real_slice))
     context = scene_context(instance, REAL_SCENE)
     frame_table = frames(context, FramesConfig(cameras=["CAM_FRONT"]), nuscenes)
-    boxes = detections(context, frame_table, DetectorResource(backend="annotations"), nuscenes)
+    boxes = detections(context, frame_table, AnnotationsDetector(), nuscenes)
     crop_rows = crops(context, CropsConfig(), frame_table, boxes, nuscenes)
     vectors = embeddings(context, crop_rows, embedder)
     assert frame_table["channel"].tolist() == ["CAM_FRONT"] and frame_table["image_ok"].all()

@@ -21,14 +21,11 @@ from PIL import Image
 from conceptmine_assets.assets.captions import CaptionsConfig, captions, crop_table, select_for_vlm
 from conceptmine_assets.lib.vocabulary import load_vocabulary
 from conceptmine_assets.partitions import scene_partitions
-from conceptmine_assets.resources.captioner import (
-    CaptionerResource,
-    CaptionRequest,
-    match_class,
-    parse_answer,
-    template_caption,
-)
-from conceptmine_assets.resources.embedder import EmbedderResource
+from conceptmine_assets.lib.captioning import CaptionRequest, match_class, parse_answer, template_caption
+from conceptmine_assets.resources.captioner import CaptionerResource, TemplateCaptioner
+from conceptmine_assets.resources.openai_captioner import OpenAICaptioner
+from conceptmine_assets.resources.qwen2_vl_captioner import Qwen2VLCaptioner
+from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 from conceptmine_assets.resources.storage import ParquetIOManager
 from conceptmine_assets.schemas import CAPTIONS, CROPS, DETECTIONS, OUTLIER_FLAGS
 from conceptmine_assets_tests.helpers import materialize_scene, write_table
@@ -108,13 +105,13 @@ def test_template_caption(class_name, category, attributes, expected):
 
 
 def test_template_backend_is_offline_and_deterministic():
-    cap = CaptionerResource(backend="template")
+    cap = TemplateCaptioner()
     reqs = [CaptionRequest("d1", None, "truck", "vehicle.truck", ("vehicle.parked",)), CaptionRequest("d2", None, "car")]
     first, second = cap.caption(reqs), cap.caption(reqs)
     assert [r.caption for r in first] == ["a parked truck", "a car"]
     assert [(r.status, r.vlm_class, r.attempts) for r in first] == [("ok", None, 0)] * 2
     assert [r.caption for r in second] == [r.caption for r in first]
-    assert cap.model_id == "template" and cap.caption([]) == []
+    assert cap.model_id.startswith("template@") and cap.caption([]) == []
 
 
 # ---------------------------------------------------------------- images
@@ -154,7 +151,7 @@ def _reference_answers(model_dir: Path, prompt: str, images: list[bytes], max_ne
 
 
 def test_qwen2_vl_backend_generates_through_the_real_code_path(tiny_qwen):
-    cap = CaptionerResource(backend="qwen2_vl", model=str(tiny_qwen), device="cpu", batch_size=2, max_new_tokens=16)
+    cap = Qwen2VLCaptioner(model=str(tiny_qwen), device="cpu", batch_size=2, max_new_tokens=16)
     images = [jpeg(64, 40, 1), jpeg(30, 90, 2), jpeg(120, 60, 3)]
     reqs = [CaptionRequest(f"d{i}", b, "truck") for i, b in enumerate(images)]
     reqs.insert(1, CaptionRequest("bad", b"not a jpeg", "car"))
@@ -166,21 +163,21 @@ def test_qwen2_vl_backend_generates_through_the_real_code_path(tiny_qwen):
     assert (bad.status, bad.attempts, bad.caption) == ("failed", 1, "car")
     assert "unreadable crop image" in bad.error
     good = [results[0], results[2], results[3]]
-    expected = _reference_answers(tiny_qwen, cap.prompt_text(), images, 16)
+    expected = _reference_answers(tiny_qwen, cap.prompt_for("truck"), images, 16)
     assert [r.raw_answer for r in good] == expected  # batched, left-padded == one by one
     assert all(len(r.raw_answer) > 0 for r in good)
     for r in good:  # status follows the parse of the raw answer; random weights answer noise
         parsed = parse_answer(r.raw_answer)
         assert r.status == ("ok" if parsed.usable else "failed")
         assert r.vlm_class == parsed.vlm_class and r.latency_s > 0 and r.attempts == 1
-    assert cap.model_id == str(tiny_qwen)
+    assert cap.model_id.startswith(f"qwen2_vl:{tiny_qwen.name}@")
     assert elapsed < 60
 
 
 def test_qwen2_vl_missing_model_is_a_load_error(tmp_path):
     from conceptmine_assets.errors import ModelLoadError
 
-    cap = CaptionerResource(backend="qwen2_vl", model=str(tmp_path / "no-such-model"), device="cpu")
+    cap = Qwen2VLCaptioner(model=str(tmp_path / "no-such-model"), device="cpu")
     with pytest.raises(ModelLoadError, match="no-such-model"):
         cap.caption([CaptionRequest("d", jpeg(32, 32, 0), "car")])
 
@@ -203,6 +200,12 @@ class _Handler(BaseHTTPRequestHandler):
         mode = server.mode
         if mode == "flaky" and n < 3:
             mode = "http503"
+        if mode == "busy" and n == 1:  # 429 with Retry-After once, then a good answer
+            self.send_response(429)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if mode == "slow":
             time.sleep(1.0)
             mode = "good"
@@ -245,10 +248,10 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
-def openai(url: str, **kw) -> CaptionerResource:
-    settings = dict(backend="openai", base_url=url, model="qwen2-vl", api_key="sk-test", timeout_s=0.3,
+def openai(url: str, **kw) -> OpenAICaptioner:
+    settings = dict(base_url=url, model="qwen2-vl", api_key="sk-test", timeout_s=0.3,
                     max_attempts=3, backoff_s=0.01, backoff_max_s=0.02, concurrency=2)
-    return CaptionerResource(**{**settings, **kw})
+    return OpenAICaptioner(**{**settings, **kw})
 
 
 def _url(srv) -> str:
@@ -292,6 +295,20 @@ def test_openai_failing_server_is_survived(server, mode, error):
     assert [(r.status, r.attempts, r.caption) for r in results] == [("failed", 2, "truck")] * 3
     assert all(error in r.error for r in results)
     assert len(server.requests) == 6
+
+
+def test_openai_honours_retry_after(server):
+    server.mode = "busy"
+    started = time.perf_counter()
+    [r] = openai(_url(server), timeout_s=5).caption([CaptionRequest("d1", jpeg(40, 30, 0), "truck")])
+    waited = time.perf_counter() - started
+    assert (r.status, r.attempts) == ("ok", 2)
+    assert waited >= 0.95  # Retry-After: 1 s, not the 0.01 s backoff
+
+
+def test_openai_without_a_key_sends_no_authorization(server):
+    [r] = openai(_url(server), api_key=None).caption([CaptionRequest("d1", jpeg(40, 30, 0), "truck")])
+    assert r.status == "ok" and server.requests[0]["auth"] is None
 
 
 def test_openai_refused_connection_is_survived():
@@ -353,7 +370,7 @@ def upstream_store(store: Path) -> Path:
     return store
 
 
-OFFLINE_EMBEDDER = EmbedderResource(backend="offline", device="cpu")  # caption text embeddings (MiniLM)
+OFFLINE_EMBEDDER = OfflineEmbedder(device="cpu")  # caption text embeddings (MiniLM)
 UPSTREAM = [dg.AssetSpec(n, partitions_def=scene_partitions) for n in ("crops", "detections", "outlier_flags")]
 
 
@@ -366,7 +383,7 @@ def _materialize(store: Path, instance, captioner: CaptionerResource, config: di
     result = materialize_scene(
         [captions, *UPSTREAM], SCENE, instance,
         {"io_manager": ParquetIOManager(base_path=str(store)), "captioner": captioner,
-         "vocabulary_file": VocabularyResource(), "embedder": OFFLINE_EMBEDDER},
+         "vocabulary": VocabularyResource(), "embedder": OFFLINE_EMBEDDER},
         run_config={"ops": {"captions": {"config": config or {}}}},
         selection=[captions],
     )
@@ -389,7 +406,7 @@ def test_selection_order_and_budget():
 
 
 def test_captions_asset_template_backend(upstream_store, instance):
-    table, md = _materialize(upstream_store, instance, CaptionerResource(backend="template"), {"max_per_scene": 3})
+    table, md = _materialize(upstream_store, instance, TemplateCaptioner(), {"max_per_scene": 3})
     assert _without_vectors(table.schema) == _without_vectors(CAPTIONS)
     df = table.to_pandas().set_index("detection_id")
     assert df.index.tolist() == [s[0] for s in CROP_SPECS]  # one row per crop, crop order
@@ -406,7 +423,7 @@ def test_captions_asset_template_backend(upstream_store, instance):
     assert set(df["text_model_id"]) == {OFFLINE_EMBEDDER.text_model_id}
     assert md["num_over_budget"].value == 1 and md["num_sent_to_captioner"].value == 3
     # idempotent: a re-run rewrites the same table
-    again, _ = _materialize(upstream_store, instance, CaptionerResource(backend="template"), {"max_per_scene": 3})
+    again, _ = _materialize(upstream_store, instance, TemplateCaptioner(), {"max_per_scene": 3})
     assert again.equals(table)  # no timings in stored rows
 
 
@@ -431,11 +448,11 @@ def test_captions_asset_with_openai_server(upstream_store, instance, server):
 
 
 def test_captions_asset_with_qwen2_vl_twin(upstream_store, instance, tiny_qwen):
-    captioner = CaptionerResource(backend="qwen2_vl", model=str(tiny_qwen), device="cpu", max_new_tokens=8)
+    captioner = Qwen2VLCaptioner(model=str(tiny_qwen), device="cpu", max_new_tokens=8)
     table, md = _materialize(upstream_store, instance, captioner, {"max_per_scene": 2})
     df = table.to_pandas().set_index("detection_id")
     sent = df.loc[["d-odd-car", "d-bus"]]
-    assert set(sent["backend"]) == {"qwen2_vl"} and set(sent["model_id"]) == {str(tiny_qwen)}
+    assert set(sent["backend"]) == {"qwen2_vl"} and set(sent["model_id"]) == {captioner.model_id}
     assert sent["raw_answer"].map(len).min() > 0
     assert md["num_ok"].value + md["num_failed"].value == 2
 
@@ -445,7 +462,7 @@ def test_captions_asset_crop_without_flags_is_an_inlier_and_counted(store, insta
     frames["outlier_flags"] = frames["outlier_flags"][frames["outlier_flags"]["detection_id"] != "d-odd-car"]
     for name, df in frames.items():
         _write_table(store, name, df)
-    table, md = _materialize(store, instance, CaptionerResource(backend="template"), {"max_per_scene": None})
+    table, md = _materialize(store, instance, TemplateCaptioner(), {"max_per_scene": None})
     df = table.to_pandas().set_index("detection_id")
     assert df.loc["d-odd-car", "status"] == "class_name"  # a car with no flags row is a common inlier
     assert md["num_without_outlier_flags"].value == 1
@@ -454,7 +471,7 @@ def test_captions_asset_crop_without_flags_is_an_inlier_and_counted(store, insta
 def test_captions_asset_empty_scene(store, instance):
     for name, df in _upstream_frames(specs=[]).items():
         _write_table(store, name, df)
-    table, md = _materialize(store, instance, CaptionerResource(backend="template"))
+    table, md = _materialize(store, instance, TemplateCaptioner())
     assert table.num_rows == 0 and _without_vectors(table.schema) == _without_vectors(CAPTIONS)
     assert md["num_crops"].value == 0 and md["captions_per_s"].value is None
 
@@ -469,8 +486,8 @@ def test_captions_over_several_scenes_in_one_run(store, instance):
     instance.add_dynamic_partitions("nuscenes_scenes", scenes)
     result = dg.materialize(
         [captions, *UPSTREAM], selection=[captions], instance=instance,
-        resources={"io_manager": ParquetIOManager(base_path=str(store)), "captioner": CaptionerResource(backend="template"),
-                   "vocabulary_file": VocabularyResource(), "embedder": OFFLINE_EMBEDDER},
+        resources={"io_manager": ParquetIOManager(base_path=str(store)), "captioner": TemplateCaptioner(),
+                   "vocabulary": VocabularyResource(), "embedder": OFFLINE_EMBEDDER},
         run_config={"ops": {"captions": {"config": {"max_per_scene": 2}}}},
         tags={"dagster/asset_partition_range_start": scenes[0], "dagster/asset_partition_range_end": scenes[1]},
     )

@@ -35,10 +35,12 @@ from conceptmine_assets.lib.vocabulary import (
     load_vocabulary,
 )
 from conceptmine_assets.partitions import scene_partitions
-from conceptmine_assets.resources.embedder import EmbedderResource, tiny_clip_config_path
+from conceptmine_assets.resources.embedder import EmbedderResource
+from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
+from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder
 from conceptmine_assets.resources.storage import ParquetIOManager
 from conceptmine_assets.schemas import CAPTIONS, CONCEPT_SCORES, EMBEDDINGS
-from conceptmine_assets_tests.helpers import materialize_scene, write_table
+from conceptmine_assets_tests.helpers import materialize_scene, tiny_clip_config_path, write_table
 
 SCENE = "scene-test-0001"
 
@@ -243,6 +245,12 @@ def test_text_weights():
     np.testing.assert_allclose(text_weights(3, 0.5, False, cap, crop), [0.5, 0.5, 0.5])
     np.testing.assert_allclose(text_weights(3, 0.5, True, cap, crop), [0.8, 0.2 + 0.6 * 0.2 / 0.7, 0.2])
     np.testing.assert_allclose(text_weights(3, 0.5, False, cap, crop, np.array([True, False, True])), [0.5, 1, 0.5])
+    # adaptive per crop, and 0 for a label-only caption (unless there is no image: then only text)
+    mask = np.array([True, False, True])
+    np.testing.assert_allclose(text_weights(3, 0.5, mask, cap, crop), [0.8, 0.5, 0.2])
+    label_only = np.array([False, True, True])
+    np.testing.assert_allclose(text_weights(3, 0.5, mask, cap, crop, np.array([True, True, False]), label_only),
+                               [0.8, 0.0, 1.0])
 
 
 def _mini_vocab() -> Vocabulary:
@@ -297,6 +305,22 @@ def test_rank_concepts(scores, vlm, top, second, margin, joint):
     assert r.margin == pytest.approx(margin)
 
 
+def test_joint_label_needs_a_margin_strictly_below_the_threshold():
+    r = rank_concepts(np.array([0.75, 0.5]), ["a", "b"], None, 0.25)  # exactly representable: margin == 0.25
+    assert r.margin == 0.25 and r.joint_label is None
+    assert rank_concepts(np.array([0.75, 0.5]), ["a", "b"], None, 0.2500001).joint_label == "a|b"
+
+
+def test_vlm_others_is_the_top_concept_and_makes_the_crop_rare():
+    vocab = _mini_vocab()
+    scores = np.array([0.2, 0.1, 0.6, 0.1, 0.1, 0.0])
+    r = rank_concepts(scores, vocab.names, "others", 0.05)
+    assert (r.top, r.top_score, r.second, r.second_score, r.margin, r.joint_label) == ("others", 0.6, "car", 0.6, None, None)
+    assert top_superclass(scores, vocab, "others") == "others"
+    assert assign_group(vocab, "car", "others", "others") == "rare"  # the best concept, car, is common
+    assert assign_group(vocab, "truck", "others", "others") == "target"  # a target detector class stays target
+
+
 def test_rank_single_concept_has_no_second():
     r = rank_concepts(np.array([0.4]), ["car"], None, 0.05)
     assert (r.top, r.second, r.margin, r.joint_label) == ("car", None, None, None)
@@ -329,13 +353,14 @@ def _write_table(store: Path, asset: str, df: pd.DataFrame) -> None:
 KEYS = dict(scene_name=SCENE, sample_token="s0", sample_data_token="sd0", channel="CAM_FRONT")
 
 
-def _captions(rows: list[tuple[str, str, str, str | None]]) -> pd.DataFrame:
-    """rows: (detection_id, class_name, caption, vlm_class)."""
+def _captions(rows: list[tuple[str, str, str, str | None]], backend: str = "test", described: bool = True) -> pd.DataFrame:
+    """rows: (detection_id, class_name, caption, vlm_class); ``described``: the caption is a description."""
     out = []
     for det, cls, caption, vlm in rows:
         out.append({**KEYS, "detection_id": det, "class_name": cls, "status": "ok" if vlm else "class_name",
-                    "backend": "test", "model_id": "test", "raw_answer": None, "vlm_class": vlm,
-                    "description": caption, "caption": caption, "error": None, "attempts": 1, "latency_s": 0.0,
+                    "backend": backend, "model_id": "test", "raw_answer": None, "vlm_class": vlm,
+                    "description": caption if described else None, "caption": caption, "error": None, "attempts": 1,
+                    "latency_s": 0.0,
                     "text_model_id": "test", "caption_embedding": np.ones(4, np.float32)})
     df = pd.DataFrame(out, columns=CAPTIONS.names)
     df.attrs["vector_dims"] = {"caption_embedding": 4}
@@ -358,7 +383,7 @@ def _run(store: Path, instance, embedder: EmbedderResource, config: dict | None 
                                     extra_concepts=config.pop("extra_concepts", []))
     result = materialize_scene(
         [concept_scores, *UPSTREAM], SCENE, instance,
-        {"io_manager": ParquetIOManager(base_path=str(store)), "embedder": embedder, "vocabulary_file": vocabulary},
+        {"io_manager": ParquetIOManager(base_path=str(store)), "embedder": embedder, "vocabulary": vocabulary},
         run_config={"ops": {"concept_scores": {"config": config}}},
         selection=[concept_scores],
     )
@@ -368,7 +393,7 @@ def _run(store: Path, instance, embedder: EmbedderResource, config: dict | None 
 
 @pytest.fixture(scope="module")
 def offline_embedder() -> EmbedderResource:
-    return EmbedderResource(backend="offline", device="cpu")
+    return OfflineEmbedder(device="cpu")
 
 
 def test_concept_scores_offline_text_only(store, instance, offline_embedder):
@@ -403,7 +428,7 @@ def test_concept_scores_offline_text_only(store, instance, offline_embedder):
         assert df.loc["d2", "concept_scores"][vocab.names.index(name)] == pytest.approx(expected, abs=1e-5)
     d2 = df.loc["d2"]
     assert d2["margin"] == pytest.approx(d2["top_score"] - d2["second_score"], abs=1e-6)
-    assert pd.notna(d2["joint_label"]) == (d2["margin"] <= 0.05)
+    assert pd.notna(d2["joint_label"]) == (d2["margin"] < 0.05)
     md = result.asset_materializations_for_node("concept_scores")[0].metadata
     assert md["num_vlm_overrides"].value == 1 and md["shared_space"].value is False
 
@@ -415,8 +440,7 @@ def _jpeg(color: tuple[int, int, int]) -> Image.Image:
 
 
 def test_concept_scores_shared_space_fuses_caption_and_crop(store, instance, tmp_path):
-    embedder = EmbedderResource(backend="open_clip", model="tiny_clip", pretrained=None,
-                                model_config_path=tiny_clip_config_path(), device="cpu")
+    embedder = tiny_clip()
     caps = _captions([("d1", "truck", "a parked truck", None), ("d2", "car", "a bicycle", None),
                       ("d3", "car", "a car", None)])
     crops = embedder.encode_images([_jpeg((200, 30, 30)), _jpeg((30, 200, 30)), _jpeg((30, 30, 200))])
@@ -441,14 +465,45 @@ def test_concept_scores_shared_space_fuses_caption_and_crop(store, instance, tmp
     assert df.loc["d1", "group"] == "target"
 
 
+def tiny_clip() -> OpenClipEmbedder:
+    return OpenClipEmbedder(model="tiny_clip", pretrained=None, model_config_path=tiny_clip_config_path(), device="cpu")
+
+
+def _vlm_scene(store: Path, embedder: OpenClipEmbedder, backend: str, described: bool = True) -> np.ndarray:
+    caps = _captions([("d1", "car", "a parked truck", "truck"), ("d2", "car", "a shopping cart", "others")],
+                     backend=backend, described=described)
+    crops = embedder.encode_images([_jpeg((200, 30, 30)), _jpeg((30, 200, 30))])
+    _write_table(store, "captions", caps)
+    _write_table(store, "embeddings", _embeddings(["d1", "d2"], ["car", "car"], crops, embedder.image_model_id))
+    return adaptive_weight_text(np.sum(embedder.encode_texts(["a parked truck", "a shopping cart"]) * crops, axis=1))
+
+
+def test_vlm_captions_get_the_adaptive_weight_by_default(store, instance):
+    embedder = tiny_clip()
+    adaptive = _vlm_scene(store, embedder, "qwen2_vl")
+    df = _run(store, instance, embedder)[1].to_pandas().set_index("detection_id")
+    np.testing.assert_allclose(df["weight_text"], adaptive, atol=1e-5)
+    assert (df.loc["d2", "top_concept"], df.loc["d2", "group"], df.loc["d2", "top_superclass"]) == ("others", "rare", "others")
+    assert df.loc["d2", "top_score"] == pytest.approx(max(df.loc["d2", "concept_scores"]), abs=1e-6)
+    _vlm_scene(store, embedder, "template")  # not a VLM: the fixed weight
+    assert set(_run(store, instance, embedder)[1].column("weight_text").to_pylist()) == {0.5}
+
+
+def test_a_vlm_answer_without_description_gets_text_weight_zero(store, instance):
+    embedder = tiny_clip()
+    _vlm_scene(store, embedder, "openai", described=False)
+    result, table = _run(store, instance, embedder)
+    assert table.column("weight_text").to_pylist() == [0.0, 0.0]
+    assert result.asset_materializations_for_node("concept_scores")[0].metadata["num_label_only_captions"].value == 2
+
+
 def test_concept_scores_refuses_embeddings_of_another_model(store, instance):
-    embedder = EmbedderResource(backend="open_clip", model="tiny_clip", pretrained=None,
-                                model_config_path=tiny_clip_config_path(), device="cpu")
+    embedder = tiny_clip()
     _write_table(store, "captions", _captions([("d1", "truck", "a truck", None)]))
     _write_table(store, "embeddings", _embeddings(["d1"], ["truck"], np.ones((1, 64)) / 8, "open_clip:ViT-B-32/other"))
     result = materialize_scene(
         [concept_scores, *UPSTREAM], SCENE, instance,
-        {"io_manager": ParquetIOManager(base_path=str(store)), "embedder": embedder, "vocabulary_file": VocabularyResource()},
+        {"io_manager": ParquetIOManager(base_path=str(store)), "embedder": embedder, "vocabulary": VocabularyResource()},
         selection=[concept_scores], raise_on_error=False,
     )
     assert not result.success

@@ -60,7 +60,7 @@ def hand_made_detections(boxes: list[tuple[float, float, float, float]]):
 
 
 def test_crops_of_all_real_cameras_with_lidar(real_slice, store, instance):
-    res = resources(real_slice, store, backend="annotations")
+    res = resources(real_slice, store)
     config = frames_config(list(CAMERAS))
     result = materialize_scene([frames, detections, crops], REAL_SCENE, instance, res, run_config=config)
     dets, df = stored(store, "detections", REAL_SCENE), stored(store, "crops", REAL_SCENE)

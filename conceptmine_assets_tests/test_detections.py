@@ -3,7 +3,6 @@
 from collections import Counter
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -14,13 +13,18 @@ from conceptmine_assets.assets.crops import crops
 from conceptmine_assets.assets.detections import detections
 from conceptmine_assets.assets.frames import CAMERAS, frames
 from conceptmine_assets.errors import ModelLoadError
-from conceptmine_assets.lib.geometry import box_iou
 from conceptmine_assets.lib.images import read_rgb
-from conceptmine_assets.resources.detector import CLASS_NAMES, DetectorResource, class_map, normalise_class
+from conceptmine_assets.resources.detector import (
+    CLASS_NAMES,
+    AnnotationsDetector,
+    YoloDetector,
+    class_map,
+    normalise_class,
+)
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.schemas import CROPS, DETECTIONS
 from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, REAL_SCENE, copy_dataroot, frames_config, gt_truck
-from conceptmine_assets_tests.helpers import materialize_scene, metadata, stored, truncate_image
+from conceptmine_assets_tests.helpers import box_iou, materialize_scene, metadata, stored, truncate_image
 from conceptmine_assets_tests.helpers import perception_resources as resources
 
 COCO80 = (
@@ -72,11 +76,11 @@ def test_normalise_class(source, expected):
 
 def test_missing_weights_file_is_a_model_load_error_naming_it(tmp_path):
     missing = tmp_path / "models" / "yolov8x_missing.pt"
-    detector = DetectorResource(weights=str(missing))  # lazy: constructing does not load
+    detector = YoloDetector(weights=str(missing))  # lazy: constructing does not load
     with pytest.raises(ModelLoadError, match="yolov8x_missing.pt"):
         detector.load()
     with pytest.raises(ModelLoadError, match="nowhere.tflite"):
-        DetectorResource(weights="nowhere.tflite").predict([np.zeros((32, 32, 3), np.uint8)])
+        YoloDetector(weights="nowhere.tflite").predict([np.zeros((32, 32, 3), np.uint8)])
 
 
 def test_missing_weights_fail_the_run_naming_the_file(highway, store, instance, tmp_path):
@@ -94,15 +98,15 @@ def test_missing_weights_fail_the_run_naming_the_file(highway, store, instance, 
 
 
 def test_model_is_loaded_once_per_process(yolo_tflite):
-    first = DetectorResource(weights=str(yolo_tflite)).load()
-    assert DetectorResource(weights=str(yolo_tflite), conf=0.5).load() is first
-    assert DetectorResource(weights=str(yolo_tflite)).model_id == "yolo:yolov8n_int8.tflite"
-    assert DetectorResource(backend="annotations").model_id == "annotations"
+    first = YoloDetector(weights=str(yolo_tflite)).load()
+    assert YoloDetector(weights=str(yolo_tflite), conf=0.5).load() is first
+    assert YoloDetector(weights=str(yolo_tflite)).model_id.startswith("yolo:yolov8n_int8.tflite@")
+    assert AnnotationsDetector().model_id.startswith("annotations@")
 
 
 def test_torch_model_plumbing_with_a_random_yaml_model():
     """``.pt``-style loading path (torch backend); a random model, so nothing about accuracy."""
-    detector = DetectorResource(weights="yolov8n.yaml", device="cpu", batch_size=2)
+    detector = YoloDetector(weights="yolov8n.yaml", device="cpu", batch_size=2)
     boxes = detector.predict([np.zeros((64, 96, 3), np.uint8), np.full((48, 48, 3), 200, np.uint8)])
     assert len(boxes) == 2 and all(isinstance(b, list) for b in boxes)
 
@@ -111,7 +115,7 @@ def test_torch_model_plumbing_with_a_random_yaml_model():
 def test_yolo_finds_the_parked_truck_and_cars(real_slice, yolo_tflite):
     nusc = NuScenesResource(dataroot=str(real_slice)).nusc
     image = read_rgb(nusc.get_sample_data_path(nusc.sample[0]["data"]["CAM_FRONT"]))
-    boxes = DetectorResource(weights=str(yolo_tflite)).predict([image])[0]
+    boxes = YoloDetector(weights=str(yolo_tflite)).predict([image])[0]
     _, truth = gt_truck(real_slice)
     trucks = [b for b in boxes if normalise_class(b.source_class) == "truck"]
     assert max(box_iou((b.x1, b.y1, b.x2, b.y2), truth) for b in trucks) >= 0.5
@@ -125,16 +129,16 @@ def test_yolo_finds_the_parked_truck_and_cars(real_slice, yolo_tflite):
 )
 def test_annotations_backend_counts_match_the_devkit(real_slice, visibility, min_visibility, expected):
     nusc = NuScenesResource(dataroot=str(real_slice)).nusc
-    detector = DetectorResource(backend="annotations", box_visibility=visibility, min_visibility=min_visibility)
+    detector = AnnotationsDetector(box_visibility=visibility, min_visibility=min_visibility)
     assert len(detector.annotation_boxes(nusc, nusc.sample[0]["data"]["CAM_FRONT"]).boxes) == expected
 
 
 def test_annotations_backend_filters_by_visibility_and_keeps_all_with_none(real_slice):
     nusc = NuScenesResource(dataroot=str(real_slice)).nusc
     token = nusc.sample[0]["data"]["CAM_FRONT"]
-    everything = DetectorResource(backend="annotations", box_visibility="none").annotation_boxes(nusc, token)
+    everything = AnnotationsDetector(box_visibility="none").annotation_boxes(nusc, token)
     assert len(everything.boxes) + everything.behind_camera == len(nusc.sample[0]["anns"])
-    visible = DetectorResource(backend="annotations", min_visibility=4).annotation_boxes(nusc, token)
+    visible = AnnotationsDetector(min_visibility=4).annotation_boxes(nusc, token)
     assert 0 < len(visible.boxes) < 47 and {b.visibility for b in visible.boxes} == {"4"}
     assert visible.below_min_visibility == 47 - len(visible.boxes)
 
@@ -143,7 +147,7 @@ def test_annotations_backend_filters_by_visibility_and_keeps_all_with_none(real_
 
 
 def test_detections_with_annotations_on_all_real_cameras(real_slice, store, instance):
-    res = resources(real_slice, store, backend="annotations")
+    res = resources(real_slice, store)
     result = materialize_scene([frames, detections], REAL_SCENE, instance, res, run_config=frames_config(list(CAMERAS)))
     df = stored(store, "detections", REAL_SCENE)
     front = df[df["channel"] == "CAM_FRONT"]
@@ -152,7 +156,7 @@ def test_detections_with_annotations_on_all_real_cameras(real_slice, store, inst
         "barrier": 19, "pedestrian": 17, "car": 7, "truck": 2, "bicycle": 1, "construction_vehicle": 1
     }
     assert set(df["channel"]) == set(CAMERAS) and df["detection_id"].is_unique
-    assert (df["detector"] == "annotations").all() and (df["confidence"] == 1.0).all()
+    assert (df["detector"] == AnnotationsDetector().model_id).all() and (df["confidence"] == 1.0).all()
     truck_token, _ = gt_truck(real_slice)
     truck = front[front["annotation_token"] == truck_token].iloc[0]
     assert (truck["category"], truck["visibility"]) == ("vehicle.truck", "4")
@@ -170,14 +174,14 @@ def test_detections_with_yolo_on_real_front_camera(real_slice, yolo_tflite, stor
     res = resources(real_slice, store, weights=str(yolo_tflite), batch_size=4)
     result = materialize_scene([frames, detections], REAL_SCENE, instance, res)
     df = stored(store, "detections", REAL_SCENE)
-    assert (df["channel"] == "CAM_FRONT").all() and (df["detector"] == "yolo:yolov8n_int8.tflite").all()
+    assert (df["channel"] == "CAM_FRONT").all() and (df["detector"] == res["detector"].model_id).all()
     assert df["annotation_token"].isna().all() and df["attributes"].isna().all()
     _, truth = gt_truck(real_slice)
     trucks = df[df["class_name"] == "truck"]
     assert max(box_iou(tuple(r), truth) for r in trucks[["x1", "y1", "x2", "y2"]].itertuples(index=False)) >= 0.5
     assert (df["class_name"] == "car").sum() >= 3
     meta = metadata(result, "detections")
-    assert meta["model_id"] == "yolo:yolov8n_int8.tflite" and meta["ms_per_frame"] > 0
+    assert meta["model_id"] == res["detector"].model_id and meta["ms_per_frame"] > 0
 
     materialize_scene([frames, detections], REAL_SCENE, instance, res)
     pd.testing.assert_frame_equal(stored(store, "detections", REAL_SCENE), df)
@@ -199,7 +203,7 @@ def test_detections_and_crops_with_yolo_on_highway_scenes(highway, yolo_tflite, 
 
 @pytest.mark.real_model
 def test_batched_inference_decodes_each_image_once(real_slice, yolo_tflite, store, instance, monkeypatch):
-    detector = DetectorResource(weights=str(yolo_tflite), batch_size=2)
+    detector = YoloDetector(weights=str(yolo_tflite), batch_size=2)
     model = detector.load()
     batches, decoded = [], []
     predict, read = model.predict, detections_module.read_rgb

@@ -18,17 +18,14 @@ from PIL import Image
 from conceptmine_assets.assets.embeddings import check_finite, decode_crop, embeddings
 from conceptmine_assets.errors import ConceptmineError, ModelLoadError
 from conceptmine_assets.partitions import scene_partitions
-from conceptmine_assets.resources.embedder import (
-    EmbedderResource,
-    load_encoders,
-    resolve_device,
-    tiny_clip_config_path,
-    torch_dtype,
-)
+from conceptmine_assets.resources.devices import resolve_device, torch_dtype
+from conceptmine_assets.resources.embedder import EmbedderResource
+from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
+from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder, load_open_clip
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import StoreViews, ParquetIOManager
 from conceptmine_assets.schemas import CROPS
-from conceptmine_assets_tests.helpers import REAL_SCENE, REAL_SLICE, materialize_scene, require
+from conceptmine_assets_tests.helpers import REAL_SCENE, REAL_SLICE, materialize_scene, require, tiny_clip_config_path
 
 CLASS_NAMES = {"vehicle.car": "car", "vehicle.truck": "truck", "human.pedestrian.adult": "pedestrian"}
 MIN_SIDE_PX = 30  # smaller boxes say little about the object
@@ -106,10 +103,10 @@ def crops_asset(df: pd.DataFrame) -> dg.AssetsDefinition:
     return crops
 
 
-def tiny_twin(**overrides) -> EmbedderResource:
+def tiny_twin(**overrides) -> OpenClipEmbedder:
     """A random-init (seeded) 64-d open_clip twin from the packaged tiny config."""
     config = {"model": "tiny_clip", "pretrained": None, "model_config_path": tiny_clip_config_path(), "device": "cpu"}
-    return EmbedderResource(**{**config, **overrides})
+    return OpenClipEmbedder(**{**config, **overrides})
 
 
 def cosine_block(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -123,7 +120,7 @@ def crops_df() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def offline() -> EmbedderResource:
-    return EmbedderResource(backend="offline", device="cpu")
+    return OfflineEmbedder(device="cpu")
 
 
 def _images(df: pd.DataFrame) -> list[Image.Image]:
@@ -138,13 +135,13 @@ def test_offline_image_features_separate_cars_from_road(crops_df, offline):
     road = crops_df[crops_df["class_name"] == "road"]
     assert len(cars) >= 3 and len(road) >= 3
     car_vecs, road_vecs = offline.encode_images(_images(cars)), offline.encode_images(_images(road))
-    assert car_vecs.dtype == np.float32 and car_vecs.shape == (len(cars), 1280) == (len(cars), offline.image_dim)
+    assert car_vecs.dtype == np.float32 and car_vecs.shape == (len(cars), 1280) == (len(cars), offline.load().image_dim)
     np.testing.assert_allclose(np.linalg.norm(car_vecs, axis=1), 1.0, atol=1e-5)
     car_car = cosine_block(car_vecs, car_vecs)[np.triu_indices(len(cars), k=1)]
     car_road = cosine_block(car_vecs, road_vecs)
     assert car_car.mean() > car_road.mean() + 0.2, (car_car.mean(), car_road.mean())
     assert car_car.min() > car_road.max(), (car_car.min(), car_road.max())
-    assert offline.image_model_id.startswith("offline:mobilenetv2-imagenet@sha256:")
+    assert offline.image_model_id.startswith("offline:mobilenetv2-imagenet@")
 
 
 def test_offline_text_features_rank_related_concepts_first(offline):
@@ -154,8 +151,8 @@ def test_offline_text_features_rank_related_concepts_first(offline):
     assert truck.shape == (384,) and truck.dtype == np.float32
     np.testing.assert_allclose([np.linalg.norm(v) for v in (truck, construction, bicycle)], 1.0, atol=1e-5)
     assert truck @ construction > truck @ bicycle + 0.1, (truck @ construction, truck @ bicycle)
-    assert not offline.shared_space and offline.text_dim == 384
-    assert offline.text_model_id.startswith("offline:all-MiniLM-L6-v2@sha256:")
+    assert not offline.shared_space and offline.load().text_dim == 384
+    assert offline.text_model_id.startswith("offline:all-MiniLM-L6-v2@")
 
 
 def test_offline_batches_do_not_change_vectors(crops_df, offline):
@@ -179,19 +176,19 @@ def test_tiny_open_clip_twin_runs_the_open_clip_path(crops_df):
     np.testing.assert_allclose(np.linalg.norm(np.vstack([vecs, texts]), axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(texts[0], texts[2], atol=1e-6)
     assert not np.allclose(texts[0], texts[1])
-    enc = twin.encoders()
+    enc = twin.load()
     assert enc.device == "cpu" and enc.dtype == "fp32"
     params = [p for m in enc.modules for p in m.parameters()]
     assert params and all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params)
     assert twin.image_model_id == twin.text_model_id
-    assert twin.image_model_id.startswith("open_clip:tiny_clip#cfg=") and "random-init" in twin.image_model_id
+    assert twin.image_model_id.startswith("open_clip:tiny_clip#cfg/random-init(seed=0)@")
     assert twin.encode_images([]).shape == (0, 64)
 
 
 def test_tiny_twin_random_init_is_reproducible(crops_df):
     images = _images(crops_df.head(2))
     first = tiny_twin().encode_images(images)
-    load_encoders.cache_clear()  # force a fresh model build
+    load_open_clip.cache_clear()  # force a fresh model build
     np.testing.assert_array_equal(first, tiny_twin().encode_images(images))
 
 
@@ -210,7 +207,7 @@ def test_local_checkpoint_is_loaded_and_its_content_is_the_identity(tmp_path, cr
     _save_seeded_tiny_checkpoint(ckpt, seed=1)
     from_file = tiny_twin(pretrained=str(ckpt))
     first_id, first = from_file.image_model_id, from_file.encode_images(images)
-    assert "tiny.pt@sha256:" in first_id
+    assert first_id.startswith("open_clip:tiny_clip#cfg/tiny.pt@")
     assert not np.allclose(first, tiny_twin().encode_images(images))  # not the seed-0 random init
     _save_seeded_tiny_checkpoint(ckpt, seed=2)  # same path, new content
     assert from_file.image_model_id != first_id
@@ -240,7 +237,7 @@ def test_unusable_device_or_precision_is_a_clear_error(device, precision, messag
 
 
 def test_auto_device_follows_torch():
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 # --- pure helpers of the asset --------------------------------------------------------------
@@ -300,7 +297,7 @@ def test_empty_crops_give_an_empty_typed_partition(store, instance):
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 64)
 
 
-class NaNEmbedder(EmbedderResource):
+class NaNEmbedder(OpenClipEmbedder):
     """Returns NaN for the second crop of each batch (a model gone numerically wrong)."""
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:

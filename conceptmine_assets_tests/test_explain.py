@@ -284,7 +284,7 @@ def run_clusters(store: Path, embedder, **config):
 
     resources = {"io_manager": ParquetIOManager(base_path=str(store)),
                  "pickle_io_manager": PickleIOManager(base_path=str(store)), "embedder": embedder,
-                 "vocabulary_file": VocabularyResource()}
+                 "vocabulary": VocabularyResource()}
     with threadpool_limits(1, user_api="openmp"), dg.DagsterInstance.ephemeral() as instance:
         result = materialize_global([outlier_reference, embedding_clusters], store, instance, resources,
                                     upstream=["embeddings", "concept_scores", "outlier_flags"],
@@ -296,9 +296,10 @@ def run_clusters(store: Path, embedder, **config):
 
 @pytest.fixture(scope="module")
 def tiny_clip():
-    from conceptmine_assets.resources.embedder import EmbedderResource, tiny_clip_config_path
+    from conceptmine_assets_tests.helpers import tiny_clip_config_path
+    from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder
 
-    return EmbedderResource(backend="open_clip", model="tiny_clip", pretrained=None,
+    return OpenClipEmbedder(model="tiny_clip", pretrained=None,
                             model_config_path=tiny_clip_config_path(), device="cpu")
 
 
@@ -334,9 +335,9 @@ def test_clusters_in_a_shared_space_are_named_by_the_nearest_concept_text(store,
 def test_clusters_of_three_crops_with_a_large_k(store):
     vectors = np.eye(3, 8, dtype=np.float32)
     seed_clusters_store(store, vectors, ["car", "car", "bus"], "offline:x", "v")
-    from conceptmine_assets.resources.embedder import EmbedderResource
+    from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 
-    md, clusters = run_clusters(store, EmbedderResource(backend="offline", device="cpu"), k=8, min_cluster_size=5)
+    md, clusters = run_clusters(store, OfflineEmbedder(device="cpu"), k=8, min_cluster_size=5)
     assert md["kmeans_k"].value == 2 and "k reduced from 8 to 2" in md["notes"].value
     assert len(clusters) == 3 and clusters["density_cluster"].eq(-1).all()  # 3 crops, min_cluster_size 3: noise
     assert md["density_calinski_harabasz"].value is None and md["map_source"].value.startswith("none")
@@ -423,12 +424,12 @@ def test_clusters_fitted_on_a_sample_and_streamed_equal_the_in_memory_fit(store,
     """Sample >= all crops: labels equal kmeans/HDBSCAN on every row. Smaller sample: the sampled
     crops keep the labels fitted on the sample and every other crop gets its nearest centre."""
     from conceptmine_assets.lib.clustering import assign
-    from conceptmine_assets.resources.embedder import EmbedderResource
+    from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
     from conceptmine_assets.resources.store_sql import connect, reservoir_sample, stored_tables
 
     X, _ = blobs(n=90, centers=3)
     ids = seed_scenes_store(store, X)
-    md, clusters = run_clusters(store, EmbedderResource(backend="offline", device="cpu"), k=3, max_sample=max_sample,
+    md, clusters = run_clusters(store, OfflineEmbedder(device="cpu"), k=3, max_sample=max_sample,
                                 scenes_per_batch=2, min_cluster_size=5)
     assert clusters["scene_name"].tolist() == sorted(clusters["scene_name"])  # scene order, streamed in batches
     by_id = clusters.set_index("detection_id")

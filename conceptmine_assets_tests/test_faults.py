@@ -50,12 +50,13 @@ from conceptmine_assets.assets.embeddings import embeddings
 from conceptmine_assets.assets.frames import frames
 from conceptmine_assets.errors import ConceptmineError, DatasetError, ModelLoadError
 from conceptmine_assets.lib.synth import synth_dataroot
-from conceptmine_assets.resources.detector import DetectorResource
-from conceptmine_assets.resources.embedder import EmbedderResource, tiny_clip_config_path
+from conceptmine_assets.resources.detector import YoloDetector
+from conceptmine_assets.resources.embedder import EmbedderResource
+from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import StoreViews, ParquetIOManager
 from conceptmine_assets.schemas import SCHEMAS
-from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, REAL_SCENE, REPO, materialize_scene
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, REAL_SCENE, REPO, materialize_scene, tiny_clip_config_path
 
 PERCEPTION = [frames, detections, crops, embeddings]
 GOOD, BAD = HIGHWAY_SCENES[0], HIGHWAY_SCENES[1]  # 2 frames and 1 frame, different image files
@@ -66,13 +67,13 @@ GOOD, BAD = HIGHWAY_SCENES[0], HIGHWAY_SCENES[1]  # 2 frames and 1 frame, differ
 
 def tiny_embedder() -> EmbedderResource:
     config_path = tiny_clip_config_path()
-    return EmbedderResource(model="tiny_clip", pretrained=None, model_config_path=config_path, device="cpu")
+    return OpenClipEmbedder(model="tiny_clip", pretrained=None, model_config_path=config_path, device="cpu")
 
 
 def perception_resources(root: Path, store: Path, weights: Path) -> dict:
     return {
         "nuscenes": NuScenesResource(dataroot=str(root)),
-        "detector": DetectorResource(weights=str(weights), device="cpu"),
+        "detector": YoloDetector(weights=str(weights), device="cpu"),
         "embedder": tiny_embedder(),
         "io_manager": ParquetIOManager(base_path=str(store)),
     }
@@ -242,11 +243,11 @@ def test_malformed_table_fails_the_run_naming_it(highway, tmp_path, store, insta
 # ---------------------------------------------------------------- a failing stage leaves other scenes alone
 
 
-class NaNEmbedder(EmbedderResource):
+class NaNEmbedder(OpenClipEmbedder):
     """Returns NaN vectors (a model gone numerically wrong)."""
 
     def encode_images(self, images):
-        return np.full((len(images), self.image_dim), np.nan, dtype=np.float32)
+        return np.full((len(images), self.load().image_dim), np.nan, dtype=np.float32)
 
 
 @pytest.mark.real_model

@@ -22,7 +22,7 @@ from conceptmine_assets_tests.importer_sources import folder_tree, tables, write
 def test_annotations_backend_says_there_are_none(tmp_path, instance, store):
     from conceptmine_assets.assets.detections import detections
     from conceptmine_assets.assets.frames import frames
-    from conceptmine_assets.resources.detector import DetectorResource
+    from conceptmine_assets.resources.detector import AnnotationsDetector
     from conceptmine_assets.resources.storage import ParquetIOManager
 
     out = tmp_path / "out"
@@ -30,7 +30,7 @@ def test_annotations_backend_says_there_are_none(tmp_path, instance, store):
     resources = {
         "nuscenes": NuScenesResource(dataroot=str(out)),
         "io_manager": ParquetIOManager(base_path=str(store)),
-        "detector": DetectorResource(backend="annotations"),
+        "detector": AnnotationsDetector(),
     }
     with pytest.raises(DatasetError, match="has no annotations"):
         materialize_scene([frames, detections], "drive-a", instance, resources)
@@ -60,7 +60,7 @@ def test_whole_pipeline_on_an_import_finds_cars(tmp_path, kind):
     store = tmp_path / "store"
     dets = pd.concat(pd.read_parquet(store / "detections" / f"{s}.parquet") for s in scenes)
     cars = dets[dets["class_name"] == "car"]
-    assert set(cars["scene_name"]) == set(scenes) and cars["detector"].eq("yolo:yolov8n_int8.tflite").all()
+    assert set(cars["scene_name"]) == set(scenes) and cars["detector"].str.startswith("yolo:yolov8n_int8.tflite@").all()
     crops = pd.concat(pd.read_parquet(store / "crops" / f"{s}.parquet") for s in scenes)
     assert len(crops) and crops["lidar_points"].isna().all() and crops["lidar_median_depth"].isna().all()
     embedded = pd.concat(pd.read_parquet(store / "embeddings" / f"{s}.parquet") for s in scenes)

@@ -11,8 +11,8 @@ from conceptmine_assets.assets.embeddings import embeddings
 from conceptmine_assets.assets.frames import frames
 from conceptmine_assets.lib.scenes import concat_scenes, split_scenes
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
-from conceptmine_assets.resources.detector import DetectorResource
-from conceptmine_assets.resources.embedder import EmbedderResource
+from conceptmine_assets.resources.detector import YoloDetector
+from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import ParquetIOManager
 from conceptmine_assets_tests.helpers import HIGHWAY_SCENES
@@ -50,8 +50,8 @@ def test_model_stages_over_a_scene_range_equal_scene_by_scene(highway, yolo_tfli
         return {
             "nuscenes": NuScenesResource(dataroot=str(highway)),
             "io_manager": ParquetIOManager(base_path=str(store)),
-            "detector": DetectorResource(backend="yolo", weights=str(yolo_tflite), device="cpu"),
-            "embedder": EmbedderResource(backend="offline", device="cpu"),
+            "detector": YoloDetector(weights=str(yolo_tflite), device="cpu"),
+            "embedder": OfflineEmbedder(device="cpu"),
         }
 
     instance.add_dynamic_partitions(SCENE_PARTITIONS_NAME, HIGHWAY_SCENES)

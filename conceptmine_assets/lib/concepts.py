@@ -2,8 +2,13 @@
 
 Per crop and concept ``c``:  ``score = w_t · cos(caption, c) + (1 − w_t) · cos(crop, c)``, where
 ``cos(x, c)`` is the max over the concept's prompt embeddings (VL4AD max-logit prompt
-ensemble) and ``w_t`` is fixed (paper default 0.5), adaptive (paper variant, from how well the
-caption agrees with the crop), or 1 when image and text live in different spaces.
+ensemble) and ``w_t`` is fixed (0.5), adaptive (from how well the caption agrees with the crop;
+what the original research code always uses for VLM captions), 0 for a VLM answer that names a
+class but describes nothing (only the crop speaks), or 1 when image and text live in different
+spaces.
+
+A VLM answer "others" is accepted as the top concept, as in the original: the crop is Rare
+unless its detector class is a target.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from conceptmine_assets.lib.captioning import OTHERS
 from conceptmine_assets.lib.vocabulary import Vocabulary
 
 
@@ -69,19 +75,24 @@ def fuse(text_scores: np.ndarray, image_scores: np.ndarray | None, weight_text: 
 def text_weights(
     n: int,
     weight_text: float,
-    adaptive: bool,
+    adaptive: bool | np.ndarray,
     caption_emb: np.ndarray | None = None,
     crop_emb: np.ndarray | None = None,
     has_image: np.ndarray | None = None,
+    label_only: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(n,) per-crop ``w_t``: 1 where there is no image embedding, else fixed or adaptive."""
+    """(n,) per-crop ``w_t``: 1 where there is no image embedding; else 0 where the caption is only
+    a class label (``label_only``), adaptive where ``adaptive`` (a bool or a per-crop mask), fixed
+    ``weight_text`` elsewhere."""
     has_image = np.ones(n, dtype=bool) if has_image is None else np.asarray(has_image, dtype=bool)
     if crop_emb is None:
         return np.ones(n)
-    if adaptive:
-        w = adaptive_weight_text(rowwise_cosine(crop_emb, caption_emb))
-    else:
-        w = np.full(n, float(weight_text))
+    adaptive = np.broadcast_to(np.asarray(adaptive, dtype=bool), (n,))
+    w = np.full(n, float(weight_text))
+    if adaptive.any():
+        w = np.where(adaptive, adaptive_weight_text(rowwise_cosine(crop_emb, caption_emb)), w)
+    if label_only is not None:
+        w = np.where(np.asarray(label_only, dtype=bool), 0.0, w)
     return np.where(has_image, w, 1.0)
 
 
@@ -114,11 +125,16 @@ def rank_concepts(scores: np.ndarray, names: Sequence[str], vlm_class: str | Non
 
     If the VLM's class is itself a concept it is the top concept whatever the scores say; the
     second is then the best other concept. The margin is top − second (negative when the VLM
-    overrode a higher-scoring concept); within ``joint_margin`` in absolute value the label is
-    joint, ``"top|second"``.
+    overrode a higher-scoring concept); strictly within ``joint_margin`` in absolute value the label
+    is joint, ``"top|second"``. A VLM answer ``"others"`` is the top concept (the VLM rejected every
+    class); its top score is then the best concept's score, that concept is the second, and there is
+    no margin.
     """
     scores = np.asarray(scores, dtype=np.float64)
     order = np.argsort(-scores, kind="stable")
+    if vlm_class == OTHERS and OTHERS not in names:
+        best = int(order[0])
+        return Ranking(OTHERS, float(scores[best]), names[best], float(scores[best]), None, None)
     top_i = names.index(vlm_class) if vlm_class in names else int(order[0])
     rest = [int(i) for i in order if int(i) != top_i]
     top_score = float(scores[top_i])
@@ -127,7 +143,7 @@ def rank_concepts(scores: np.ndarray, names: Sequence[str], vlm_class: str | Non
     sec_i = rest[0]
     second_score = float(scores[sec_i])
     margin = top_score - second_score
-    joint = f"{names[top_i]}|{names[sec_i]}" if abs(margin) <= joint_margin else None
+    joint = f"{names[top_i]}|{names[sec_i]}" if abs(margin) < joint_margin else None
     return Ranking(names[top_i], top_score, names[sec_i], second_score, margin, joint)
 
 
@@ -135,7 +151,9 @@ def top_superclass(
     scores: np.ndarray, vocabulary: Vocabulary, forced_concept: str | None = None
 ) -> str:
     """The superclass with the highest merged score (max over its members); the superclass of
-    ``forced_concept`` when the VLM fixed the top concept."""
+    ``forced_concept`` when the VLM fixed the top concept ("others" for "others")."""
+    if forced_concept == OTHERS and OTHERS not in vocabulary.names:
+        return OTHERS
     if forced_concept is not None:
         return vocabulary.superclass_of(forced_concept)
     supers, index = vocabulary.superclass_table()
@@ -145,7 +163,9 @@ def top_superclass(
 
 def assign_group(vocabulary: Vocabulary, class_name: str | None, vlm_class: str | None, top_concept: str) -> str:
     """Target if the detector's or the VLM's class maps to a target concept; else Common if the
-    top concept is in the common list; else Rare."""
+    top concept is in the common list; else Rare (also when the VLM said "others")."""
     if vocabulary.is_target(class_name) or vocabulary.is_target(vlm_class):
         return "target"
+    if top_concept == OTHERS and OTHERS not in vocabulary.names:
+        return "rare"
     return "common" if vocabulary.group_of(top_concept) == "common" else "rare"

@@ -1,5 +1,6 @@
-"""2D object detection behind one resource: an ultralytics YOLO model, or nuScenes 3D boxes
-projected into the camera (``annotations``, ground truth for checks and for annotated data).
+"""2D object detection behind one resource type, one class per backend: :class:`YoloDetector`
+(an ultralytics model) or :class:`AnnotationsDetector` (nuScenes 3D boxes projected into the
+camera: ground truth for checks and for annotated data).
 
 Class names are normalised through one table, ``conceptmine_assets/data/class_map.csv``
 (COCO names and nuScenes categories → nuScenes-style names; anything not listed → ``others``).
@@ -11,15 +12,20 @@ import csv
 import functools
 import hashlib
 import importlib.resources
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import dagster as dg
 import numpy as np
+from pydantic import Field
 
 from conceptmine_assets.errors import DatasetError, ModelLoadError
 from conceptmine_assets.lib.geometry import project_corners
+from conceptmine_assets.lib.identity import ModelIdentity, model_identity
+from conceptmine_assets.lib.versions import require
+from conceptmine_assets.resources.devices import DEVICE_PATTERN, resolve_device
 
 if TYPE_CHECKING:
     from nuscenes.nuscenes import NuScenes
@@ -96,15 +102,6 @@ def stable_id(*parts: object) -> str:
     return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda:0`` when a GPU is visible, else ``cpu``; anything else unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
-
-
 def check_local_weights(weights: str) -> None:
     """Fail, naming the file, on a weights path that must be local and is absent.
 
@@ -123,6 +120,7 @@ def check_local_weights(weights: str) -> None:
 def _load_yolo(weights: str) -> Any:
     """Load an ultralytics detector once per process per weights file."""
     check_local_weights(weights)
+    require("ultralytics")
     from ultralytics import YOLO
 
     try:
@@ -131,31 +129,42 @@ def _load_yolo(weights: str) -> Any:
         raise ModelLoadError(f"could not load YOLO weights {weights}: {type(exc).__name__}: {exc}") from exc
 
 
-class DetectorResource(dg.ConfigurableResource):
-    """2D detector: ``yolo`` runs ultralytics weights (.pt/.onnx/.tflite, bare names download where
-    there is internet); ``annotations`` projects the sample's 3D boxes with the nuscenes-devkit."""
+class DetectorResource(dg.ConfigurableResource, ABC):
+    """A 2D detector (resource key ``detector``); assets declare this base type and get one of
+    :class:`YoloDetector` or :class:`AnnotationsDetector`."""
 
-    backend: Literal["yolo", "annotations"] = "yolo"
-    weights: str = "yolov8l.pt"  # the paper's detector
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["fp32", "fp16"] = "fp32"
-    batch_size: int = 16
-    conf: float = 0.25
-    iou: float = 0.45
-    max_det: int = 100
-    imgsz: int = 640
-    box_visibility: Literal["any", "all", "none"] = "any"  # annotations: devkit BoxVisibility
-    min_visibility: int = 1  # annotations: lowest nuScenes visibility token kept (1..4)
+    backend: ClassVar[str]
+
+    @abstractmethod
+    def identity(self) -> ModelIdentity:
+        """What makes this detector's boxes what they are, computed without loading anything."""
 
     @property
     def model_id(self) -> str:
-        """Identity of the detector, stored with every box: ``yolo:<weights file name>`` or ``annotations``."""
-        return "annotations" if self.backend == "annotations" else f"yolo:{Path(self.weights).name}"
+        """Stored with every box (``detections.detector``) and observed as ``detector_model``'s version."""
+        return self.identity().model_id
+
+
+class YoloDetector(DetectorResource):
+    """An ultralytics YOLO model (.pt/.onnx/.tflite). A bare hub name (``yolov8l.pt``) is looked
+    up in the working directory and downloaded where there is internet; air-gapped hosts give a path."""
+
+    backend: ClassVar[str] = "yolo"
+    weights: str = Field(description="weights file path (or a bare ultralytics hub name such as yolov8l.pt)")
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda or cuda:<n>")
+    precision: Literal["fp32", "fp16"] = Field(default="fp32", description="fp16: ultralytics quantize=16 (GPU)")
+    batch_size: int = Field(default=16, ge=1, description="frames per predict call")
+    conf: float = Field(default=0.25, ge=0.0, le=1.0, description="minimum box confidence")
+    iou: float = Field(default=0.45, ge=0.0, le=1.0, description="NMS IoU threshold")
+    max_det: int = Field(default=100, ge=1, description="most boxes per image")
+    imgsz: int = Field(default=640, ge=32, description="inference image size in pixels")
+
+    def identity(self) -> ModelIdentity:
+        settings = self.model_dump(include={"conf", "iou", "max_det", "imgsz", "precision"})
+        return model_identity(f"yolo:{Path(self.weights).name}", settings, [self.weights], ["ultralytics"])
 
     def load(self) -> Any:
         """The ultralytics model (loaded on first use, then shared by the process)."""
-        if self.backend != "yolo":
-            raise ModelLoadError(f"detector backend {self.backend!r} has no model to load")
         return _load_yolo(self.weights)
 
     def predict(self, images: list[np.ndarray]) -> list[list[Box]]:
@@ -175,6 +184,19 @@ class DetectorResource(dg.ConfigurableResource):
         )
         return [_result_boxes(r) for r in results]
 
+
+class AnnotationsDetector(DetectorResource):
+    """The sample's annotated nuScenes 3D boxes projected into the camera (ground truth)."""
+
+    backend: ClassVar[str] = "annotations"
+    box_visibility: Literal["any", "all", "none"] = Field(
+        default="any", description="devkit BoxVisibility: keep boxes with any / all corners in the image, or all"
+    )
+    min_visibility: int = Field(default=1, ge=1, le=4, description="lowest nuScenes visibility token kept (1..4)")
+
+    def identity(self) -> ModelIdentity:
+        return model_identity("annotations", self.model_dump(include={"box_visibility", "min_visibility"}))
+
     def annotation_boxes(self, nusc: NuScenes, sample_data_token: str) -> AnnotationBoxes:
         """The sample's annotated 3D boxes projected into this camera image, filtered by visibility."""
         from nuscenes.utils.geometry_utils import BoxVisibility
@@ -192,21 +214,23 @@ class DetectorResource(dg.ConfigurableResource):
             if extent is None:
                 behind += 1
                 continue
-            boxes.append(
-                Box(
-                    source_class=ann["category_name"],
-                    confidence=1.0,
-                    x1=extent[0],
-                    y1=extent[1],
-                    x2=extent[2],
-                    y2=extent[3],
-                    annotation_token=ann["token"],
-                    category=ann["category_name"],
-                    attributes=tuple(nusc.get("attribute", t)["name"] for t in ann["attribute_tokens"]),
-                    visibility=ann["visibility_token"],
-                )
-            )
+            boxes.append(_annotation_box(nusc, ann, extent))
         return AnnotationBoxes(boxes=boxes, behind_camera=behind, below_min_visibility=low)
+
+
+def _annotation_box(nusc: NuScenes, ann: dict, extent: tuple[float, float, float, float]) -> Box:
+    return Box(
+        source_class=ann["category_name"],
+        confidence=1.0,
+        x1=extent[0],
+        y1=extent[1],
+        x2=extent[2],
+        y2=extent[3],
+        annotation_token=ann["token"],
+        category=ann["category_name"],
+        attributes=tuple(nusc.get("attribute", t)["name"] for t in ann["attribute_tokens"]),
+        visibility=ann["visibility_token"],
+    )
 
 
 def _visibility_level(ann: dict) -> int:

@@ -9,7 +9,7 @@ removed. Local indexes are memory-mapped (loading costs milliseconds whatever th
 object-store ones are downloaded.
 
 The manifest records the (size, mtime) of every scene file the index was built from
-(:meth:`SearchIndexResource.fingerprint`); :meth:`LoadedIndex.stale` compares it with the store.
+(:func:`fingerprint`); :meth:`LoadedIndex.stale` compares it with the store.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-import duckdb
 import faiss
 import numpy as np
 import pandas as pd
@@ -43,7 +42,7 @@ from conceptmine_assets.lib.search import (
     top_rows,
 )
 from conceptmine_assets.resources.storage import atomic_write
-from conceptmine_assets.resources.store_sql import is_local
+from conceptmine_assets.resources.store_sql import StoredTable, is_local, stored_tables
 
 FOLDER = "search_index"
 FORMAT = 1
@@ -141,36 +140,10 @@ class SearchIndexResource(dg.ConfigurableResource):
     def _root(self) -> UPath:
         return UPath(self.base_path, **self.storage_options)
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection that can read the store (remote ones too)."""
-        con = duckdb.connect(":memory:")
-        root = self._root()
-        if not is_local(root):
-            con.register_filesystem(root.fs)
-        return con
-
-    def scene_files(self, asset: str) -> dict[str, UPath]:
-        """``{scene: file}`` of a scene-partitioned asset, sorted by scene (empty if none)."""
-        folder = self._root() / asset
-        if not folder.is_dir():
-            return {}
-        files = [p for p in folder.iterdir() if p.name.endswith(".parquet") and not p.name.startswith(".")]
-        return {p.name[: -len(".parquet")]: p for p in sorted(files, key=lambda p: p.name)}
-
     def fingerprint(self, assets: list[str]) -> dict[str, dict[str, list[int]]]:
-        """Per asset, per scene file: [size, mtime in ns] (what staleness is judged by)."""
-        out: dict[str, dict[str, list[int]]] = {}
-        for asset in assets:
-            out[asset] = {}
-            for scene, path in self.scene_files(asset).items():
-                if is_local(path):
-                    st = os.stat(_local(path))
-                    out[asset][scene] = [st.st_size, st.st_mtime_ns]
-                else:
-                    info = path.fs.info(path.path)
-                    mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") or 0
-                    out[asset][scene] = [int(info["size"]), int(pd.Timestamp(mtime).value)]
-        return out
+        """The store's current :func:`fingerprint` of these assets (an asset with no files: empty)."""
+        tables = stored_tables(self.base_path, self.storage_options)
+        return {name: fingerprint([tables[name]])[name] if name in tables else {} for name in assets}
 
     def publish(self, build: IndexBuild) -> str:
         """Write ``build`` into a fresh folder and make it current; returns the folder's name."""
@@ -210,6 +183,23 @@ class SearchIndexResource(dg.ConfigurableResource):
             raise ConceptmineError(f"search index at {folder} has format {manifest.get('format')}, "
                                    f"this version reads {FORMAT}; re-materialise `search_index`")
         return LoadedIndex(manifest, folder)
+
+
+def fingerprint(tables: list[StoredTable]) -> dict[str, dict[str, list[int]]]:
+    """Per asset, per scene file: [size, mtime in ns] (what the index's staleness is judged by)."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for table in tables:
+        out[table.name] = {}
+        for scene, file in zip(table.partitions, table.files):
+            path = UPath(file, **table.storage_options)
+            if is_local(path):
+                st = os.stat(_local(path))
+                out[table.name][scene] = [st.st_size, st.st_mtime_ns]
+            else:
+                info = path.fs.info(path.path)
+                mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") or 0
+                out[table.name][scene] = [int(info["size"]), int(pd.Timestamp(mtime).value)]
+    return out
 
 
 def search_crops(store: SearchIndexResource, embedder, text: str, k: int = 10) -> tuple[SearchResult, list[str]]:

