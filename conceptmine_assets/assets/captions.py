@@ -159,6 +159,30 @@ def add_caption_embeddings(outputs: dict[str, pd.DataFrame], embedder: EmbedderR
         df.attrs["vector_dims"] = {"caption_embedding": embedder.load().text_dim}
 
 
+def _plans(scenes: list[str], inputs: list[dict], vocab, config: CaptionsConfig) -> tuple[dict, int, Counter]:
+    """Per scene, its crop table and which rows go to the VLM (the budget is per scene); with the
+    crops over budget and the reasons crops were selected."""
+    plans, reasons, over_budget = {}, Counter(), 0
+    for scene in scenes:
+        table = crop_table(*(t[scene] for t in inputs))
+        chosen, over, why = select_for_vlm(table, vocab, config)
+        plans[scene] = (table, chosen)
+        over_budget += len(over)
+        reasons.update(why)
+    return plans, over_budget, reasons
+
+
+def _timings(vlm_s: float, sent: int, latencies: list[float], started: float) -> dict:
+    """Timing metadata of a captions run (timings never go into the stored rows)."""
+    return {
+        "captioner_seconds": round(vlm_s, 3),
+        "captions_per_s": round(sent / vlm_s, 2) if sent and vlm_s > 0 else None,
+        "latency_s_mean": round(float(np.mean(latencies)), 4) if latencies else None,
+        "latency_s_max": round(max(latencies), 4) if latencies else None,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
 @dg.asset(
     deps=["captioner_model", "embedding_model"],
     partitions_def=scene_partitions,
@@ -192,15 +216,7 @@ def captions(
     started = time.perf_counter()
     vocab = vocabulary.load()
     inputs = [by_scene(t, scenes) for t in (crops, detections, outlier_flags)]
-    plans = {}  # per scene: its crop table and which rows go to the VLM (the budget is per scene)
-    reasons: Counter = Counter()
-    over_budget = 0
-    for scene in scenes:
-        table = crop_table(*(t[scene] for t in inputs))
-        chosen, over, why = select_for_vlm(table, vocab, config)
-        plans[scene] = (table, chosen)
-        over_budget += len(over)
-        reasons.update(why)
+    plans, over_budget, reasons = _plans(scenes, inputs, vocab, config)
     requests = [_request(table.iloc[pos]) for table, chosen in plans.values() for pos in chosen]
     vlm_started = time.perf_counter()
     results = iter(captioner.caption(requests))  # one batched pass over every scene of the run
@@ -229,11 +245,7 @@ def captions(
             "backend": captioner.backend,
             "model_id": captioner.model_id,
             "vocabulary_version": vocab.identity,
-            "captioner_seconds": round(vlm_s, 3),
-            "captions_per_s": round(len(requests) / vlm_s, 2) if requests and vlm_s > 0 else None,
-            "latency_s_mean": round(float(np.mean(latencies)), 4) if latencies else None,
-            "latency_s_max": round(max(latencies), 4) if latencies else None,
-            "seconds": round(time.perf_counter() - started, 3),
+            **_timings(vlm_s, len(requests), latencies, started),
         }
     )
     return outputs[scenes[0]] if len(scenes) == 1 else outputs
