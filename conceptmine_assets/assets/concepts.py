@@ -133,12 +133,8 @@ def score_rows(
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SCENES_PER_RUN),
 )
 def concept_scores(
-    context: dg.AssetExecutionContext,
-    config: ConceptScoresConfig,
-    captions: SceneTables,
-    embeddings: SceneTables,
-    embedder: EmbedderResource,
-    vocabulary: VocabularyResource,
+    context: dg.AssetExecutionContext, config: ConceptScoresConfig, captions: SceneTables, embeddings: SceneTables,
+    embedder: EmbedderResource, vocabulary: VocabularyResource,
 ) -> SceneTables:
     """One row per crop of the scene (key: detection_id, plus scene_name, sample_token,
     sample_data_token, channel, class_name): the caption, every concept's score

@@ -145,10 +145,7 @@ def _crops_frame(rows: list[dict]) -> pd.DataFrame:
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SCENES_PER_RUN),
 )
 def crops(
-    context: dg.AssetExecutionContext,
-    config: CropsConfig,
-    frames: SceneTables,
-    detections: SceneTables,
+    context: dg.AssetExecutionContext, config: CropsConfig, frames: SceneTables, detections: SceneTables,
     nuscenes: NuScenesResource,
 ) -> SceneTables:
     """One row per detection that yields a usable crop (key ``detection_id``): the box clipped to the

@@ -176,10 +176,7 @@ def _join_quality(embeddings: pd.DataFrame, crops: pd.DataFrame, scene: str) -> 
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SCENES_PER_RUN),
 )
 def outlier_flags(
-    context: dg.AssetExecutionContext,
-    config: OutlierFlagsConfig,
-    embeddings: SceneTables,
-    crops: SceneTables,
+    context: dg.AssetExecutionContext, config: OutlierFlagsConfig, embeddings: SceneTables, crops: SceneTables,
     outlier_reference: OutlierReference,
 ) -> SceneTables:
     """One row per embedded crop of the scene (detection_id, sample_token, class_name): the
