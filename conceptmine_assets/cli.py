@@ -46,15 +46,19 @@ def register_scenes(instance: dg.DagsterInstance) -> list[str]:
 
 
 def run_pipeline(
-    instance: dg.DagsterInstance, scenes: list[str], cameras: list[str] | None = None, split: dict | None = None
+    instance: dg.DagsterInstance,
+    scenes: list[str],
+    cameras: list[str] | None = None,
+    split: dict | None = None,
+    defs: dg.Definitions | None = None,
 ) -> None:
     """Per-scene stages for every scene, then the global stages, each as a recorded run.
 
     Settings come from the config file (``conceptmine.yaml``); ``cameras`` and ``split`` override
-    it for this call only (tests)."""
+    it for this call only (tests); ``defs`` replaces the deployment's definitions (the benchmark)."""
     from conceptmine_assets.definitions import PIPELINE
 
-    defs = _definitions()
+    defs = defs or _definitions()
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     run_config = {**quiet, "ops": {"frames": {"config": {"cameras": cameras}}}} if cameras else quiet
     for stage_job, global_job in PIPELINE:

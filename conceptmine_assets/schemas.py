@@ -20,8 +20,8 @@ _vec = pa.list_(_f32)
 _f64s = pa.list_(_f64)
 _strs = pa.list_(_str)
 
-# Columns that every scene-partitioned table carries (the partition key is scene_name).
-_KEYS = [("scene_name", _str), ("sample_token", _str)]
+# The key columns of every per-detection table (detections, crops, embeddings, outlier_flags,
+# captions, concept_scores): detection_id is unique; scene_name is the partition key.
 _DET_KEYS = [
     ("detection_id", _str),
     ("scene_name", _str),
@@ -30,6 +30,8 @@ _DET_KEYS = [
     ("channel", _str),
     ("class_name", _str),
 ]
+
+KEY_COLUMNS: list[str] = [name for name, _ in _DET_KEYS]
 
 FRAMES = pa.schema(
     [

@@ -3,7 +3,6 @@
 from collections import Counter
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq

@@ -7,7 +7,6 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score

@@ -12,9 +12,8 @@ from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.embedder import EmbedderResource
-from conceptmine_assets.schemas import EMBEDDINGS, column_schema
+from conceptmine_assets.schemas import EMBEDDINGS, KEY_COLUMNS, column_schema
 
-KEY_COLUMNS = ["detection_id", "scene_name", "sample_token", "sample_data_token", "channel", "class_name"]
 MAX_IDS_IN_ERROR = 20
 
 
