@@ -10,14 +10,14 @@ import pandas as pd
 
 from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, by_scene
 from conceptmine_assets.lib.vocabulary import Vocabulary, humanize
+from conceptmine_assets.lib.outliers import outlier_or_false
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.captioner import CaptionerResource, CaptionRequest, CaptionResult
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.vocabulary import VocabularyResource
-from conceptmine_assets.schemas import CAPTIONS, column_schema
+from conceptmine_assets.schemas import CAPTIONS, KEY_COLUMNS, column_schema
 from conceptmine_assets.settings import stage_config
 
-KEY_COLUMNS = ["detection_id", "scene_name", "sample_token", "sample_data_token", "channel", "class_name"]
 _KIND_RANK = {"target": 0, "rare": 1, "unknown": 2}
 MAX_LISTED = 20
 
@@ -44,7 +44,7 @@ def crop_table(crops: pd.DataFrame, detections: pd.DataFrame, outlier_flags: pd.
     flags = outlier_flags[["detection_id", "is_outlier", "outlier_detectors"]].drop_duplicates("detection_id")
     table = crops.merge(det, on="detection_id", how="left").merge(flags, on="detection_id", how="left")
     table["has_flags"] = table["is_outlier"].notna()
-    table["is_outlier"] = table["is_outlier"].astype("boolean").fillna(False).astype(bool)
+    table["is_outlier"] = outlier_or_false(table["is_outlier"])
     table["outlier_detectors"] = table["outlier_detectors"].map(_as_list)
     table["attributes"] = table["attributes"].map(_as_list)
     return table.reset_index(drop=True)

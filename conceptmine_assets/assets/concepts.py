@@ -16,10 +16,9 @@ from conceptmine_assets.lib.vocabulary import Vocabulary
 from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.embedder import EmbedderResource
-from conceptmine_assets.schemas import CONCEPT_SCORES, column_schema
+from conceptmine_assets.schemas import CONCEPT_SCORES, KEY_COLUMNS, column_schema
 from conceptmine_assets.settings import stage_config
 
-KEY_COLUMNS = ["detection_id", "scene_name", "sample_token", "sample_data_token", "channel", "class_name"]
 
 _PROMPT_CACHE: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
 _PROMPT_CACHE_LOCK = threading.Lock()

@@ -20,10 +20,9 @@ from conceptmine_assets.lib.images import ImageDecodeError, encode_jpeg, read_rg
 from conceptmine_assets.lib.quality import image_quality
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets.schemas import CROPS, column_schema
+from conceptmine_assets.schemas import CROPS, KEY_COLUMNS, column_schema
 from conceptmine_assets.settings import stage_config
 
-_KEY_COLUMNS = ["detection_id", "scene_name", "sample_token", "sample_data_token", "channel", "class_name"]
 _BOX = ["x1", "y1", "x2", "y2"]
 
 
@@ -103,7 +102,7 @@ def frame_crops(
             depth = None if np.isnan(lidar[1][i]) else float(lidar[1][i])
         rows.append(
             {
-                **{c: det[c] for c in _KEY_COLUMNS},
+                **{c: det[c] for c in KEY_COLUMNS},
                 "confidence": det["confidence"],
                 **dict(zip(_BOX, box, strict=True)),
                 "crop_x1": cx1,

@@ -8,7 +8,7 @@ store and memory stays bounded. Quality scores, names and plots come from the sa
 
 import time
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import dagster as dg
 import numpy as np
@@ -18,6 +18,7 @@ from pydantic import Field
 
 from conceptmine_assets.lib.clustering import (
     Clustering,
+    SampleAssigner,
     assign,
     density_clustering,
     format_names,
@@ -98,8 +99,14 @@ def _chunks(tables: tuple[StoredTable, ...], size: int) -> Iterator[tuple[Stored
         yield tuple(t.only(scenes[i: i + size]) for t in tables)
 
 
-def _sample(tables: tuple[StoredTable, ...], config: EmbeddingClustersConfig) -> tuple[pd.DataFrame, np.ndarray, str]:
-    """(sample rows with their concept info, their embeddings, the one model id of the store)."""
+class Sample(NamedTuple):
+    info: pd.DataFrame  # detection_id, group, top_concept, top_score, vocabulary_version, is_outlier
+    X: np.ndarray  # their embeddings
+    model_id: str  # the one model of the store's embeddings
+
+
+def _sample(tables: tuple[StoredTable, ...], config: EmbeddingClustersConfig) -> Sample:
+    """The seeded reservoir sample of the crops with their concept info and embeddings."""
     with connect(*tables) as con:
         models = [r[0] for r in con.execute("SELECT DISTINCT model_id FROM embeddings ORDER BY 1").fetchall()]
         check_embedding_model(models, models[0] if models else "", f"embeddings under {tables[0].store}",
@@ -108,7 +115,7 @@ def _sample(tables: tuple[StoredTable, ...], config: EmbeddingClustersConfig) ->
         con.register("picked", pa.table({"detection_id": pa.array(sample["detection_id"].tolist(), pa.string())}))
         info = con.execute(_SAMPLE_INFO_SQL).df()
     X = stack_vectors(sample["embedding"], 0)
-    return info.assign(is_outlier=info["is_outlier"].astype(bool)), X, models[0] if models else ""
+    return Sample(info.assign(is_outlier=info["is_outlier"].astype(bool)), X, models[0] if models else "")
 
 
 def _text_namer(info: pd.DataFrame, X: np.ndarray, embedder: EmbedderResource, vocabulary_file: VocabularyResource,
@@ -156,25 +163,7 @@ def _label_names(clusterings: tuple[Clustering, ...], info: pd.DataFrame, namer,
     return out
 
 
-class _Assigner:
-    """Labels of every crop, scene batch by scene batch, with sample members keeping theirs."""
-
-    def __init__(self, clusterings: tuple[Clustering, ...], info: pd.DataFrame):
-        self.clusterings = clusterings
-        self.fitted = [dict(zip(info["detection_id"], c.labels)) for c in clusterings]
-
-    def __call__(self, ids: list[str], X: np.ndarray) -> list[np.ndarray]:
-        out = []
-        for c, fitted in zip(self.clusterings, self.fitted):
-            labels = assign(X, c)
-            for i, d in enumerate(ids):
-                if d in fitted:
-                    labels[i] = fitted[d]
-            out.append(labels)
-        return out
-
-
-def _assign_all(tables, config, assigner: _Assigner, tally: ClusterTally) -> list[np.ndarray]:
+def _assign_all(tables, config, assigner: SampleAssigner, tally: ClusterTally) -> list[np.ndarray]:
     """Pass 1: read embeddings batch by batch, assign labels, tally cluster sizes."""
     parts: list[list[np.ndarray]] = [[] for _ in assigner.clusterings]
     for chunk in _chunks(tables, config.scenes_per_batch):
@@ -287,7 +276,7 @@ def embedding_clusters(
     coords, map_source = map_lookup(info["detection_id"].to_numpy(dtype=object), X, outlier_reference, model_id,
                                     config.map_max_points, config.tsne_perplexity, config.seed)
     tally = ClusterTally([kmeans.method, density.method], coords)
-    labels = _assign_all(tables, config, _Assigner((kmeans, density), info), tally)
+    labels = _assign_all(tables, config, SampleAssigner((kmeans, density), info["detection_id"]), tally)
     notes = kmeans.notes + density.notes
     for note in notes:
         context.log.warning(note)

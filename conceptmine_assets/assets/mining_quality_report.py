@@ -6,6 +6,7 @@ Annotations are counted per (sample, class) in DuckDB straight from the dataroot
 
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import dagster as dg
 import duckdb
@@ -51,9 +52,15 @@ LEFT JOIN catmap m ON m.category = a.category
 """
 
 
-def gt_counts(con: duckdb.DuckDBPyConnection, table_dir: Path):
-    """(per (sample_token, class_name) annotation counts ``n``, unmapped counts per category,
-    annotations whose class came from `detections`).
+class GroundTruth(NamedTuple):
+    counts: pd.DataFrame  # sample_token, class_name, n (annotations)
+    unmapped: dict[str, int]  # annotations without a class, per nuScenes category
+    from_detections: int  # annotations whose class came from `detections`
+
+
+def gt_counts(con: duckdb.DuckDBPyConnection, table_dir: Path) -> GroundTruth:
+    """Annotation counts per (sample, class) of the training samples, unmapped ones, and how
+    many classes came from `detections`.
 
     The class is the annotations backend's ``class_name`` in `detections` where the annotation
     has a row there (same normalisation as the crops), else the devkit's
@@ -72,7 +79,7 @@ def gt_counts(con: duckdb.DuckDBPyConnection, table_dir: Path):
     unmapped = dict(con.execute("SELECT category, count(*) FROM ann_classed WHERE class_name IS NULL "
                                 "GROUP BY 1 ORDER BY 1").fetchall())
     used = con.execute("SELECT count(from_detections) FROM ann_classed").fetchone()[0]
-    return counts, {str(k): int(v) for k, v in unmapped.items()}, int(used)
+    return GroundTruth(counts, {str(k): int(v) for k, v in unmapped.items()}, int(used))
 
 
 @stage_config("mining_quality_report")

@@ -1,7 +1,7 @@
 """`outlier_reference` (fitted once over all scenes) and `outlier_flags` (one scoring pass per scene)."""
 
 import time
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import dagster as dg
 import duckdb
@@ -26,7 +26,7 @@ from conceptmine_assets.lib.model_guard import check_embedding_model
 from conceptmine_assets.lib.tables import stack_vectors
 from conceptmine_assets.partitions import all_scenes, scene_partitions
 from conceptmine_assets.resources.store_sql import StoredTable, connect, reservoir_sample
-from conceptmine_assets.schemas import OUTLIER_FLAGS, column_schema
+from conceptmine_assets.schemas import KEY_COLUMNS, OUTLIER_FLAGS, column_schema
 from conceptmine_assets.settings import stage_config
 
 
@@ -45,8 +45,17 @@ class OutlierReferenceConfig(dg.Config):
     tsne_perplexity: float = Field(30.0, gt=0.0, description="t-SNE perplexity (capped at (points - 1) / 3).")
 
 
-def _check_one_model(con: duckdb.DuckDBPyConnection, store: str) -> tuple[str, int, int, int]:
-    """(model_id, dim, rows, scenes) of all stored embeddings; an error if they are mixed."""
+class EmbeddingStats(NamedTuple):
+    """What the store's embeddings are: one model, one dimension."""
+
+    model_id: str
+    dim: int
+    rows: int
+    scenes: int
+
+
+def _check_one_model(con: duckdb.DuckDBPyConnection, store: str) -> EmbeddingStats:
+    """Model, dimension, rows and scenes of all stored embeddings; an error if they are mixed."""
     groups = con.execute(
         "SELECT model_id, len(embedding) AS dim, count(*) AS n, count(DISTINCT scene_name) AS scenes "
         "FROM embeddings GROUP BY ALL ORDER BY n DESC"
@@ -60,7 +69,7 @@ def _check_one_model(con: duckdb.DuckDBPyConnection, store: str) -> tuple[str, i
             "re-materialise `embeddings` for every scene with one model"
         )
     row = groups.iloc[0]
-    return str(row["model_id"]), int(row["dim"]), int(row["n"]), int(row["scenes"])
+    return EmbeddingStats(str(row["model_id"]), int(row["dim"]), int(row["n"]), int(row["scenes"]))
 
 
 @dg.asset(
@@ -188,7 +197,7 @@ def outlier_flags(
     is_outlier, fired = combine(flags, config.combine, config.min_votes)
     limits = QualityThresholds(config.glare_overexposed_frac, config.dark_frac, config.blur_laplacian_var)
     qflags, unknown_quality = quality_flags(df, limits)
-    out = df[["detection_id", "scene_name", "sample_token", "sample_data_token", "channel", "class_name"]].copy()
+    out = df[KEY_COLUMNS].copy()
     for d in DETECTORS:
         out[f"{d}_score"] = scores[d].astype(np.float32)
         out[f"{d}_flag"] = flags[d]

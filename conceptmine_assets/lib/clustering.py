@@ -250,3 +250,21 @@ def map_lookup(
     coords, source = map_coordinates(ids, X, None, model_id, max_points, perplexity, seed)
     keep = ~np.isnan(coords[:, 0])
     return {str(d): (float(x), float(y)) for d, (x, y) in zip(ids[keep], coords[keep])}, source
+
+
+class SampleAssigner:
+    """Labels of every crop, scene batch by scene batch, with sample members keeping theirs."""
+
+    def __init__(self, clusterings: tuple[Clustering, ...], sample_ids: pd.Series | list[str]):
+        self.clusterings = clusterings
+        self.fitted = [dict(zip(sample_ids, c.labels)) for c in clusterings]
+
+    def __call__(self, ids: list[str], X: np.ndarray) -> list[np.ndarray]:
+        out = []
+        for c, fitted in zip(self.clusterings, self.fitted):
+            labels = assign(X, c)
+            for i, d in enumerate(ids):
+                if d in fitted:
+                    labels[i] = fitted[d]
+            out.append(labels)
+        return out

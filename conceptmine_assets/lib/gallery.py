@@ -18,6 +18,8 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from conceptmine_assets.lib.outliers import outlier_or_false
+
 GROUP_RANK = {"target": 0, "rare": 1, "common": 2}
 SECTIONS = {"mined": "Mined split", "all": "All crops by group"}
 ITEM_COLUMNS = [
@@ -120,7 +122,7 @@ def gallery_items(
     items["page"] = items["page"].astype(np.int64)
     jpegs = items["image_jpeg"] if "image_jpeg" in items else [None] * len(items)
     items["has_image"] = [isinstance(b, (bytes, bytearray)) and len(b) > 0 for b in jpegs]
-    items["is_outlier"] = items["is_outlier"].astype("boolean").fillna(False).astype(bool)
+    items["is_outlier"] = outlier_or_false(items["is_outlier"])
     return items, missing
 
 

@@ -43,6 +43,11 @@ DETECTORS: tuple[str, ...] = ("iforest", "lof", "knn")
 # A crop without an `outlier_flags` row (not scored yet) counts as not an outlier: the one
 # statement of that rule, for queries that LEFT JOIN outlier_flags AS o.
 IS_OUTLIER_SQL = "coalesce(o.is_outlier, false)"
+
+
+def outlier_or_false(values: pd.Series) -> np.ndarray:
+    """:data:`IS_OUTLIER_SQL` for a left-joined pandas column: a missing flag is not an outlier."""
+    return values.astype("boolean").fillna(False).astype(bool).to_numpy()
 MIN_REFERENCE_ROWS = 3
 QUALITY_FLAGS: tuple[str, ...] = ("glare", "dark", "blur")
 
@@ -253,6 +258,7 @@ def quality_flags(crops: pd.DataFrame, limits: QualityThresholds = QualityThresh
 __all__ = [
     "DETECTORS",
     "IS_OUTLIER_SQL",
+    "outlier_or_false",
     "MIN_REFERENCE_ROWS",
     "OutlierParams",
     "OutlierReference",
