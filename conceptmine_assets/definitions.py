@@ -78,7 +78,7 @@ def build_resources(settings: Settings) -> dict:
         "pickle_io_manager": PickleIOManager(base_path=settings.store),
         "store_views": StoreViews(base_path=settings.store),
         "search_index_store": SearchIndexResource(base_path=settings.store),
-        "vocabulary_file": VocabularyResource(path=settings.vocabulary),
+        "vocabulary": VocabularyResource(path=settings.vocabulary),
         **model_resources(settings),
     }
 

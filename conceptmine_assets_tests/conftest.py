@@ -47,7 +47,7 @@ def instance():
 def real_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The whole pipeline on the real slice, once per test session, as ``conceptmine demo`` runs it
     (offline profile, the dataset's own boxes, CAM_FRONT), then a mined split that takes the one
-    sample (target budget 100 %) with the explain assets. Returns paths, the result and the
+    sample (target budget 100 %) with embedding_clusters and gallery. Returns paths, the result and the
     mining-quality report's metadata."""
     from threadpoolctl import threadpool_limits
 

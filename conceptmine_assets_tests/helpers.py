@@ -67,6 +67,20 @@ def gt_truck(real_slice: Path) -> tuple[str, tuple[float, float, float, float]]:
     return big.annotation_token, (big.x1, big.y1, big.x2, big.y2)
 
 
+def tiny_clip_config_path() -> str:
+    """A tiny open_clip config (model name ``tiny_clip``, 64-d) for random CI twins of CLIP."""
+    return str(Path(__file__).parent / "tiny_clip.json")
+
+
+def box_iou(a: tuple, b: tuple) -> float:
+    """Intersection over union of two boxes; 0 when either has no area."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 # ---------------------------------------------------------------- running assets
 
 

@@ -19,7 +19,7 @@ from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, copy_dataroot
 SCENE_ASSETS = ["frames", "detections", "crops", "embeddings", "outlier_flags", "captions", "concept_scores"]
 GLOBAL_ASSETS = ["outlier_reference", "mined_split", "mining_quality_report", "embedding_clusters", "gallery", "search_index"]
 DERIVED = sorted(set(GLOBAL_ASSETS) - {"outlier_reference"})  # cheap global views, refreshed after scenes
-SOURCES = ["detector_model", "embedding_model", "captioner_model", "concept_vocabulary"]
+SOURCES = ["detector_model", "embedding_model", "captioner_model", "vocabulary"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 MONDAY_4AM = datetime(2026, 11, 23, 4, 0, tzinfo=timezone.utc)  # just after the weekly re-mining tick
 

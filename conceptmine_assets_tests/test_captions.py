@@ -383,7 +383,7 @@ def _materialize(store: Path, instance, captioner: CaptionerResource, config: di
     result = materialize_scene(
         [captions, *UPSTREAM], SCENE, instance,
         {"io_manager": ParquetIOManager(base_path=str(store)), "captioner": captioner,
-         "vocabulary_file": VocabularyResource(), "embedder": OFFLINE_EMBEDDER},
+         "vocabulary": VocabularyResource(), "embedder": OFFLINE_EMBEDDER},
         run_config={"ops": {"captions": {"config": config or {}}}},
         selection=[captions],
     )
@@ -487,7 +487,7 @@ def test_captions_over_several_scenes_in_one_run(store, instance):
     result = dg.materialize(
         [captions, *UPSTREAM], selection=[captions], instance=instance,
         resources={"io_manager": ParquetIOManager(base_path=str(store)), "captioner": TemplateCaptioner(),
-                   "vocabulary_file": VocabularyResource(), "embedder": OFFLINE_EMBEDDER},
+                   "vocabulary": VocabularyResource(), "embedder": OFFLINE_EMBEDDER},
         run_config={"ops": {"captions": {"config": {"max_per_scene": 2}}}},
         tags={"dagster/asset_partition_range_start": scenes[0], "dagster/asset_partition_range_end": scenes[1]},
     )

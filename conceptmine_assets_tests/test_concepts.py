@@ -35,12 +35,12 @@ from conceptmine_assets.lib.vocabulary import (
     load_vocabulary,
 )
 from conceptmine_assets.partitions import scene_partitions
-from conceptmine_assets.resources.embedder import EmbedderResource, tiny_clip_config_path
+from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder
 from conceptmine_assets.resources.storage import ParquetIOManager
 from conceptmine_assets.schemas import CAPTIONS, CONCEPT_SCORES, EMBEDDINGS
-from conceptmine_assets_tests.helpers import materialize_scene, write_table
+from conceptmine_assets_tests.helpers import materialize_scene, tiny_clip_config_path, write_table
 
 SCENE = "scene-test-0001"
 
@@ -383,7 +383,7 @@ def _run(store: Path, instance, embedder: EmbedderResource, config: dict | None 
                                     extra_concepts=config.pop("extra_concepts", []))
     result = materialize_scene(
         [concept_scores, *UPSTREAM], SCENE, instance,
-        {"io_manager": ParquetIOManager(base_path=str(store)), "embedder": embedder, "vocabulary_file": vocabulary},
+        {"io_manager": ParquetIOManager(base_path=str(store)), "embedder": embedder, "vocabulary": vocabulary},
         run_config={"ops": {"concept_scores": {"config": config}}},
         selection=[concept_scores],
     )
@@ -503,7 +503,7 @@ def test_concept_scores_refuses_embeddings_of_another_model(store, instance):
     _write_table(store, "embeddings", _embeddings(["d1"], ["truck"], np.ones((1, 64)) / 8, "open_clip:ViT-B-32/other"))
     result = materialize_scene(
         [concept_scores, *UPSTREAM], SCENE, instance,
-        {"io_manager": ParquetIOManager(base_path=str(store)), "embedder": embedder, "vocabulary_file": VocabularyResource()},
+        {"io_manager": ParquetIOManager(base_path=str(store)), "embedder": embedder, "vocabulary": VocabularyResource()},
         selection=[concept_scores], raise_on_error=False,
     )
     assert not result.success

@@ -13,7 +13,6 @@ from conceptmine_assets.assets.crops import crops
 from conceptmine_assets.assets.detections import detections
 from conceptmine_assets.assets.frames import CAMERAS, frames
 from conceptmine_assets.errors import ModelLoadError
-from conceptmine_assets.lib.geometry import box_iou
 from conceptmine_assets.lib.images import read_rgb
 from conceptmine_assets.resources.detector import (
     CLASS_NAMES,
@@ -25,7 +24,7 @@ from conceptmine_assets.resources.detector import (
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.schemas import CROPS, DETECTIONS
 from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, REAL_SCENE, copy_dataroot, frames_config, gt_truck
-from conceptmine_assets_tests.helpers import materialize_scene, metadata, stored, truncate_image
+from conceptmine_assets_tests.helpers import box_iou, materialize_scene, metadata, stored, truncate_image
 from conceptmine_assets_tests.helpers import perception_resources as resources
 
 COCO80 = (

@@ -19,13 +19,13 @@ from conceptmine_assets.assets.embeddings import check_finite, decode_crop, embe
 from conceptmine_assets.errors import ConceptmineError, ModelLoadError
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.devices import resolve_device, torch_dtype
-from conceptmine_assets.resources.embedder import EmbedderResource, tiny_clip_config_path
+from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder, load_open_clip
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import StoreViews, ParquetIOManager
 from conceptmine_assets.schemas import CROPS
-from conceptmine_assets_tests.helpers import REAL_SCENE, REAL_SLICE, materialize_scene, require
+from conceptmine_assets_tests.helpers import REAL_SCENE, REAL_SLICE, materialize_scene, require, tiny_clip_config_path
 
 CLASS_NAMES = {"vehicle.car": "car", "vehicle.truck": "truck", "human.pedestrian.adult": "pedestrian"}
 MIN_SIDE_PX = 30  # smaller boxes say little about the object

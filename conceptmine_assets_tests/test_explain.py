@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
@@ -283,7 +284,7 @@ def run_clusters(store: Path, embedder, **config):
 
     resources = {"io_manager": ParquetIOManager(base_path=str(store)),
                  "pickle_io_manager": PickleIOManager(base_path=str(store)), "embedder": embedder,
-                 "vocabulary_file": VocabularyResource()}
+                 "vocabulary": VocabularyResource()}
     with threadpool_limits(1, user_api="openmp"), dg.DagsterInstance.ephemeral() as instance:
         result = materialize_global([outlier_reference, embedding_clusters], store, instance, resources,
                                     upstream=["embeddings", "concept_scores", "outlier_flags"],
@@ -295,7 +296,7 @@ def run_clusters(store: Path, embedder, **config):
 
 @pytest.fixture(scope="module")
 def tiny_clip():
-    from conceptmine_assets.resources.embedder import tiny_clip_config_path
+    from conceptmine_assets_tests.helpers import tiny_clip_config_path
     from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder
 
     return OpenClipEmbedder(model="tiny_clip", pretrained=None,

@@ -51,12 +51,12 @@ from conceptmine_assets.assets.frames import frames
 from conceptmine_assets.errors import ConceptmineError, DatasetError, ModelLoadError
 from conceptmine_assets.lib.synth import synth_dataroot
 from conceptmine_assets.resources.detector import YoloDetector
-from conceptmine_assets.resources.embedder import EmbedderResource, tiny_clip_config_path
+from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import StoreViews, ParquetIOManager
 from conceptmine_assets.schemas import SCHEMAS
-from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, REAL_SCENE, REPO, materialize_scene
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, REAL_SCENE, REPO, materialize_scene, tiny_clip_config_path
 
 PERCEPTION = [frames, detections, crops, embeddings]
 GOOD, BAD = HIGHWAY_SCENES[0], HIGHWAY_SCENES[1]  # 2 frames and 1 frame, different image files

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from conceptmine_assets.lib.geometry import (
-    box_iou,
     box_point_stats,
     clip_box,
     crop_window,
@@ -14,6 +13,7 @@ from conceptmine_assets.lib.geometry import (
     project_points,
 )
 from conceptmine_assets.lib.quality import image_quality, luma
+from conceptmine_assets_tests.helpers import box_iou
 
 K = np.array([[100.0, 0.0, 50.0], [0.0, 100.0, 40.0], [0.0, 0.0, 1.0]])  # 100 x 80 image
 IDENTITY = ([0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0])

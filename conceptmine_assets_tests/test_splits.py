@@ -17,9 +17,9 @@ from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.splits import (
     SPLIT_COLUMNS,
     SplitParams,
+    add_why,
     budget,
     coverage,
-    explain,
     filter_mmdet3d_infos,
     sample_tiers,
     select_split,
@@ -142,7 +142,7 @@ def test_crops_outside_the_training_set_are_ignored():
     assert split["sample_token"].tolist() == ["tok001"]
 
 
-def test_explain_lists_the_qualifying_crops():
+def test_add_why_lists_the_qualifying_crops():
     crops = pd.DataFrame(
         [
             crop("tok000", "target", True, 0, score=0.4),
@@ -152,7 +152,7 @@ def test_explain_lists_the_qualifying_crops():
         ]
     )
     split, _ = select_split(universe_of(10), crops, SplitParams(0.1, 0.1, 0.0))
-    why = explain(split, crops)
+    why = add_why(split, crops)
     assert list(why.columns) == SPLIT_COLUMNS
     row = why[why["reason"] == "target_outlier"].iloc[0]
     assert row["detection_ids"] == ["tok000/d1", "tok000/d0"]  # best score first
@@ -450,7 +450,7 @@ def test_streamed_split_equals_the_whole_table_path(store, instance, tmp_path, s
     run_split(store, instance, target_frac=0.15, rare_frac=rare, random_frac=0.1, seed=5, strategy=strategy,
               output_dir=str(tmp_path / "s"))
     params = SplitParams(0.1, 0.15, rare, 5, strategy)
-    exact = explain(select_split(universe, crops, params)[0], crops)
+    exact = add_why(select_split(universe, crops, params)[0], crops)
     pd.testing.assert_frame_equal(pd.read_parquet(store / "mined_split.parquet"), exact, check_dtype=False)
 
 

@@ -153,7 +153,7 @@ def captions(
     detections: SceneTables,
     outlier_flags: SceneTables,
     captioner: CaptionerResource,
-    vocabulary_file: VocabularyResource,
+    vocabulary: VocabularyResource,
     embedder: EmbedderResource,
 ) -> SceneTables:
     """One row per crop of the scene (key: detection_id, plus scene_name, sample_token,
@@ -168,14 +168,14 @@ def captions(
     never re-encodes captions."""
     scenes = context.partition_keys
     started = time.perf_counter()
-    vocabulary = vocabulary_file.load()
+    vocab = vocabulary.load()
     inputs = [by_scene(t, scenes) for t in (crops, detections, outlier_flags)]
     plans = {}  # per scene: its crop table and which rows go to the VLM (the budget is per scene)
     reasons: Counter = Counter()
     over_budget = 0
     for scene in scenes:
         table = crop_table(*(t[scene] for t in inputs))
-        chosen, over, why = select_for_vlm(table, vocabulary, config)
+        chosen, over, why = select_for_vlm(table, vocab, config)
         plans[scene] = (table, chosen)
         over_budget += len(over)
         reasons.update(why)
@@ -218,7 +218,7 @@ def captions(
             "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures[:MAX_LISTED]) or "none"),
             "backend": captioner.backend,
             "model_id": captioner.model_id,
-            "vocabulary_version": vocabulary.identity,
+            "vocabulary_version": vocab.identity,
             "captioner_seconds": round(vlm_s, 3),
             "captions_per_s": round(len(requests) / vlm_s, 2) if requests and vlm_s > 0 else None,
             "seconds": round(time.perf_counter() - started, 3),

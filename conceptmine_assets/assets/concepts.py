@@ -137,7 +137,7 @@ def _counts(df: pd.DataFrame, captions: pd.DataFrame, vocabulary: Vocabulary) ->
 
 
 @dg.asset(
-    deps=["concept_vocabulary", "embedding_model"],
+    deps=["vocabulary", "embedding_model"],
     partitions_def=scene_partitions,
     code_version="1",
     kinds={"pytorch", "parquet"},
@@ -150,7 +150,7 @@ def concept_scores(
     captions: pd.DataFrame,
     embeddings: pd.DataFrame,
     embedder: EmbedderResource,
-    vocabulary_file: VocabularyResource,
+    vocabulary: VocabularyResource,
 ) -> pd.DataFrame:
     """One row per crop of the scene (key: detection_id, plus scene_name, sample_token,
     sample_data_token, channel, class_name): the caption, every concept's score
@@ -165,8 +165,8 @@ def concept_scores(
     (unless its detector class is a target)."""
     scene = context.partition_key
     started = time.perf_counter()
-    vocabulary = vocabulary_file.load()
-    prompts, owners = vocabulary.prompt_table(config.prompt_template)
+    vocab = vocabulary.load()
+    prompts, owners = vocab.prompt_table(config.prompt_template)
     prompt_emb = prompt_embeddings(embedder, prompts)
     caption_emb = embedder.encode_texts(captions["caption"].astype(str).tolist())
     crop_emb, has_image = None, np.zeros(len(captions), dtype=bool)
@@ -174,8 +174,8 @@ def concept_scores(
         crop_emb, has_image = crop_vectors(captions, embeddings, embedder, scene)
     adaptive, label_only = weight_masks(captions, config.adaptive)
     weights = text_weights(len(captions), config.weight_text, adaptive, caption_emb, crop_emb, has_image, label_only)
-    scores = score_concepts(caption_emb, prompt_emb, owners, len(vocabulary.concepts), weights, crop_emb)
-    df = score_rows(captions, scores, weights, has_image, vocabulary, config)
+    scores = score_concepts(caption_emb, prompt_emb, owners, len(vocab.concepts), weights, crop_emb)
+    df = score_rows(captions, scores, weights, has_image, vocab, config)
 
     if df.empty:
         context.log.warning(f"scene {scene}: no captions to score")
@@ -184,13 +184,13 @@ def concept_scores(
         context.log.warning(f"scene {scene}: {missing} crops have no embedding; scored from the caption only")
     context.add_output_metadata(
         {
-            **_counts(df, captions, vocabulary),
+            **_counts(df, captions, vocab),
             "num_adaptive_weights": int((adaptive & has_image).sum()),
             "num_label_only_captions": int(label_only.sum()),
             "num_without_embedding": missing,
             "mean_margin": float(df["margin"].mean()) if df["margin"].notna().any() else None,
-            "vocabulary_version": vocabulary.identity,
-            "num_concepts": len(vocabulary.concepts),
+            "vocabulary_version": vocab.identity,
+            "num_concepts": len(vocab.concepts),
             "num_prompts": len(prompts),
             "text_model_id": embedder.text_model_id,
             "shared_space": embedder.shared_space,

@@ -118,23 +118,23 @@ def _sample(tables: tuple[StoredTable, ...], config: EmbeddingClustersConfig) ->
     return Sample(info.assign(is_outlier=info["is_outlier"].astype(bool)), X, models[0] if models else "")
 
 
-def _text_namer(info: pd.DataFrame, X: np.ndarray, embedder: EmbedderResource, vocabulary_file: VocabularyResource,
+def _text_namer(info: pd.DataFrame, X: np.ndarray, embedder: EmbedderResource, vocabulary: VocabularyResource,
                 model_id: str, config: EmbeddingClustersConfig):
     """A function labels -> text names (on the sample), or (None, why not) when text naming does not apply."""
     if not embedder.shared_space:
         return None, "not available: the embedder's image and text spaces differ (names come from members only)"
     check_embedding_model([model_id], embedder.image_model_id, "stored embeddings",
                           "re-materialise embeddings with the same embedder")
-    vocabulary = vocabulary_file.load()
+    vocab = vocabulary.load()
     stored = sorted(set(info["vocabulary_version"].dropna()))
-    if stored and stored != [vocabulary.identity]:
+    if stored and stored != [vocab.identity]:
         return None, (f"skipped: concept_scores were made with vocabulary {stored}, the resource is "
-                      f"{vocabulary.identity}; re-materialise concept_scores")
-    prompts, owners = vocabulary.prompt_table(config.prompt_template)
+                      f"{vocab.identity}; re-materialise concept_scores")
+    prompts, owners = vocab.prompt_table(config.prompt_template)
     prompt_emb = embedder.encode_texts(prompts)
     n = config.names_per_cluster
-    return (lambda labels: text_names(X, labels, prompt_emb, owners, vocabulary.names, n)), (
-        f"nearest concept text to the centroid of the sample ({vocabulary.identity}, {embedder.text_model_id})"
+    return (lambda labels: text_names(X, labels, prompt_emb, owners, vocab.names, n)), (
+        f"nearest concept text to the centroid of the sample ({vocab.identity}, {embedder.text_model_id})"
     )
 
 
@@ -241,7 +241,7 @@ def embedding_clusters(
     concept_scores: StoredTable,
     outlier_flags: StoredTable,
     embedder: EmbedderResource,
-    vocabulary_file: VocabularyResource,
+    vocabulary: VocabularyResource,
     outlier_reference: OutlierReference,
 ):
     """One row per embedded crop of all scenes, in (scene_name, detection_id) order (key:
@@ -271,7 +271,7 @@ def embedding_clusters(
         context.add_output_metadata({"num_crops": 0, "seconds": round(time.perf_counter() - started, 3)})
         return _empty_clusters()
     kmeans, density = _fit(X, config)
-    namer, text_how = _text_namer(info, X, embedder, vocabulary_file, model_id, config)
+    namer, text_how = _text_namer(info, X, embedder, vocabulary, model_id, config)
     names = _label_names((kmeans, density), info, namer, config.names_per_cluster)
     coords, map_source = map_lookup(info["detection_id"].to_numpy(dtype=object), X, outlier_reference, model_id,
                                     config.map_max_points, config.tsne_perplexity, config.seed)

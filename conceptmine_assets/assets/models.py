@@ -56,7 +56,7 @@ def captioner_model(captioner: CaptionerResource) -> dg.DataVersion:
     return dg.DataVersion(captioner_version(captioner))
 
 
-@dg.observable_source_asset(group_name="models", automation_condition=_observe)
-def concept_vocabulary(vocabulary_file: VocabularyResource) -> dg.DataVersion:
+@dg.observable_source_asset(name="vocabulary", group_name="models", automation_condition=_observe)
+def observe_vocabulary(vocabulary: VocabularyResource) -> dg.DataVersion:
     """The concept vocabulary's ``<version>+<content hash>``; `concept_scores` depends on it."""
-    return dg.DataVersion(vocabulary_file.identity)
+    return dg.DataVersion(vocabulary.identity)

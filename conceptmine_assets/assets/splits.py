@@ -21,7 +21,7 @@ from conceptmine_assets.lib.splits import (
     REASONS,
     TIERS_SQL,
     SplitParams,
-    explain,
+    add_why,
     filter_mmdet3d_infos,
     filtered_infos_name,
     load_pickle,
@@ -83,7 +83,7 @@ ORDER BY c.detection_id
 
 
 def qualifying_crops(con: duckdb.DuckDBPyConnection, split: pd.DataFrame) -> pd.DataFrame:
-    """Target and rare crops of the split's non-random samples: all that :func:`explain` reads."""
+    """Target and rare crops of the split's non-random samples: all that :func:`add_why` reads."""
     tokens = split.loc[~split["reason"].str.startswith("random"), "sample_token"]
     con.register("chosen", pa.table({"sample_token": pa.array(tokens.tolist(), pa.string())}))
     crops = con.execute(QUALIFYING_SQL).df()
@@ -146,7 +146,7 @@ def mined_split(
             raise ConceptmineError(f"`frames` under {frames.store} has no samples; nothing to split")
         num_crops, without_flags, outside = con.execute(COUNTS_SQL).fetchone()
         split, caps = select_from_tiers(universe, con.execute(TIERS_SQL).df(), config.params())
-        split = explain(split, qualifying_crops(con, split))
+        split = add_why(split, qualifying_crops(con, split))
     if without_flags:
         context.log.warning(f"{without_flags} concept-scored crops have no outlier_flags row; counted as non-outliers")
     if outside:

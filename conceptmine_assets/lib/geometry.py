@@ -27,15 +27,6 @@ def clip_box(box: Sequence[float], width: int, height: int) -> Box2D:
     )
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two boxes; 0 when either has no area."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def crop_window(box: Sequence[float], pad_frac: float, width: int, height: int) -> tuple[int, int, int, int]:
     """Integer crop window around ``box``, padded by ``pad_frac`` of its size per side, inside the image."""
     x1, y1, x2, y2 = box

@@ -45,7 +45,7 @@ TIERS: tuple[str, ...] = ("target_outlier", "target", "rare_outlier", "rare")
 STRATEGIES: tuple[str, ...] = ("priority", "paper")
 WHY_COLUMNS = ["detection_ids", "top_concepts", "top_scores", "captions", "outlier_detectors"]
 SPLIT_COLUMNS = ["sample_token", "scene_name", "reason", "rank", *WHY_COLUMNS]
-# columns of the per-crop table select_split and explain read
+# columns of the per-crop table select_split and add_why read
 CROP_COLUMNS = [
     "detection_id", "sample_token", "group", "is_outlier", "top_concept", "top_score", "caption", "outlier_detectors",
 ]
@@ -174,7 +174,7 @@ def select_split(universe: pd.DataFrame, crops: pd.DataFrame, params: SplitParam
     return select_from_tiers(universe, sample_tiers(crops), params)
 
 
-def explain(split: pd.DataFrame, crops: pd.DataFrame) -> pd.DataFrame:
+def add_why(split: pd.DataFrame, crops: pd.DataFrame) -> pd.DataFrame:
     """Add the *why* lists: the crops that qualified each sample for its reason (best score first)."""
     why: dict[str, list] = {c: [] for c in WHY_COLUMNS}
     by_sample = dict(tuple(crops.groupby("sample_token", sort=False))) if len(crops) else {}

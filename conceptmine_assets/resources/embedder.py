@@ -14,7 +14,6 @@ configuration, and the ``encode_*`` methods load on first use.
 
 from __future__ import annotations
 
-import importlib.resources
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,11 +31,6 @@ if TYPE_CHECKING:
     import torch
 
 RANDOM_INIT_SEED = 0  # random-init twins are seeded, so their vectors are reproducible
-
-
-def tiny_clip_config_path() -> str:
-    """The packaged tiny open_clip config (model name ``tiny_clip``, 64-d) for CI twins."""
-    return str(importlib.resources.files("conceptmine_assets") / "data" / "tiny_clip.json")
 
 
 @dataclass(frozen=True)
