@@ -146,7 +146,7 @@ with dg.DagsterInstance.get() as instance:
                             run_config={"ops": {stage: {"config": config}}} if config else None)
     seconds = time.perf_counter() - started
 usage = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"ok": result.success, "seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}))
+print(json.dumps({"ok": result.success, "seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}), flush=True)
 """
 
 
@@ -164,10 +164,11 @@ def run_stage(root: Path, stage: str, scenes: list[str], timeout: int) -> dict:
         return {"ok": False, "seconds": float("nan"), "cpu_s": float("nan"), "rss_mb": float("nan"),
                 "note": f"killed after {timeout} s"}
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    if done.returncode or not lines:
+    if not lines:
         return {"ok": False, "seconds": float("nan"), "cpu_s": float("nan"), "rss_mb": float("nan"),
-                "note": done.stderr.strip()[-300:]}
-    return json.loads(lines[-1])
+                "note": f"exit code {done.returncode}: {done.stderr.strip()[-300:]}"}
+    result = json.loads(lines[-1])
+    return {**result, "note": f"exit code {done.returncode} after the run" if done.returncode else ""}
 
 
 def main() -> None:
@@ -188,7 +189,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for stage in args.stages:
         r = run_stage(args.out, stage, scenes, args.timeout)
-        note = "" if r["ok"] else r.get("note", "failed")
+        note = r.get("note") or ("" if r["ok"] else "failed")
         print(f"| {stage} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | {r['rss_mb']:.0f} | {note} |", flush=True)
 
 

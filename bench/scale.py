@@ -8,7 +8,8 @@ For each N it writes a synthetic nuScenes dataroot and store to a temporary fold
 (bench/scale_data.py: 40 samples x 6 cameras x ~7 crops per scene, 512-d embeddings with planted
 rare clusters, written through the project's IO manager and schemas), registers the scenes in a
 temporary DAGSTER_HOME, then runs each stage in its own process (bench/scale_stages.py) and
-prints its wall time and peak RSS (``os.wait4``'s rusage of that process and its children).
+prints its wall time, CPU time and peak RSS (``os.wait4``'s rusage of that process and its
+children; on a shared machine CPU time is the steadier figure).
 A stage past ``--limit-s`` is killed and reported with the time it ran. The folder is deleted
 afterwards (``--keep`` keeps it).
 """
@@ -39,16 +40,17 @@ class Measure:
     seconds: float
     rss_mb: float
     ok: bool
+    cpu_s: float = 0.0  # user + system CPU seconds (the machine is shared: wall time varies with its load)
     killed: bool = False
     figures: dict = field(default_factory=dict)
     tail: str = ""
 
     def cell(self) -> str:
         if self.killed:
-            return f"**killed after {self.seconds:.0f} s**, {self.rss_mb / 1024:.2f} GB"
+            return f"**killed after {self.seconds:.0f} s** (CPU {self.cpu_s:.0f} s), {self.rss_mb / 1024:.2f} GB"
         if not self.ok:
             return f"failed after {self.seconds:.1f} s"
-        return f"{self.seconds:.1f} s, {self.rss_mb / 1024:.2f} GB"
+        return f"{self.seconds:.1f} s (CPU {self.cpu_s:.1f} s), {self.rss_mb / 1024:.2f} GB"
 
 
 def run(cmd: list[str], env: dict, limit_s: float) -> Measure:
@@ -72,8 +74,8 @@ def run(cmd: list[str], env: dict, limit_s: float) -> Measure:
     for line in output.splitlines():
         if line.startswith("BENCH "):
             figures.update(json.loads(line[6:]))
-    return Measure(time.perf_counter() - started, usage.ru_maxrss / 1024, proc.returncode == 0, killed.is_set(),
-                   figures, output[-3000:])
+    return Measure(time.perf_counter() - started, usage.ru_maxrss / 1024, proc.returncode == 0,
+                   usage.ru_utime + usage.ru_stime, killed.is_set(), figures, output[-3000:])
 
 
 def environment(work: Path) -> dict:

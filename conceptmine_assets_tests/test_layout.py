@@ -32,8 +32,6 @@ MODULE_EXCEPTIONS: dict[str, tuple[int, str]] = {
 FUNCTION_EXCEPTIONS: dict[str, tuple[int, str]] = {
     "conceptmine_assets/assets/captions.py:captions": (66, PENDING),  # with its 9-line decorator
     "conceptmine_assets/assets/concepts.py:concept_scores": (69, PENDING),
-    "conceptmine_assets/assets/gallery.py:gallery": (63, PENDING),
-    "conceptmine_assets/assets/outliers.py:outlier_reference": (62, PENDING),
     "conceptmine_assets/assets/crops.py:crops": (61, PENDING),
 }
 

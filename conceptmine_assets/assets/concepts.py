@@ -123,6 +123,20 @@ def score_rows(
     return df if len(df) else df.astype(object)  # empty: no float64 guesses for list/string columns
 
 
+def _counts(df: pd.DataFrame, captions: pd.DataFrame, vocabulary: Vocabulary) -> dict:
+    """Materialisation metadata: groups, score modes, top concepts and the VLM's say."""
+    top = df["top_concept"].value_counts().head(10).to_dict()
+    return {
+        "num_crops": len(df),
+        "groups": dg.MetadataValue.json({k: int(v) for k, v in df["group"].value_counts().items()}),
+        "score_modes": dg.MetadataValue.json({k: int(v) for k, v in df["score_mode"].value_counts().items()}),
+        "top_concepts": dg.MetadataValue.json({k: int(v) for k, v in top.items()}),
+        "num_joint_labels": int(df["joint_label"].notna().sum()),
+        "num_vlm_overrides": int(sum(_vlm_concept(vocabulary, v) is not None for v in captions["vlm_class"])),
+        "num_vlm_others": int((captions["vlm_class"] == OTHERS).sum()),
+    }
+
+
 @dg.asset(
     deps=["vocabulary", "embedding_model"],
     partitions_def=scene_partitions,
@@ -167,16 +181,9 @@ def concept_scores(
     missing = int(len(captions) - has_image.sum()) if embedder.shared_space else 0
     if missing:
         context.log.warning(f"scene {scene}: {missing} crops have no embedding; scored from the caption only")
-    top = df["top_concept"].value_counts().head(10).to_dict()
     context.add_output_metadata(
         {
-            "num_crops": len(df),
-            "groups": dg.MetadataValue.json({k: int(v) for k, v in df["group"].value_counts().items()}),
-            "score_modes": dg.MetadataValue.json({k: int(v) for k, v in df["score_mode"].value_counts().items()}),
-            "top_concepts": dg.MetadataValue.json({k: int(v) for k, v in top.items()}),
-            "num_joint_labels": int(df["joint_label"].notna().sum()),
-            "num_vlm_overrides": int(sum(_vlm_concept(vocab, v) is not None for v in captions["vlm_class"])),
-            "num_vlm_others": int((captions["vlm_class"] == OTHERS).sum()),
+            **_counts(df, captions, vocab),
             "num_adaptive_weights": int((adaptive & has_image).sum()),
             "num_label_only_captions": int(label_only.sum()),
             "num_without_embedding": missing,

@@ -23,7 +23,7 @@ from conceptmine_assets.lib.gallery import (
 )
 from conceptmine_assets.lib.outliers import IS_OUTLIER_SQL
 from conceptmine_assets.partitions import all_scenes
-from conceptmine_assets.resources.storage import atomic_write, side_path
+from conceptmine_assets.resources.storage import atomic_write, location_metadata, side_path
 from conceptmine_assets.resources.store_sql import StoredTable, connect
 from conceptmine_assets.settings import stage_config
 
@@ -170,20 +170,10 @@ def gallery(
         context.log.warning(f"{without_image} gallery items have no crop image")
     if split.empty:
         context.log.warning("the mined split is empty; the gallery shows only the all-crops section")
-    context.add_output_metadata(
-        {
-            "html_path": dg.MetadataValue.path(str(written[0])) if "://" not in str(written[0])
-            else dg.MetadataValue.url(str(written[0])),
-            "num_pages": len(written),
-            "num_items": len(items),
-            "num_mined_items": int(sections.get("mined", 0)),
-            "num_all_crops_items": int(sections.get("all", 0)),
-            "num_split_samples": len(split),
-            "num_crops_missing": missing,
-            "num_items_without_image": without_image,
-            "num_undecodable_images": broken,
-            "html_bytes": size,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-    )
+    context.add_output_metadata({
+        "html_path": location_metadata(written[0]), "num_pages": len(written), "num_items": len(items),
+        "num_mined_items": int(sections.get("mined", 0)), "num_all_crops_items": int(sections.get("all", 0)),
+        "num_split_samples": len(split), "num_crops_missing": missing, "num_items_without_image": without_image,
+        "num_undecodable_images": broken, "html_bytes": size, "seconds": round(time.perf_counter() - started, 3),
+    })
     return items[ITEM_COLUMNS].reset_index(drop=True)

@@ -102,17 +102,9 @@ def outlier_reference(
     ids = sample["detection_id"].to_numpy(dtype=object)
     member_scenes = sample["scene_name"].to_numpy(dtype=object)
     X = stack_vectors(sample["embedding"], dim)
-    params = OutlierParams(
-        contamination=config.contamination,
-        lof_k=config.lof_k,
-        knn_k=config.knn_k,
-        knn_percentile=config.knn_percentile,
-        n_estimators=config.n_estimators,
-        seed=config.seed,
-    )
-    reference = fit_reference(
-        X, ids, model_id, params, member_scenes, config.tsne_max_points, config.tsne_perplexity
-    )
+    params = OutlierParams(contamination=config.contamination, lof_k=config.lof_k, knn_k=config.knn_k,
+                           knn_percentile=config.knn_percentile, n_estimators=config.n_estimators, seed=config.seed)
+    reference = fit_reference(X, ids, model_id, params, member_scenes, config.tsne_max_points, config.tsne_perplexity)
     for warning in reference.warnings:
         context.log.warning(warning)
     member_flags = apply_thresholds(reference.member_scores, reference.thresholds)

@@ -28,7 +28,7 @@ from conceptmine_assets.lib.splits import (
     select_from_tiers,
 )
 from conceptmine_assets.partitions import all_scenes
-from conceptmine_assets.resources.storage import StoredTable, atomic_write, side_path
+from conceptmine_assets.resources.storage import StoredTable, atomic_write, location_metadata, side_path
 from conceptmine_assets.resources.store_sql import connect
 from conceptmine_assets.settings import stage_config
 
@@ -91,23 +91,19 @@ def qualifying_crops(con: duckdb.DuckDBPyConnection, split: pd.DataFrame) -> pd.
     return crops
 
 
-def _location(path: UPath) -> dg.MetadataValue:
-    return dg.MetadataValue.path(str(path)) if "://" not in str(path) else dg.MetadataValue.url(str(path))
-
-
 def _write_side_files(config: SplitConfig, frames: StoredTable, tokens: list[str]) -> tuple[dict, dict]:
     """The token list and (optionally) the filtered mmdet3d infos; (paths metadata, infos counts)."""
     txt = side_path(frames, config.output_dir, "splits", f"{config.name}.txt")
     data = "".join(f"{t}\n" for t in tokens).encode()
     atomic_write(txt, lambda fh: fh.write(data))
-    files = {"token_list": _location(txt)}
+    files = {"token_list": location_metadata(txt)}
     if not config.mmdet3d_infos_path:
         return files, {}
     src = UPath(config.mmdet3d_infos_path, **(frames.storage_options if "://" in config.mmdet3d_infos_path else {}))
     filtered, kept = filter_mmdet3d_infos(load_pickle(src), set(tokens), str(src))
     dst = side_path(frames, config.output_dir, "splits", filtered_infos_name(config.name, config.mmdet3d_infos_path))
     atomic_write(dst, lambda fh: pickle.dump(filtered, fh, protocol=pickle.HIGHEST_PROTOCOL))
-    files["mmdet3d_infos"] = _location(dst)
+    files["mmdet3d_infos"] = location_metadata(dst)
     return files, {"num_in_mmdet3d_infos": kept, "num_missing_from_mmdet3d_infos": len(tokens) - kept}
 
 

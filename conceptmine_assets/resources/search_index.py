@@ -46,7 +46,8 @@ from conceptmine_assets.resources.store_sql import StoredTable, is_local, stored
 
 FOLDER = "search_index"
 FORMAT = 1
-_MMAP = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+_MMAP = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY  # IVF: inverted lists mapped
+_MMAP_FLAT = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY  # flat: the codes mapped
 
 
 def _local(path: UPath) -> str:
@@ -78,7 +79,8 @@ class LoadedIndex:
         if stem not in self._cache:
             path = self.folder / f"{stem}.faiss"
             if is_local(path):
-                self._cache[stem] = faiss.read_index(_local(path), _MMAP)
+                flat = self.manifest["modes"].get(stem, {}).get("index") == "Flat"
+                self._cache[stem] = faiss.read_index(_local(path), _MMAP_FLAT if flat else _MMAP)
             else:
                 self._cache[stem] = faiss.deserialize_index(bytearray(path.read_bytes()))
         return self._cache[stem]

@@ -35,7 +35,8 @@ from conceptmine_assets.lib.tables import to_arrow
 from conceptmine_assets.resources.store_sql import StoredTable, StoreViews, is_local, open_store_views
 
 __all__ = [
-    "ParquetIOManager", "PickleIOManager", "StoreViews", "StoredTable", "atomic_write", "open_store_views",
+    "ParquetIOManager", "PickleIOManager", "StoreViews", "StoredTable", "atomic_write", "location_metadata",
+    "open_store_views",
     "side_path", "to_arrow",
 ]
 
@@ -92,6 +93,11 @@ def side_path(table: StoredTable, folder: str | None, default: str, *parts: str)
         base = root / folder
     path = base.joinpath(*parts)
     return UPath(os.path.abspath(str(path))) if is_local(path) else path
+
+
+def location_metadata(path: UPath) -> dg.MetadataValue:
+    """A side file for the metadata: a local path, or the URL of an object store."""
+    return dg.MetadataValue.url(str(path)) if "://" in str(path) else dg.MetadataValue.path(str(path))
 
 
 def _where(context: dg.OutputContext | dg.InputContext) -> str:
