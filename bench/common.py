@@ -1,8 +1,7 @@
 """What the benchmark sections share: the environment, the models, the project's jobs and the report.
 
 Everything goes through the project's own APIs: settings (``Settings``), resources
-(``definitions.build_resources`` / ``model_resources``), the job order (``definitions.PIPELINE``,
-run by ``cli.run_pipeline``), the camera list (``assets.frames.CAMERAS``).
+(``definitions.build_resources`` / ``model_resources``), the job order (``definitions.PIPELINE``), the camera list (``assets.frames.CAMERAS``).
 """
 
 from __future__ import annotations
@@ -111,14 +110,13 @@ class Pipeline:
                                       run_config={**QUIET, "ops": config}, raise_on_error=True)
 
     def full(self, scenes: list[str]) -> float:
-        """The whole pipeline over ``scenes``, run by the CLI's runner (``cli.run_pipeline``); seconds."""
-        from conceptmine_assets.cli import run_pipeline
-
+        """The whole pipeline over ``scenes`` in ``PIPELINE`` order, one scene per run (with this
+        benchmark's resources; ``conceptmine run`` itself is measured by ``bench/pipeline.py``); seconds."""
         started = time.perf_counter()
         self.register(scenes)
-        with stdout_to_stderr():
-            run_pipeline(self.instance, scenes, self.cameras, {"output_dir": str(self.store.parent / "splits")},
-                         defs=self.defs)
+        for stage in self.pipeline:
+            for scene in scenes if stage.per_scene else [None]:
+                self.run(stage.job, scene)
         return time.perf_counter() - started
 
     def catch_up(self, scene: str) -> tuple[float, float]:
@@ -126,11 +124,11 @@ class Pipeline:
         Returns (per-scene seconds, global seconds)."""
         started = time.perf_counter()
         self.register([scene])
-        for stage_job, _ in self.pipeline:
-            if stage_job:
-                self.run(stage_job, scene)
+        for stage in self.pipeline:
+            if stage.per_scene:
+                self.run(stage.job, scene)
         per_scene = time.perf_counter() - started
-        self.run(self.pipeline[-1][1])
+        self.run(self.pipeline[-1].job)
         return per_scene, time.perf_counter() - started - per_scene
 
     def step_seconds(self, run_id: str) -> dict[str, float]:

@@ -1,77 +1,71 @@
-"""Command line: register scenes, run the pipeline end to end, query the store with SQL.
+"""Command line: register scenes, run the pipeline incrementally, query the store with SQL.
 
-    conceptmine register-scenes     # add every scene of $NUSCENES_DATAROOT as a partition
-    conceptmine demo                # the whole pipeline on the configured dataroot, in process
+    conceptmine register-scenes     # add every scene of the dataroot as a partition
+    conceptmine run [--force]       # materialise what is missing or stale (alias: demo)
     conceptmine sql "SELECT ..."    # SQL over the DuckDB views of the store
     conceptmine search "a person pushing a cart" [-k 10]   # free-text search over the crops
     conceptmine synth-dataroot --out DIR SRC [SRC ...]   # merge (and replicate) nuScenes dataroots
     conceptmine import-images SRC --out DIR   # a folder of images or videos as a nuScenes dataroot
 
-The Dagster instance is ``$DAGSTER_HOME`` (``make`` sets ``data/dagster_home``), so the runs
-show up in ``dagster dev`` afterwards.
+Settings come from conceptmine.yaml and the environment (``conceptmine_assets/settings.py``).
+The Dagster instance is ``$DAGSTER_HOME`` (``make`` sets ``data/dagster_home``): the runs show
+up under their jobs in ``dagster dev``. Errors print one line (``--debug``: the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 
 import dagster as dg
 
 
-def _definitions() -> dg.Definitions:
-    from conceptmine_assets.definitions import build_definitions
-    from conceptmine_assets.settings import Settings
-
-    return build_definitions(Settings.from_env())
+class UsageError(Exception):
+    """A problem with what the user asked for (printed as one line, exit code 2)."""
 
 
-def _nuscenes():
-    from conceptmine_assets.resources.nuscenes import NuScenesResource
-
-    from conceptmine_assets.settings import load_settings
-
-    settings = load_settings()
-    if not settings.dataroot:
-        raise SystemExit("set NUSCENES_DATAROOT (or `dataroot` in the config file) to a nuScenes dataroot")
-    return NuScenesResource(dataroot=settings.dataroot, version=settings.nuscenes_version)
-
-
-def register_scenes(instance: dg.DagsterInstance) -> list[str]:
+def register_scenes(instance: dg.DagsterInstance, nuscenes=None) -> list[str]:
+    """Add every scene of the dataroot as a partition (after the pre-flight checks)."""
+    from conceptmine_assets.preflight import preflight
     from conceptmine_assets.sensors import register_scenes as register
 
-    return register(instance, _nuscenes())
+    if nuscenes is None:
+        _, nuscenes = preflight()
+    return register(instance, nuscenes)
 
 
-def run_pipeline(
-    instance: dg.DagsterInstance,
-    scenes: list[str],
-    cameras: list[str] | None = None,
-    split: dict | None = None,
-    defs: dg.Definitions | None = None,
-) -> None:
-    """Per-scene stages for every scene, then the global stages, each as a recorded run.
+def run_pipeline(instance: dg.DagsterInstance, scenes: list[str] | None = None, force: bool = False, ops: dict | None = None):
+    """Pre-flight checks, register new scenes, then :func:`conceptmine_assets.runner.run`."""
+    from conceptmine_assets.preflight import preflight
+    from conceptmine_assets.runner import run
 
-    Settings come from the config file (``conceptmine.yaml``); ``cameras`` and ``split`` override
-    it for this call only (tests); ``defs`` replaces the deployment's definitions (the benchmark)."""
-    from conceptmine_assets.definitions import PIPELINE
+    _, nuscenes = preflight()
+    unknown = sorted(set(scenes or []) - set(nuscenes.scene_names()))
+    if unknown:
+        raise UsageError(f"--scenes {' '.join(unknown)}: not in {nuscenes.table_dir / 'scene.json'}")
+    new = register_scenes(instance, nuscenes)
+    sys.stdout.write(f"registered {len(new)} new scene partitions\n")
+    return run(instance, scenes, force=force, ops=ops)
 
-    defs = defs or _definitions()
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    run_config = {**quiet, "ops": {"frames": {"config": {"cameras": cameras}}}} if cameras else quiet
-    for stage_job, global_job in PIPELINE:
-        for scene in scenes if stage_job else []:
-            started = time.perf_counter()
-            job = defs.resolve_job_def(stage_job)
-            config = run_config if "frames" in {n.name for n in job.graph.node_defs} else quiet
-            job.execute_in_process(partition_key=scene, instance=instance, run_config=config)
-            sys.stdout.write(f"{stage_job} {scene}: ok in {time.perf_counter() - started:.1f}s\n")
-        started = time.perf_counter()
-        global_config = {**quiet, "ops": {"mined_split": {"config": split}}} if split and global_job == "mining_global_job" else quiet
-        defs.resolve_job_def(global_job).execute_in_process(instance=instance, run_config=global_config)
-        sys.stdout.write(f"{global_job}: ok in {time.perf_counter() - started:.1f}s\n")
+
+def sql_command(query: str) -> int:
+    import duckdb
+
+    from conceptmine_assets.resources.store_sql import open_store_views, stored_tables
+    from conceptmine_assets.settings import load_settings
+
+    store = load_settings().store
+    views = stored_tables(store)
+    if not views:
+        raise UsageError(f"nothing is stored under {store} yet: run `conceptmine run` first")
+    try:
+        df = open_store_views(store).execute(query).df()
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UsageError(f"SQL error: {first} (views: {', '.join(sorted(views))})") from None
+    sys.stdout.write(df.to_string(max_rows=200, max_colwidth=60) + "\n")
+    return 0
 
 
 def search_command(text: str, k: int) -> int:
@@ -90,12 +84,41 @@ def search_command(text: str, k: int) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="conceptmine", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def synth_command(sources: list[str], out: str, copies: int) -> int:
+    from pathlib import Path
+
+    from conceptmine_assets.lib.synth import synth_dataroot
+
+    names = synth_dataroot([Path(s) for s in sources], Path(out), copies)
+    sys.stdout.write(f"{out}: {len(names)} scenes ({', '.join(names[:8])}{' ...' if len(names) > 8 else ''})\n")
+    return 0
+
+
+def run_command(scenes: list[str] | None, force: bool) -> int:
+    from conceptmine_assets.settings import load_settings
+
+    with dg.DagsterInstance.get() as instance:
+        run_pipeline(instance, scenes, force)
+    store = load_settings().store
+    sys.stdout.write(
+        f"\ndone. Outputs: {store}/<asset>/<scene>.parquet\n"
+        f"Mined split: {store}/splits/mined.txt   Gallery: {store}/gallery/index.html (open in a browser)\n"
+        "Browse lineage and metadata: make ui  (then open http://127.0.0.1:3000)\n"
+        'Query: .venv/bin/conceptmine sql "SELECT * FROM mined_split"   '
+        '.venv/bin/conceptmine search "a parked truck"\n'
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="conceptmine", description=__doc__.splitlines()[0])
+    top.add_argument("--debug", action="store_true", help="print the full traceback of an error")
+    sub = top.add_subparsers(dest="command", required=True)
     sub.add_parser("register-scenes", help="add every scene of the dataroot as a partition")
-    demo = sub.add_parser("demo", help="run the whole pipeline on the configured dataroot")
-    demo.add_argument("--scenes", nargs="+", help="only these scenes (default: all)")
+    for name in ("run", "demo"):
+        run = sub.add_parser(name, help="materialise what is missing or stale" + (" (alias of run)" if name == "demo" else ""))
+        run.add_argument("--scenes", nargs="+", help="only these scenes (default: all)")
+        run.add_argument("--force", action="store_true", help="recompute everything, stale or not")
     synth = sub.add_parser("synth-dataroot", help="merge and replicate nuScenes dataroots (symlinked files)")
     synth.add_argument("sources", nargs="+", help="source dataroots")
     synth.add_argument("--out", required=True, help="output dataroot (created; re-running refreshes it)")
@@ -105,54 +128,48 @@ def main(argv: list[str] | None = None) -> int:
     search = sub.add_parser("search", help="rank the stored crops by a free-text query")
     search.add_argument("text", help='e.g. "a person pushing a cart"')
     search.add_argument("-k", type=int, default=10, help="number of crops to list (default 10)")
-    from conceptmine_assets.import_images import add_import_parser, import_command
+    from conceptmine_assets.import_images import add_import_parser
 
     add_import_parser(sub)
-    args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-    # Jobs mix the model stages' multi-scene backfill policy with single-scene stages; the CLI runs
-    # one scene per run anyway (asset backfills from the UI are where the model stages batch).
-    warnings.filterwarnings("ignore", message="Asset job .* varying BackfillPolicies")
+    return top
 
+
+def dispatch(args: argparse.Namespace) -> int:
     if args.command == "sql":
-        from conceptmine_assets.resources.storage import open_store_views
-        from conceptmine_assets.settings import Settings
-
-        df = open_store_views(Settings.from_env().store).execute(args.query).df()
-        sys.stdout.write(df.to_string(max_rows=200, max_colwidth=60) + "\n")
-        return 0
-
+        return sql_command(args.query)
     if args.command == "import-images":
+        from conceptmine_assets.import_images import import_command
+
         return import_command(args)
     if args.command == "search":
         return search_command(args.text, args.k)
     if args.command == "synth-dataroot":
-        from pathlib import Path
-
-        from conceptmine_assets.lib.synth import synth_dataroot
-
-        names = synth_dataroot([Path(s) for s in args.sources], Path(args.out), args.copies)
-        sys.stdout.write(f"{args.out}: {len(names)} scenes ({', '.join(names[:8])}{' ...' if len(names) > 8 else ''})\n")
+        return synth_command(args.sources, args.out, args.copies)
+    if args.command == "register-scenes":
+        with dg.DagsterInstance.get() as instance:
+            sys.stdout.write(f"registered {len(register_scenes(instance))} new scene partitions\n")
         return 0
+    return run_command(args.scenes, args.force)
 
-    with dg.DagsterInstance.get() as instance:
-        new = register_scenes(instance)
-        sys.stdout.write(f"registered {len(new)} new scene partitions\n")
-        if args.command == "demo":
-            scenes = args.scenes or _nuscenes().scene_names()
-            run_pipeline(instance, scenes)
-            from conceptmine_assets.settings import load_settings
 
-            store = load_settings().store
-            sys.stdout.write(
-                f"\ndone. Outputs: {store}/<asset>/<scene>.parquet\n"
-                f"Mined split: {store}/splits/mined.txt   Gallery: {store}/gallery/index.html (open in a browser)\n"
-                "Browse lineage and metadata: make ui  (then open http://127.0.0.1:3000)\n"
-                'Query: .venv/bin/conceptmine sql "SELECT * FROM mined_split"   '
-                '.venv/bin/conceptmine search "a parked truck"\n'
-            )
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    """Exit code 0, or 1 with one line on stderr for a known error (2 for a usage error)."""
+    from conceptmine_assets.errors import ConceptmineError
+
+    args = parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    try:
+        return dispatch(args)
+    except Exception as exc:  # one line for the user; the traceback with --debug
+        if args.debug:
+            raise
+        known = isinstance(exc, (ConceptmineError, UsageError))
+        message = str(exc).strip() if known else f"unexpected {type(exc).__name__}: {str(exc).strip()}"
+        lines = message.splitlines() or [type(exc).__name__]
+        more = "" if known and len(lines) == 1 else " (rerun with --debug for details)"
+        sys.stderr.write(f"conceptmine {args.command}: {lines[0][:500]}{more}\n")
+        return 2 if isinstance(exc, UsageError) else 1
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The Dagster definitions of conceptmine: assets, resources, jobs and sensors."""
 
+from dataclasses import dataclass
+
 import dagster as dg
 
 from conceptmine_assets.assets import (
@@ -33,39 +35,51 @@ ASSET_MODULES = [
     embedding_clusters, gallery, search_index,
 ]
 
-observe_models_job = dg.define_asset_job(
-    "observe_models_job",
-    selection=dg.AssetSelection.groups("models", include_sources=True),
-    description="Record the identities of the models and the concept vocabulary.",
-)
-perception_job = dg.define_asset_job(
-    "perception_job",
-    selection=dg.AssetSelection.groups("perception").without_checks(),
-    description="Per scene: frames, detections, crops, embeddings.",
-)
-outlier_reference_job = dg.define_asset_job(
-    "outlier_reference_job",
-    selection=dg.AssetSelection.assets("outlier_reference").without_checks(),
-    description="Refit the global outlier reference from all scenes' embeddings.",
-)
-mining_scene_job = dg.define_asset_job(
-    "mining_scene_job",
-    selection=dg.AssetSelection.groups("mining_scene").without_checks(),
-    description="Per scene: outlier flags, captions, concept scores.",
-)
-mining_global_job = dg.define_asset_job(
-    "mining_global_job",
-    selection=(dg.AssetSelection.groups("mining_global") - dg.AssetSelection.assets("outlier_reference"))
-    | dg.AssetSelection.checks(*CHECKS),
-    description="Across scenes: the mined split, the mining-quality report and the invariant checks.",
-)
+@dataclass(frozen=True)
+class Stage:
+    """One step of the whole pipeline: a job and the assets it selects (``per_scene``: its assets
+    are scene partitions; ``observe``: a job of observations, run every time as it only records
+    identities)."""
 
-# Run order of the whole pipeline: each per-scene job over all scenes, then its global job.
-PIPELINE: list[tuple[str | None, str]] = [
-    (None, "observe_models_job"),
-    ("perception_job", "outlier_reference_job"),
-    ("mining_scene_job", "mining_global_job"),
+    job: str
+    selection: dg.AssetSelection
+    description: str
+    per_scene: bool = False
+    observe: bool = False
+
+    def define(self):
+        return dg.define_asset_job(self.job, selection=self.selection, description=self.description)
+
+
+# Run order of the whole pipeline (``conceptmine run``): observe the models, the per-scene
+# perception stages over all scenes, the outlier reference, the per-scene mining stages, the
+# global mining stages.
+PIPELINE: list[Stage] = [
+    Stage(
+        "observe_models_job", dg.AssetSelection.groups("models", include_sources=True),
+        "Record the identities of the models and the concept vocabulary.", observe=True,
+    ),
+    Stage(
+        "perception_job", dg.AssetSelection.groups("perception").without_checks(),
+        "Per scene: frames, detections, crops, embeddings.", per_scene=True,
+    ),
+    Stage(
+        "outlier_reference_job", dg.AssetSelection.assets("outlier_reference").without_checks(),
+        "Refit the global outlier reference from all scenes' embeddings.",
+    ),
+    Stage(
+        "mining_scene_job", dg.AssetSelection.groups("mining_scene").without_checks(),
+        "Per scene: outlier flags, captions, concept scores.", per_scene=True,
+    ),
+    Stage(
+        "mining_global_job",
+        (dg.AssetSelection.groups("mining_global") - dg.AssetSelection.assets("outlier_reference"))
+        | dg.AssetSelection.checks(*CHECKS),
+        "Across scenes: the mined split, the mining-quality report and the invariant checks.",
+    ),
 ]
+JOBS = [stage.define() for stage in PIPELINE]
+observe_models_job, perception_job, outlier_reference_job, mining_scene_job, mining_global_job = JOBS
 
 
 def build_resources(settings: Settings) -> dict:
@@ -95,7 +109,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         executor=executor,
         asset_checks=CHECKS,
         resources=build_resources(settings),
-        jobs=[observe_models_job, perception_job, outlier_reference_job, mining_scene_job, mining_global_job],
+        jobs=JOBS,
         sensors=[scene_discovery_sensor, automation_sensor],
     )
 

@@ -129,8 +129,7 @@ CAPTIONS = pa.schema(
         ("description", _str),
         ("caption", _str),  # the text used for concept scoring
         ("error", _str),
-        ("attempts", _i32),
-        ("latency_s", _f32),
+        ("attempts", _i32),  # timings (latency) go to the materialisation's metadata, never here
         ("text_model_id", _str),  # the embedder's text model that encoded the caption
         ("caption_embedding", _vec),  # L2-normalised text embedding of `caption` (search, scoring)
     ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import pydantic
 import yaml
@@ -164,15 +164,17 @@ def stage_config(asset: str):
             raise SettingsError(
                 f"{config_path()}: stages.{asset} has unknown setting(s) {unknown}; known: {sorted(cls.model_fields)}"
             )
-        fields: dict[str, Any] = {}
-        for name, value in values.items():
-            info = cls.model_fields[name]
-            try:
-                value = pydantic.TypeAdapter(Annotated[info.annotation, info]).validate_python(value)
-            except pydantic.ValidationError as exc:
-                message = exc.errors()[0]["msg"]
-                raise SettingsError(f"{config_path()}: stages.{asset}.{name} = {value!r}: {message}") from None
-            fields[name] = (info.annotation, FieldInfo.merge_field_infos(info, default=value))
+        try:
+            cls.model_validate(values)  # the fields' own validation, validators included
+        except pydantic.ValidationError as exc:
+            bad = [e for e in exc.errors() if e["loc"] and e["loc"][0] in values]
+            if bad:
+                name = bad[0]["loc"][0]
+                raise SettingsError(f"{config_path()}: stages.{asset}.{name} = {values[name]!r}: {bad[0]['msg']}") from None
+        fields = {
+            name: (cls.model_fields[name].annotation, FieldInfo.merge_field_infos(cls.model_fields[name], default=value))
+            for name, value in values.items()
+        }
         if not fields:
             return cls
         return pydantic.create_model(cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **fields)

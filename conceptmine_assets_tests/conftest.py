@@ -59,7 +59,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with pipeline_env(dataroot, root) as home, dg.DagsterInstance.get() as instance:
         cli.register_scenes(instance)
         with threadpool_limits(1, user_api="openmp"):  # t-SNE's OpenMP threads crawl on a busy 2-core machine
-            cli.run_pipeline(instance, [REAL_SCENE], ["CAM_FRONT"])
+            cli.run_pipeline(instance, [REAL_SCENE])  # the config file's cameras: CAM_FRONT
         defs = build_definitions(Settings.from_env())
         run_config = {"ops": {
             "mined_split": {"config": {"target_frac": 1.0, "random_frac": 0.0, "output_dir": str(root / "splits")}},

@@ -146,20 +146,27 @@ def write_table(store: Path, asset: str, df: pd.DataFrame, scene: str | None = N
 # ---------------------------------------------------------------- a deployment in a folder
 
 
-@contextmanager
-def pipeline_env(dataroot: Path, root: Path) -> Iterator[Path]:
-    """Environment of a deployment on ``root`` (DAGSTER_HOME, store, cwd for relative side files);
-    yields DAGSTER_HOME. The offline profile with the dataset's own boxes as detector."""
+def set_deployment(mp: pytest.MonkeyPatch, dataroot: Path, root: Path, **overrides: str) -> Path:
+    """Set, through ``mp``, the environment of a deployment on ``root`` (DAGSTER_HOME, store, cwd
+    for relative side files); the offline profile with the dataset's own boxes as detector unless
+    ``overrides`` say otherwise. Returns DAGSTER_HOME."""
     home = root / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {
-            "DAGSTER_HOME": str(home), "NUSCENES_DATAROOT": str(dataroot), "CONCEPTMINE_STORE": str(root / "store"),
-            "CONCEPTMINE_DETECTOR": "annotations", "CONCEPTMINE_PROFILE": "offline",
-        }.items():
-            mp.setenv(key, value)
-        for key in ("CONCEPTMINE_CAPTIONER", "CONCEPTMINE_VOCABULARY"):
+    for key, value in {
+        "DAGSTER_HOME": str(home), "NUSCENES_DATAROOT": str(dataroot), "CONCEPTMINE_STORE": str(root / "store"),
+        "CONCEPTMINE_DETECTOR": "annotations", "CONCEPTMINE_PROFILE": "offline", **overrides,
+    }.items():
+        mp.setenv(key, value)
+    for key in ("CONCEPTMINE_CAPTIONER", "CONCEPTMINE_VOCABULARY", "CONCEPTMINE_EXECUTOR", "CONCEPTMINE_CONFIG"):
+        if key not in overrides:
             mp.delenv(key, raising=False)
-        mp.chdir(root)
-        yield home
+    mp.chdir(root)
+    return home
+
+
+@contextmanager
+def pipeline_env(dataroot: Path, root: Path) -> Iterator[Path]:
+    """:func:`set_deployment` for the duration of a ``with`` block; yields DAGSTER_HOME."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield set_deployment(mp, dataroot, root)

@@ -48,6 +48,10 @@ class Automation:
     def tick(self, when: datetime) -> int:
         result = dg.evaluate_automation_conditions(self.defs, self.instance, cursor=self.cursor, evaluation_time=when)
         self.cursor = result.cursor
+        return self.execute(result)
+
+    def execute(self, result) -> int:
+        """Run what one evaluation requested: observations, then each partition, globals last."""
         graph = self.defs.resolve_asset_graph()
         by_partition: dict[str | None, list[dg.AssetKey]] = {}
         for key in graph.get_all_asset_keys():
@@ -65,14 +69,16 @@ class Automation:
             self.done += [(k.to_user_string(), pk) for k in keys]
         return result.total_requested
 
-    def settle(self, when: datetime, max_ticks: int = 12) -> None:
-        """Tick until nothing more is requested (each tick a minute later); the discovery
-        sensor's work (registering new scenes) happens between ticks, as in a deployment."""
+    def settle(self, when: datetime, max_ticks: int = 16) -> None:
+        """Tick until two ticks in a row request nothing (each tick a minute later; the global
+        assets come on the tick after the scene work they wait for); the discovery sensor's work
+        (registering new scenes) happens between ticks, as in a deployment."""
+        quiet = 0
         for i in range(max_ticks):
             requested = self.tick(when + timedelta(minutes=i))
-            if register_scenes(self.instance, self.nuscenes) or requested:
-                continue
-            return
+            quiet = 0 if register_scenes(self.instance, self.nuscenes) or requested else quiet + 1
+            if quiet == 2:
+                return
         raise AssertionError(f"automation did not settle; last done: {self.done[-10:]}")
 
 
@@ -126,3 +132,42 @@ def test_new_scene_flows_through_and_vocabulary_restales_only_scores(pipeline):
     assert sorted(auto.done, key=str) == sorted(
         [("concept_scores", s) for s in HIGHWAY_SCENES] + [(a, None) for a in DERIVED], key=str
     )
+
+
+@pytest.mark.slow
+def test_global_assets_refresh_once_after_the_scene_work_they_wait_for(pipeline):
+    """A scene updated by hand (a click on Materialize for one `frames` partition) sets off that
+    scene's chain; the global assets are requested only once the chain is done — never in a tick
+    that requests or runs a scene stage — and once."""
+    auto, root, _ = pipeline
+    auto.settle(MONDAY_4AM - timedelta(days=1))
+    scene = HIGHWAY_SCENES[1]
+    frames_only = auto.defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("frames")})
+    assert frames_only.execute_in_process(instance=auto.instance, partition_key=scene, run_config=QUIET).success
+
+    when = MONDAY_4AM - timedelta(hours=20)
+    result = dg.evaluate_automation_conditions(auto.defs, auto.instance, cursor=auto.cursor, evaluation_time=when)
+    scene_keys = {k for k in auto.defs.resolve_asset_graph().get_all_asset_keys() if k.to_user_string() in SCENE_ASSETS}
+    first = {k.to_user_string(): result.get_requested_partitions(k) for k in scene_keys}
+    assert first["detections"] == {scene}
+    assert not any(result.get_requested_partitions(dg.AssetKey(a)) for a in DERIVED)
+
+    # while that scene's run is in progress, a tick requests no global asset either
+    job = auto.defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("detections")})
+    busy = auto.instance.create_run_for_job(job, tags={"dagster/partition": scene}, status=dg.DagsterRunStatus.STARTED)
+    auto.cursor = result.cursor
+    during = dg.evaluate_automation_conditions(auto.defs, auto.instance, cursor=auto.cursor, evaluation_time=when + timedelta(minutes=1))
+    assert not any(during.get_requested_partitions(dg.AssetKey(a)) for a in DERIVED)
+    auto.instance.delete_run(busy.run_id)
+
+    # the chain runs tick by tick (the Automation helper executes what each tick requests); the
+    # global assets come once, after the last scene stage
+    auto.cursor = during.cursor
+    auto.done.clear()
+    auto.execute(result)
+    auto.settle(when + timedelta(minutes=2))
+    scene_steps = [i for i, (a, s) in enumerate(auto.done) if s]
+    global_steps = [i for i, (a, s) in enumerate(auto.done) if a in DERIVED]
+    assert {a for a, s in auto.done if s} >= {"crops", "embeddings", "outlier_flags", "concept_scores"}
+    assert sorted(auto.done[i][0] for i in global_steps) == DERIVED  # each once
+    assert min(global_steps) > max(scene_steps)

@@ -424,7 +424,7 @@ def test_captions_asset_template_backend(upstream_store, instance):
     assert md["num_over_budget"].value == 1 and md["num_sent_to_captioner"].value == 3
     # idempotent: a re-run rewrites the same table
     again, _ = _materialize(upstream_store, instance, TemplateCaptioner(), {"max_per_scene": 3})
-    assert again.drop(["latency_s"]).equals(table.drop(["latency_s"]))
+    assert again.equals(table)  # no timings in stored rows
 
 
 def test_captions_asset_survives_a_down_server(upstream_store, instance):

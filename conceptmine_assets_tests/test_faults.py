@@ -139,10 +139,10 @@ def test_bad_image_is_a_counted_skip_through_perception(highway_root, yolo_tflit
     result = materialize_scene(PERCEPTION, BAD, instance, res)
     assert result.success
     frame = pq.read_table(store / "frames" / f"{BAD}.parquet").to_pylist()[0]
-    flagged_by_frames = how != "truncated"  # frames reads only the header; the decoder finds the cut
-    assert frame["image_ok"] is (not flagged_by_frames)
-    if flagged_by_frames:
-        assert str(image) in frame["image_error"] and metadata(result, "frames")["num_bad_images"] == 1
+    assert frame["image_ok"] is False  # a truncated file too: frames checks the JPEG end marker
+    assert str(image) in frame["image_error"] and metadata(result, "frames")["num_bad_images"] == 1
+    if how == "truncated":
+        assert "truncated" in frame["image_error"]
     det = metadata(result, "detections")
     assert (det["num_frames_in"], det["num_frames_out"], det["num_skipped_frames"]) == (1, 0, 1)
     assert image.name in det["skipped_frames"]

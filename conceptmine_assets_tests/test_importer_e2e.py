@@ -53,7 +53,8 @@ def test_whole_pipeline_on_an_import_finds_cars(tmp_path, kind):
         with dg.DagsterInstance.get() as instance:
             assert cli.register_scenes(instance) == scenes
             with threadpool_limits(1, user_api="openmp"):
-                cli.run_pipeline(instance, scenes, ["CAM_FRONT"], {"target_frac": 0.5, "random_frac": 0.5})
+                split = {"target_frac": 0.5, "random_frac": 0.5}
+                cli.run_pipeline(instance, scenes, ops={"mined_split": {"config": split}})
             runs = instance.get_runs(filters=dg.RunsFilter(job_name="mining_global_job"))
             warnings = [e.user_message for e in instance.all_logs(runs[0].run_id) if e.level == logging.WARNING]
     store = tmp_path / "store"

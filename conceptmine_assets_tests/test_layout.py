@@ -30,9 +30,8 @@ MODULE_EXCEPTIONS: dict[str, tuple[int, str]] = {
 }
 # "path:function" -> (lines it may not exceed, why)
 FUNCTION_EXCEPTIONS: dict[str, tuple[int, str]] = {
-    "conceptmine_assets/assets/captions.py:captions": (88, PENDING),
+    "conceptmine_assets/assets/captions.py:captions": (66, PENDING),  # with its 9-line decorator
     "conceptmine_assets/assets/concepts.py:concept_scores": (69, PENDING),
-    "conceptmine_assets/cli.py:main": (63, PENDING),
     "conceptmine_assets/assets/crops.py:crops": (61, PENDING),
 }
 

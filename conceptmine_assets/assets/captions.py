@@ -7,6 +7,7 @@ from collections import Counter
 import dagster as dg
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, by_scene
 from conceptmine_assets.lib.vocabulary import Vocabulary, humanize
@@ -26,9 +27,13 @@ MAX_LISTED = 20
 class CaptionsConfig(dg.Config):
     """Which crops go to the captioner."""
 
-    max_per_scene: int | None = 64  # VLM budget per scene, highest priority first; None = no limit
-    caption_outliers: bool = True  # send outliers (any class)
-    caption_candidates: bool = True  # send crops whose class is a target/rare/unknown candidate
+    max_per_scene: int | None = Field(
+        default=64, ge=0, description="VLM budget per scene, highest priority first; none: no limit"
+    )
+    caption_outliers: bool = Field(default=True, description="send outliers (any class) to the captioner")
+    caption_candidates: bool = Field(
+        default=True, description="send crops whose class is a target/rare candidate in the vocabulary (or unknown to it)"
+    )
 
 
 def _as_list(value: object) -> list[str]:
@@ -87,7 +92,6 @@ def _class_name_row(row: pd.Series) -> dict:
         "caption": humanize(row["class_name"]),
         "error": None,
         "attempts": 0,
-        "latency_s": 0.0,
     }
 
 
@@ -102,7 +106,6 @@ def _result_row(result: CaptionResult, captioner: CaptionerResource) -> dict:
         "caption": result.caption,
         "error": result.error,
         "attempts": result.attempts,
-        "latency_s": float(result.latency_s),
     }
 
 
@@ -123,8 +126,27 @@ def captions_frame(table: pd.DataFrame, per_row: list[dict]) -> pd.DataFrame:
     if df.empty:  # no float64 guesses for the string columns of an empty frame
         df = df.astype(object)
     df["attempts"] = df["attempts"].astype("int32")
-    df["latency_s"] = df["latency_s"].astype("float32")
     return df
+
+
+def _scene_outputs(context: dg.AssetExecutionContext, plans: dict, results, captioner: CaptionerResource):
+    """Per scene, its captions table from the captioner's results (in request order); with the
+    failures, the crops without outlier flags and the per-crop latencies (for metadata)."""
+    outputs, failures, missing_flags, latencies = {}, [], 0, []
+    for scene, (table, chosen) in plans.items():
+        per_row = [_class_name_row(row) for _, row in table.iterrows()]
+        for pos in chosen:
+            result = next(results)
+            per_row[pos] = _result_row(result, captioner)
+            latencies.append(float(result.latency_s))  # a timing: metadata only, never a stored row
+            if result.status == "failed":
+                failures.append(f"{scene} / {table.at[pos, 'detection_id']}: {result.error}")
+        outputs[scene] = captions_frame(table, per_row)
+        missing = int((~table["has_flags"]).sum())
+        if missing:
+            context.log.warning(f"scene {scene}: {missing} crops have no outlier_flags row; treated as inliers")
+        missing_flags += missing
+    return outputs, failures, missing_flags, latencies
 
 
 def add_caption_embeddings(outputs: dict[str, pd.DataFrame], embedder: EmbedderResource) -> None:
@@ -137,10 +159,34 @@ def add_caption_embeddings(outputs: dict[str, pd.DataFrame], embedder: EmbedderR
         df.attrs["vector_dims"] = {"caption_embedding": embedder.load().text_dim}
 
 
+def _plans(scenes: list[str], inputs: list[dict], vocab, config: CaptionsConfig) -> tuple[dict, int, Counter]:
+    """Per scene, its crop table and which rows go to the VLM (the budget is per scene); with the
+    crops over budget and the reasons crops were selected."""
+    plans, reasons, over_budget = {}, Counter(), 0
+    for scene in scenes:
+        table = crop_table(*(t[scene] for t in inputs))
+        chosen, over, why = select_for_vlm(table, vocab, config)
+        plans[scene] = (table, chosen)
+        over_budget += len(over)
+        reasons.update(why)
+    return plans, over_budget, reasons
+
+
+def _timings(vlm_s: float, sent: int, latencies: list[float], started: float) -> dict:
+    """Timing metadata of a captions run (timings never go into the stored rows)."""
+    return {
+        "captioner_seconds": round(vlm_s, 3),
+        "captions_per_s": round(sent / vlm_s, 2) if sent and vlm_s > 0 else None,
+        "latency_s_mean": round(float(np.mean(latencies)), 4) if latencies else None,
+        "latency_s_max": round(max(latencies), 4) if latencies else None,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
 @dg.asset(
     deps=["captioner_model", "embedding_model"],
     partitions_def=scene_partitions,
-    code_version="1",
+    code_version="2",
     kinds={"transformers", "parquet"},
     group_name="mining_scene",
     metadata=column_schema("captions"),
@@ -170,32 +216,12 @@ def captions(
     started = time.perf_counter()
     vocab = vocabulary.load()
     inputs = [by_scene(t, scenes) for t in (crops, detections, outlier_flags)]
-    plans = {}  # per scene: its crop table and which rows go to the VLM (the budget is per scene)
-    reasons: Counter = Counter()
-    over_budget = 0
-    for scene in scenes:
-        table = crop_table(*(t[scene] for t in inputs))
-        chosen, over, why = select_for_vlm(table, vocab, config)
-        plans[scene] = (table, chosen)
-        over_budget += len(over)
-        reasons.update(why)
+    plans, over_budget, reasons = _plans(scenes, inputs, vocab, config)
     requests = [_request(table.iloc[pos]) for table, chosen in plans.values() for pos in chosen]
     vlm_started = time.perf_counter()
     results = iter(captioner.caption(requests))  # one batched pass over every scene of the run
     vlm_s = time.perf_counter() - vlm_started
-    outputs, failures, missing_flags = {}, [], 0
-    for scene, (table, chosen) in plans.items():
-        per_row = [_class_name_row(row) for _, row in table.iterrows()]
-        for pos in chosen:
-            result = next(results)
-            per_row[pos] = _result_row(result, captioner)
-            if result.status == "failed":
-                failures.append(f"{scene} / {table.at[pos, 'detection_id']}: {result.error}")
-        outputs[scene] = captions_frame(table, per_row)
-        missing = int((~table["has_flags"]).sum())
-        if missing:
-            context.log.warning(f"scene {scene}: {missing} crops have no outlier_flags row; treated as inliers")
-        missing_flags += missing
+    outputs, failures, missing_flags, latencies = _scene_outputs(context, plans, results, captioner)
     add_caption_embeddings(outputs, embedder)
     for line in failures[:MAX_LISTED]:
         context.log.warning(f"caption failed for crop {line}")
@@ -219,9 +245,7 @@ def captions(
             "backend": captioner.backend,
             "model_id": captioner.model_id,
             "vocabulary_version": vocab.identity,
-            "captioner_seconds": round(vlm_s, 3),
-            "captions_per_s": round(len(requests) / vlm_s, 2) if requests and vlm_s > 0 else None,
-            "seconds": round(time.perf_counter() - started, 3),
+            **_timings(vlm_s, len(requests), latencies, started),
         }
     )
     return outputs[scenes[0]] if len(scenes) == 1 else outputs

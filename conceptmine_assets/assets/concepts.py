@@ -14,6 +14,7 @@ from conceptmine_assets.lib.model_guard import check_embedding_model
 from conceptmine_assets.lib.concepts import assign_group, rank_concepts, score_concepts, text_weights, top_superclass
 from conceptmine_assets.lib.vocabulary import Vocabulary
 from conceptmine_assets.resources.vocabulary import VocabularyResource
+from conceptmine_assets.lib.scenes import SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.schemas import CONCEPT_SCORES, KEY_COLUMNS, column_schema
@@ -122,6 +123,20 @@ def score_rows(
     return df if len(df) else df.astype(object)  # empty: no float64 guesses for list/string columns
 
 
+def _counts(df: pd.DataFrame, captions: pd.DataFrame, vocabulary: Vocabulary) -> dict:
+    """Materialisation metadata: groups, score modes, top concepts and the VLM's say."""
+    top = df["top_concept"].value_counts().head(10).to_dict()
+    return {
+        "num_crops": len(df),
+        "groups": dg.MetadataValue.json({k: int(v) for k, v in df["group"].value_counts().items()}),
+        "score_modes": dg.MetadataValue.json({k: int(v) for k, v in df["score_mode"].value_counts().items()}),
+        "top_concepts": dg.MetadataValue.json({k: int(v) for k, v in top.items()}),
+        "num_joint_labels": int(df["joint_label"].notna().sum()),
+        "num_vlm_overrides": int(sum(_vlm_concept(vocabulary, v) is not None for v in captions["vlm_class"])),
+        "num_vlm_others": int((captions["vlm_class"] == OTHERS).sum()),
+    }
+
+
 @dg.asset(
     deps=["vocabulary", "embedding_model"],
     partitions_def=scene_partitions,
@@ -129,15 +144,12 @@ def score_rows(
     kinds={"pytorch", "parquet"},
     group_name="mining_scene",
     metadata=column_schema("concept_scores"),
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SCENES_PER_RUN),
 )
 def concept_scores(
-    context: dg.AssetExecutionContext,
-    config: ConceptScoresConfig,
-    captions: pd.DataFrame,
-    embeddings: pd.DataFrame,
-    embedder: EmbedderResource,
-    vocabulary: VocabularyResource,
-) -> pd.DataFrame:
+    context: dg.AssetExecutionContext, config: ConceptScoresConfig, captions: SceneTables, embeddings: SceneTables,
+    embedder: EmbedderResource, vocabulary: VocabularyResource,
+) -> SceneTables:
     """One row per crop of the scene (key: detection_id, plus scene_name, sample_token,
     sample_data_token, channel, class_name): the caption, every concept's score
     (``concept_names``/``concept_scores``), top and second concept, margin, joint label, top
@@ -149,7 +161,8 @@ def concept_scores(
     a crop has no embedding, only the caption counts (``w_t = 1``, ``score_mode = "text_only"``).
     A VLM class that names a concept is the top concept; a VLM "others" makes the crop Rare
     (unless its detector class is a target)."""
-    scene = context.partition_key
+    scene = ", ".join(context.partition_keys)  # several scenes per run in a backfill
+    captions, embeddings = concat_scenes(captions), concat_scenes(embeddings)
     started = time.perf_counter()
     vocab = vocabulary.load()
     prompts, owners = vocab.prompt_table(config.prompt_template)
@@ -168,16 +181,9 @@ def concept_scores(
     missing = int(len(captions) - has_image.sum()) if embedder.shared_space else 0
     if missing:
         context.log.warning(f"scene {scene}: {missing} crops have no embedding; scored from the caption only")
-    top = df["top_concept"].value_counts().head(10).to_dict()
     context.add_output_metadata(
         {
-            "num_crops": len(df),
-            "groups": dg.MetadataValue.json({k: int(v) for k, v in df["group"].value_counts().items()}),
-            "score_modes": dg.MetadataValue.json({k: int(v) for k, v in df["score_mode"].value_counts().items()}),
-            "top_concepts": dg.MetadataValue.json({k: int(v) for k, v in top.items()}),
-            "num_joint_labels": int(df["joint_label"].notna().sum()),
-            "num_vlm_overrides": int(sum(_vlm_concept(vocab, v) is not None for v in captions["vlm_class"])),
-            "num_vlm_others": int((captions["vlm_class"] == OTHERS).sum()),
+            **_counts(df, captions, vocab),
             "num_adaptive_weights": int((adaptive & has_image).sum()),
             "num_label_only_captions": int(label_only.sum()),
             "num_without_embedding": missing,
@@ -190,4 +196,4 @@ def concept_scores(
             "seconds": round(time.perf_counter() - started, 3),
         }
     )
-    return df
+    return split_scenes(df, context.partition_keys)

@@ -18,6 +18,7 @@ from conceptmine_assets.lib.geometry import (
 )
 from conceptmine_assets.lib.images import ImageDecodeError, encode_jpeg, read_rgb
 from conceptmine_assets.lib.quality import image_quality
+from conceptmine_assets.lib.scenes import SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.schemas import CROPS, KEY_COLUMNS, column_schema
@@ -141,25 +142,24 @@ def _crops_frame(rows: list[dict]) -> pd.DataFrame:
     kinds={"nuscenes", "parquet"},
     group_name="perception",
     metadata=column_schema("crops"),
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SCENES_PER_RUN),
 )
 def crops(
-    context: dg.AssetExecutionContext,
-    config: CropsConfig,
-    frames: pd.DataFrame,
-    detections: pd.DataFrame,
+    context: dg.AssetExecutionContext, config: CropsConfig, frames: SceneTables, detections: SceneTables,
     nuscenes: NuScenesResource,
-) -> pd.DataFrame:
+) -> SceneTables:
     """One row per detection that yields a usable crop (key ``detection_id``): the box clipped to the
     image, the padded crop window and the crop as JPEG bytes (``image_jpeg``), the LIDAR_TOP
     points projected inside the box and their median depth (null without LiDAR), and the crop's
     brightness, glare, darkness and blur. Boxes under ``min_size`` px and boxes of frames whose
     image is unusable are counted skips."""
     started = time.perf_counter()
+    frames, detections = concat_scenes(frames), concat_scenes(detections)
     by_token = {f["sample_data_token"]: f for f in frames.to_dict("records")}
     unknown = sorted(set(detections["sample_data_token"]) - set(by_token))
     if unknown:
         raise DatasetError(
-            f"scene {context.partition_key}: detections reference frames not in `frames` {unknown[:5]}; "
+            f"scene {', '.join(context.partition_keys)}: detections reference frames not in `frames` {unknown[:5]}; "
             "re-materialise detections"
         )
     rows, skips, bad_files, sweeps = [], Counter(), [], {}
@@ -195,4 +195,4 @@ def crops(
             "seconds": round(time.perf_counter() - started, 3),
         }
     )
-    return df
+    return split_scenes(df, context.partition_keys)

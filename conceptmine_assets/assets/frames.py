@@ -5,10 +5,12 @@ from typing import Literal
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field, field_validator
 from PIL import Image, UnidentifiedImageError
 
 from conceptmine_assets.errors import DatasetError
 from conceptmine_assets.lib.sampling import keep
+from conceptmine_assets.lib.scenes import SCENES_PER_RUN, SceneTables, concat_scenes
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.schemas import FRAMES, column_schema
@@ -28,24 +30,63 @@ CAMERAS = (
 class FramesConfig(dg.Config):
     """Which keyframes of a scene enter the pipeline."""
 
-    cameras: list[str] = ["CAM_FRONT"]  # the paper mines CAM_FRONT; any of the six
-    sampling_rate: float = 1.0  # share of keyframes kept (the paper's --sampling-rate)
-    seed: int = 0
-    max_frames: int | None = None  # per scene, after sampling, earliest first
-    on_bad_image: Literal["flag", "fail"] = "flag"  # flag: keep the row with image_ok=False
+    cameras: list[str] = Field(
+        default=["CAM_FRONT"], min_length=1,
+        description=f"camera channels to mine (the paper mines CAM_FRONT), any of {', '.join(CAMERAS)}",
+    )
+    sampling_rate: float = Field(
+        default=1.0, gt=0.0, le=1.0, description="share of keyframes kept, seeded per sample (the paper's --sampling-rate)"
+    )
+    seed: int = Field(default=0, description="seed of the keyframe sampling")
+    max_frames: int | None = Field(
+        default=None, ge=1, description="at most this many samples per scene after sampling, earliest first; none: all"
+    )
+    on_bad_image: Literal["flag", "fail"] = Field(
+        default="flag", description="flag: keep a bad image's row with image_ok=False; fail: fail the run"
+    )
+
+    @field_validator("cameras")
+    @classmethod
+    def _known_cameras(cls, cameras: list[str]) -> list[str]:
+        unknown = sorted(set(cameras) - set(CAMERAS))
+        if unknown:
+            raise ValueError(f"unknown camera channels {unknown}; choose from {list(CAMERAS)}")
+        return cameras
+
+
+# Bytes a complete file of the format ends with (trailing padding aside): a truncated download or
+# copy lacks them. Checking the tail costs one small read, not a decode of the image.
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+_TAIL_BYTES = 1024
+
+
+def truncated(path: str, image_format: str | None) -> bool:
+    """Whether a JPEG/PNG file lacks its end marker (within the last KiB, padding ignored)."""
+    marker = _END_MARKERS.get(image_format or "")
+    if marker is None:
+        return False
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        fh.seek(max(0, fh.tell() - _TAIL_BYTES))
+        tail = fh.read().rstrip(b"\x00\r\n ")
+    return not tail.endswith(marker)
 
 
 def check_image(path: str, width: int, height: int) -> str | None:
-    """Why the image at ``path`` is unusable, or None if its header reads and its size matches."""
+    """Why the image at ``path`` is unusable, or None if its header reads, its size matches and
+    the file is complete (a JPEG/PNG ends with its end marker)."""
     try:
         with Image.open(path) as im:
-            size = im.size
+            size, image_format = im.size, im.format
+        cut = truncated(path, image_format)
     except FileNotFoundError:
         return f"missing image file {path}"
     except (UnidentifiedImageError, OSError) as exc:
         return f"unreadable image file {path}: {exc}"
     if width and height and size != (width, height):
         return f"image file {path} is {size[0]}x{size[1]}, the table says {width}x{height}"
+    if cut:
+        return f"truncated image file {path}: no {image_format} end marker (re-copy the file)"
     return None
 
 
@@ -96,24 +137,11 @@ def _frame_row(nusc, scene: dict, sample_token: str, channel: str, sd_token: str
     }
 
 
-@dg.asset(
-    partitions_def=scene_partitions,
-    code_version="1",
-    kinds={"nuscenes", "parquet"},
-    group_name="perception",
-    metadata=column_schema("frames"),
-)
-def frames(context: dg.AssetExecutionContext, config: FramesConfig, nuscenes: NuScenesResource) -> pd.DataFrame:
-    """One row per camera keyframe of the scene: scene_name, sample_token, sample_data_token,
-    channel, image_path (relative to the dataroot), size, intrinsic and the sensor→ego and
-    ego→global poses. A frame whose image is missing, unreadable or of the wrong size is kept
-    with ``image_ok = False`` and listed in the metadata (or fails the run with
-    ``on_bad_image = "fail"``)."""
-    unknown = sorted(set(config.cameras) - set(CAMERAS))
-    if unknown:
-        raise DatasetError(f"unknown camera channels {unknown}; choose from {list(CAMERAS)}")
-    started = time.perf_counter()
-    scene = nuscenes.scene(context.partition_key)
+def _scene_frames(
+    context: dg.AssetExecutionContext, config: FramesConfig, nuscenes: NuScenesResource, name: str
+) -> tuple[pd.DataFrame, list[str], int]:
+    """(table, bad-image errors, channels absent) of one scene."""
+    scene = nuscenes.scene(name)
     rows, absent = _frame_rows(nuscenes, scene, config)
     if config.max_frames is not None:
         keep_samples = sorted({r["sample_token"]: r["timestamp"] for r in rows}.items(), key=lambda kv: kv[1])
@@ -125,16 +153,39 @@ def frames(context: dg.AssetExecutionContext, config: FramesConfig, nuscenes: Nu
         row["image_ok"], row["image_error"] = error is None, error
         if error:
             if config.on_bad_image == "fail":
-                raise DatasetError(f"scene {scene['name']}: {error}")
+                raise DatasetError(f"scene {name}: {error}")
             bad.append(error)
-            context.log.warning(f"scene {scene['name']}: {error}")
+            context.log.warning(f"scene {name}: {error}")
     if not rows:
-        context.log.warning(f"scene {scene['name']}: no keyframes selected for cameras {config.cameras}")
-    df = pd.DataFrame(rows, columns=FRAMES.names)
+        context.log.warning(f"scene {name}: no keyframes selected for cameras {config.cameras}")
+    return pd.DataFrame(rows, columns=FRAMES.names), bad, absent
+
+
+@dg.asset(
+    partitions_def=scene_partitions,
+    code_version="2",
+    kinds={"nuscenes", "parquet"},
+    group_name="perception",
+    metadata=column_schema("frames"),
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SCENES_PER_RUN),
+)
+def frames(context: dg.AssetExecutionContext, config: FramesConfig, nuscenes: NuScenesResource) -> SceneTables:
+    """One row per camera keyframe of the scene (key: sample_data_token; plus scene_name,
+    sample_token, channel, image_path relative to the dataroot, size, intrinsic and the
+    sensor→ego and ego→global poses). A frame whose image is missing, unreadable, truncated (no
+    JPEG/PNG end marker) or of the wrong size is kept with ``image_ok = False`` and listed in the
+    metadata (or fails the run with ``on_bad_image = "fail"``). Several scenes per run in a
+    backfill; one file per scene."""
+    started = time.perf_counter()
+    tables, bad, absent = {}, [], 0
+    for name in context.partition_keys:
+        tables[name], scene_bad, scene_absent = _scene_frames(context, config, nuscenes, name)
+        bad, absent = bad + scene_bad, absent + scene_absent
+    df = concat_scenes(tables)
     context.add_output_metadata(
         {
             "num_frames": len(df),
-            "num_samples": int(df["sample_token"].nunique()),
+            "num_samples": int(df["sample_token"].nunique()) if len(df) else 0,
             "num_bad_images": len(bad),
             "bad_images": dg.MetadataValue.md("\n".join(f"- {b}" for b in bad) or "none"),
             "num_channel_absent": absent,
@@ -142,4 +193,4 @@ def frames(context: dg.AssetExecutionContext, config: FramesConfig, nuscenes: Nu
             "seconds": round(time.perf_counter() - started, 3),
         }
     )
-    return df
+    return tables[context.partition_keys[0]] if len(tables) == 1 else tables

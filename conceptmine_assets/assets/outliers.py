@@ -23,6 +23,7 @@ from conceptmine_assets.lib.outliers import (
     score,
 )
 from conceptmine_assets.lib.model_guard import check_embedding_model
+from conceptmine_assets.lib.scenes import SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
 from conceptmine_assets.lib.tables import stack_vectors
 from conceptmine_assets.partitions import all_scenes, scene_partitions
 from conceptmine_assets.resources.store_sql import StoredTable, connect, reservoir_sample
@@ -164,21 +165,20 @@ def _join_quality(embeddings: pd.DataFrame, crops: pd.DataFrame, scene: str) -> 
     kinds={"scikit-learn", "parquet"},
     group_name="mining_scene",
     metadata=column_schema("outlier_flags"),
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SCENES_PER_RUN),
 )
 def outlier_flags(
-    context: dg.AssetExecutionContext,
-    config: OutlierFlagsConfig,
-    embeddings: pd.DataFrame,
-    crops: pd.DataFrame,
+    context: dg.AssetExecutionContext, config: OutlierFlagsConfig, embeddings: SceneTables, crops: SceneTables,
     outlier_reference: OutlierReference,
-) -> pd.DataFrame:
+) -> SceneTables:
     """One row per embedded crop of the scene (detection_id, sample_token, class_name): the
     IsolationForest, LOF and kNN-distance scores against the global `outlier_reference`
     (higher = more anomalous; no refit), each detector's flag from the reference's threshold,
     ``is_outlier`` (union, or ``vote``) with the detectors that fired, and separately the
     image-quality flags glare / dark / blur with ``is_quality_outlier``."""
     started = time.perf_counter()
-    scene = context.partition_key
+    scene = ", ".join(context.partition_keys)  # several scenes per run in a backfill
+    embeddings, crops = concat_scenes(embeddings), concat_scenes(crops)
     check_embedding_model(embeddings["model_id"], outlier_reference.model_id, f"scene {scene}",
                           "the outlier_reference was fitted on another model; re-materialise "
                           "`outlier_reference` (and embeddings of all scenes)")
@@ -217,4 +217,4 @@ def outlier_flags(
             "seconds": round(time.perf_counter() - started, 3),
         }
     )
-    return out
+    return split_scenes(out, context.partition_keys)

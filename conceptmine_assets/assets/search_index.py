@@ -17,6 +17,7 @@ from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.partitions import all_scenes
 from conceptmine_assets.resources.search_index import FORMAT, IndexBuild, SearchIndexResource, fingerprint
 from conceptmine_assets.resources.store_sql import THREADS, StoredTable, open_connection
+from conceptmine_assets.settings import stage_config
 
 META = ["detection_id", "scene_name", "sample_token", "class_name", "group", "top_concept", "caption"]
 _SCORES = 'SELECT detection_id, "group", top_concept, caption AS cs_caption FROM {source}'
@@ -37,6 +38,7 @@ ORDER BY p.scene_name, p.detection_id
 """
 
 
+@stage_config("search_index")
 class SearchIndexConfig(dg.Config):
     """How the vector indexes are built (exact up to a size, IVF above) and probed."""
 

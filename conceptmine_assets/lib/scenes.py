@@ -37,6 +37,9 @@ def split_scenes(df: pd.DataFrame, scenes: list[str]) -> SceneTables:
 
 # Scenes per run for the model stages in a backfill (a trainval scene has ~40 keyframes per camera).
 MODEL_SCENES_PER_RUN = 8
+# The other per-scene stages batch as many, so a job never mixes backfill policies (Dagster would
+# then fall back to one scene per run) and the per-run overhead is paid once per 8 scenes.
+SCENES_PER_RUN = MODEL_SCENES_PER_RUN
 
 
 def by_scene(tables: SceneTables, scenes: list[str]) -> dict[str, pd.DataFrame]:

@@ -57,7 +57,7 @@ class OpenAICaptioner(VLMCaptioner):
     concurrency: int = Field(default=4, ge=1, description="parallel requests")
 
     def identity(self) -> ModelIdentity:
-        return model_identity(f"openai:{self.model}@{self.base_url}", self.prompt_settings())
+        return model_identity(f"openai:{self.model}", {**self.prompt_settings(), "base_url": self.base_url})
 
     def client(self) -> Any:
         """An ``openai.OpenAI`` client for this server (requests omit Authorization without a key)."""

@@ -74,7 +74,7 @@ class Qwen2VLCaptioner(VLMCaptioner):
             **self.prompt_settings(),
             "min_pixels": self.min_pixels,
             "max_pixels": self.max_pixels,
-            "precision": self._precision(resolve_device(self.device)),
+            "precision": self.precision,  # as set: the identity must not depend on where it is computed
         }
         name = f"qwen2_vl:{local.name if local else self.model}"
         return model_identity(name, settings, [local] if local else [], ["transformers"], revision)

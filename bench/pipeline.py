@@ -1,0 +1,165 @@
+"""Benchmark of ``conceptmine run`` (issue 11): incremental re-runs, runs per backfill, image checks.
+
+    .venv/bin/python bench/pipeline.py [--scenes 8 64 850] [--quick]
+
+Prints, on the built-in demo dataroot (the committed fixtures merged, its config
+``conceptmine.demo.yaml``), in a temporary Dagster home and store that are deleted afterwards:
+
+1. a full ``conceptmine run`` and a no-change re-run, each in a fresh process as a user runs
+   them, and the re-run's time as a fraction of the full run's (target <= 0.1);
+2. the Dagster runs ``conceptmine run`` launches for a backfill of N new scenes — planned by the
+   same code that executes them (``runner.plan_stage`` + ``runner.batch``) on an instance with N
+   registered, never-materialised scenes — against the target N/8 + a constant per stage;
+3. the cost per frame of the `frames` image check (header + end-of-image marker) against a full
+   decode of the image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "data" / "fixtures"
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    home = tmp / "home"
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONCEPTMINE_", "NUSCENES_"))}
+    env.update(
+        DAGSTER_HOME=str(home), CONCEPTMINE_CONFIG=str(REPO / "conceptmine.demo.yaml"),
+        NUSCENES_DATAROOT=str(tmp / "dataroot"), CONCEPTMINE_STORE=str(tmp / "store"),
+        HF_HUB_OFFLINE="1", YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(tmp / "ultralytics"), PYTHONPATH=str(REPO),
+    )
+    return env
+
+
+def _cli(env: dict[str, str], *args: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "conceptmine_assets.cli", *args], env=env, check=True, cwd=env["DAGSTER_HOME"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def incremental(tmp: Path) -> list[tuple[str, str]]:
+    env = _env(tmp)
+    _cli(env, "synth-dataroot", "--out", env["NUSCENES_DATAROOT"],
+         str(FIXTURES / "nuscenes-real-slice"), str(FIXTURES / "nuscenes-udacity-highway"))
+    full = _cli(env, "run")
+    again = _cli(env, "run")
+    warm = _warm_rerun(env)
+    return [
+        ("full `conceptmine run`, demo dataroot (4 scenes), fresh process", f"{full:.1f} s"),
+        ("no-change re-run, fresh process", f"{again:.1f} s"),
+        ("re-run / full run (target <= 0.1)", f"{again / full:.3f}"),
+        ("no-change re-run in a process that has imported the project (checks, observation, plan)", f"{warm:.1f} s"),
+        ("  warm re-run / full run", f"{warm / full:.3f}"),
+    ]
+
+
+def _warm_rerun(env: dict[str, str]) -> float:
+    """`conceptmine run` again in this process, imports done: what is left is the pre-flight
+    checks, the observation of the model identities and the staleness plan."""
+    from conceptmine_assets import cli
+
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        cli.main(["run"])  # warms caches the way a long-lived process would have them
+        started = time.perf_counter()
+        assert cli.main(["run"]) == 0
+        return time.perf_counter() - started
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def runs_per_backfill(counts: list[int]) -> list[tuple[str, str]]:
+    """Runs of a first `conceptmine run` over N registered scenes, per stage, as planned."""
+    import dagster as dg
+
+    from conceptmine_assets.definitions import PIPELINE, build_definitions
+    from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
+    from conceptmine_assets.runner import batch, scenes_per_run
+    from conceptmine_assets.settings import load_settings
+    from conceptmine_assets.staleness import Records, graph_nodes, plan_stage
+
+    defs = build_definitions(load_settings(store=tempfile.mkdtemp()))
+    nodes, rows = graph_nodes(defs), []
+    for n in counts:
+        scenes = [f"scene-{i:04d}" for i in range(n)]
+        with dg.DagsterInstance.ephemeral() as instance:
+            instance.add_dynamic_partitions(SCENE_PARTITIONS_NAME, scenes)
+            per_stage = {}
+            for stage in PIPELINE:
+                names = [k.to_user_string() for k in stage.selection.resolve(defs.resolve_asset_graph())]
+                names = [a for a in names if a in nodes]
+                planned = {a: [None] for a in names} if stage.observe else plan_stage(Records(instance), nodes, names, scenes)
+                per_stage[stage.job] = len(batch(stage.job, planned, scenes, scenes_per_run(defs, names)))
+        scene_jobs = [stage.job for stage in PIPELINE if stage.per_scene]
+        target = len(scene_jobs) * math.ceil(n / 8)
+        detail = ", ".join(f"{j} {c}" for j, c in per_stage.items())
+        rows.append((f"Dagster runs for a backfill of {n} scenes", f"{sum(per_stage.values())} ({detail})"))
+        met = sum(per_stage[j] for j in scene_jobs) <= target
+        rows.append((f"  per-scene stage runs vs target {len(scene_jobs)} x ceil({n}/8) = {target}", "met" if met else "missed"))
+    return rows
+
+
+def image_checks() -> list[tuple[str, str]]:
+    from PIL import Image
+
+    from conceptmine_assets.assets.frames import check_image
+
+    images = sorted((FIXTURES / "nuscenes-real-slice" / "samples").rglob("*.jpg"))
+    images += sorted((FIXTURES / "nuscenes-udacity-highway" / "samples").rglob("*.jpg"))
+    sizes = []
+    for path in images:
+        with Image.open(path) as im:
+            sizes.append(im.size)
+    repeats = 20
+    started = time.perf_counter()
+    for _ in range(repeats):
+        for path, (w, h) in zip(images, sizes):
+            assert check_image(str(path), w, h) is None
+    check_ms = 1000 * (time.perf_counter() - started) / (repeats * len(images))
+    started = time.perf_counter()
+    for _ in range(repeats):
+        for path in images:
+            with Image.open(path) as im:
+                im.load()
+    decode_ms = 1000 * (time.perf_counter() - started) / (repeats * len(images))
+    return [
+        (f"`frames` image check (header + end marker), ms/frame ({len(images)} JPEGs x {repeats})", f"{check_ms:.3f}"),
+        ("full decode (PIL load), ms/frame", f"{decode_ms:.2f}"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", type=int, nargs="+", default=[8, 64, 850], help="backfill sizes to plan")
+    parser.add_argument("--skip-incremental", action="store_true", help="skip the timed demo runs")
+    parser.add_argument("--quick", action="store_true", help="CI: no timed demo runs, one backfill size (8)")
+    args = parser.parse_args()
+    if args.quick:
+        args.skip_incremental, args.scenes = True, [8]
+    rows = []
+    if not args.skip_incremental:
+        with tempfile.TemporaryDirectory(prefix="conceptmine-bench-") as tmp:
+            rows += incremental(Path(tmp))
+    rows += runs_per_backfill(args.scenes)
+    rows += image_checks()
+    print("| measure | value |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""``conceptmine run``: materialise only what is missing or stale, stage by stage, as recorded runs.
+
+Each stage of :data:`~conceptmine_assets.definitions.PIPELINE` is planned just before it runs
+(:mod:`conceptmine_assets.staleness`), so a stage sees what the previous ones wrote. Scenes that
+need the same assets are cut into consecutive partition ranges of at most the stage's backfill
+policy size (8 scenes per run for the model stages), each one Dagster run of the stage's job
+(``dg.execute_job`` of a reconstructable job: the run has its code origin and is tagged with the
+code location's repository label, so the UI lists it under its job). A stage whose assets do
+not all take several scenes per run gets one run per scene. No run config sets stage settings:
+the values come from the config file, as for a run launched from the UI.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dagster as dg
+
+from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
+from conceptmine_assets.staleness import Records, graph_nodes, plan_stage
+
+LOCATION_NAME = "conceptmine"  # workspace.yaml / pyproject's code_location_name
+# The UI lists a job's runs by this tag (set on runs launched through the workspace).
+REPOSITORY_LABEL_TAG = ".dagster/repository"
+REPOSITORY_LABEL = f"__repository__@{LOCATION_NAME}"
+RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+QUIET = {"console": {"config": {"log_level": "WARNING"}}}
+
+
+class RunFailed(ConceptmineError):
+    """A Dagster run of ``conceptmine run`` failed."""
+
+
+@functools.cache
+def _definitions(settings_json: str) -> dg.Definitions:
+    from conceptmine_assets.definitions import build_definitions
+    from conceptmine_assets.settings import Settings
+
+    return build_definitions(Settings.model_validate_json(settings_json))
+
+
+def definitions_for(settings) -> dg.Definitions:
+    """The deployment's definitions for ``settings``, built once per process."""
+    return _definitions(settings.model_dump_json())
+
+
+def job_named(name: str) -> dg.JobDefinition:
+    """The deployed job ``name`` (what a run process reconstructs: settings from env and file)."""
+    from conceptmine_assets.settings import load_settings
+
+    return definitions_for(load_settings()).resolve_job_def(name)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run to launch: a job, the assets selected in it, its scenes (empty: unpartitioned)."""
+
+    job: str
+    assets: tuple[str, ...]
+    scenes: tuple[str, ...]
+
+    def tags(self) -> dict[str, str]:
+        tags = {REPOSITORY_LABEL_TAG: REPOSITORY_LABEL, "conceptmine/launched_by": "conceptmine run"}
+        if len(self.scenes) == 1:
+            tags["dagster/partition"] = self.scenes[0]
+        elif self.scenes:
+            tags[RANGE_START_TAG], tags[RANGE_END_TAG] = self.scenes[0], self.scenes[-1]
+        return tags
+
+
+def batch(job: str, planned: dict[str, list[str | None]], order: list[str], per_run: int) -> list[Run]:
+    """The runs of one stage: scenes needing the same assets, consecutive in ``order`` (every
+    registered partition: a run's range covers all partitions between its ends), at most
+    ``per_run`` per run; unpartitioned assets in one run after them."""
+    runs: list[Run] = []
+    globals_ = tuple(a for a, keys in planned.items() if keys == [None])
+    wanted = {s: tuple(a for a, keys in planned.items() if s in keys) for s in order}
+    current: list[str] = []
+    for scene in [*order, None]:
+        assets = wanted.get(scene, ()) if scene else ()
+        if current and (not assets or assets != wanted[current[0]] or len(current) >= per_run):
+            runs.append(Run(job, wanted[current[0]], tuple(current)))
+            current = []
+        if assets:
+            current.append(scene)
+    if globals_:
+        runs.append(Run(job, globals_, ()))
+    return runs
+
+
+def scenes_per_run(defs: dg.Definitions, assets: list[str]) -> int:
+    """The partitions one run may take for these assets: the smallest backfill policy among the
+    partitioned ones (1 where any has none or a single-partition policy)."""
+    graph = defs.resolve_asset_graph()
+    sizes = []
+    for name in assets:
+        node = graph.get(dg.AssetKey(name))
+        if node.partitions_def is None:
+            continue
+        policy = node.backfill_policy
+        sizes.append(policy.max_partitions_per_run or 10**6 if policy is not None else 1)
+    return min(sizes, default=1)
+
+
+def _error_of(result: dg.ExecuteJobResult) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error is not None:
+            error = event.step_failure_data.error
+            while error.cause is not None and "ConceptmineError" not in str(error.cls_name) and error.cls_name in (
+                "DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError",
+            ):
+                error = error.cause
+            return f"{event.step_key}: {error.message.strip().splitlines()[0]}"
+    return "the run failed before any step (see the run in the UI)"
+
+
+def execute(instance: dg.DagsterInstance, run: Run, run_config: dict, ops: dict | None = None) -> str:
+    """Execute one run through the instance; its run id, or RunFailed with the first step error.
+    ``ops``: run config of individual assets (``{asset: {"config": {...}}}``), for tests only."""
+    job = dg.build_reconstructable_job(__name__, "job_named", reconstructable_args=(run.job,))
+    selected = {a: c for a, c in (ops or {}).items() if a in run.assets}
+    run_config = {**run_config, "ops": selected} if selected else run_config
+    with dg.execute_job(
+        job, instance=instance, run_config=run_config, tags=run.tags(), asset_selection=[dg.AssetKey(a) for a in run.assets]
+    ) as result:
+        if not result.success:
+            where = f" for {', '.join(run.scenes[:3])}{' ...' if len(run.scenes) > 3 else ''}" if run.scenes else ""
+            raise RunFailed(f"{run.job}{where} failed (run {result.run_id[:8]}): {_error_of(result)}")
+        return result.run_id
+
+
+class Progress:
+    """Work done / to do in scene-stages (a run of k scenes counts k, a global run 1), elapsed
+    time and ETA; one line per run. Later stages are planned when they start, so the total is
+    estimated as "as many again" per stage left and corrected at each stage."""
+
+    def __init__(self, out: Callable[[str], object]) -> None:
+        self.out, self.done, self.total, self.started = out, 0, 0, time.perf_counter()
+
+    def plan(self, runs: list[Run], stages_left: int) -> None:
+        units = sum(len(r.scenes) or 1 for r in runs)
+        self.total = self.done + units * (1 + stages_left)
+
+    def step(self, run: Run, seconds: float) -> None:
+        self.done += len(run.scenes) or 1
+        self.total = max(self.total, self.done)
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / self.done * (self.total - self.done)
+        bar = "#" * round(20 * self.done / self.total)
+        what = f"{run.scenes[0]}..{run.scenes[-1]} ({len(run.scenes)})" if run.scenes else "global"
+        self.out(
+            f"[{bar:<20}] {self.done}/{self.total} scene-stages  {run.job} {what}: {seconds:.1f}s"
+            f"  elapsed {elapsed:.0f}s  ETA {eta:.0f}s\n"
+        )
+
+
+def run_config_for(settings) -> dict:
+    """Logging quiet; steps in this process under the default executor (no process per step)."""
+    config: dict = {"loggers": QUIET}
+    if settings.executor == "multiprocess":
+        config["execution"] = {"config": {"in_process": {}}}
+    return config
+
+
+def run(
+    instance: dg.DagsterInstance, scenes: list[str] | None = None, force: bool = False,
+    out: Callable[[str], object] | None = None, ops: dict | None = None,
+) -> list[Run]:
+    """Materialise what is missing or stale (everything with ``force``) of ``scenes`` (default:
+    every registered scene) and the global assets; returns the runs executed. ``ops`` overrides
+    assets' config for this call (tests); a deployment sets its values in the config file."""
+    from conceptmine_assets.definitions import PIPELINE
+    from conceptmine_assets.settings import load_settings
+
+    out = out or sys.stdout.write
+    settings = load_settings()
+    defs = definitions_for(settings)
+    nodes = graph_nodes(defs)
+    partitions = instance.get_dynamic_partitions(SCENE_PARTITIONS_NAME)  # a run's range spans these
+    order = [s for s in partitions if scenes is None or s in scenes]
+    run_config, executed, progress = run_config_for(settings), [], Progress(out)
+    work = [s for s in PIPELINE if not s.observe]
+    for stage in PIPELINE:
+        assets = sorted(stage.selection.resolve(defs.resolve_asset_graph()))
+        names = [k.to_user_string() for k in assets if k.to_user_string() in nodes]
+        if stage.observe:
+            execute(instance, Run(stage.job, tuple(names), ()), run_config)
+            continue
+        planned = plan_stage(Records(instance), nodes, names, order, force)
+        runs = batch(stage.job, planned, partitions, scenes_per_run(defs, names))
+        progress.plan(runs, len(work) - 1 - work.index(stage))
+        for item in runs:
+            started = time.perf_counter()
+            execute(instance, item, run_config, ops)
+            executed.append(item)
+            progress.step(item, time.perf_counter() - started)
+    if not executed:
+        out("nothing to do: every asset is up to date (use --force to recompute)\n")
+    return executed
