@@ -65,6 +65,7 @@ def generate(work: Path, scenes: int, seed: int = 0, workers: int = 2) -> None:
     vocabulary = VocabularyResource().load()
     writer = StoreWriter(work / "store", Mixture.make(seed), dict(zip(texts, text.encode_texts(texts))),
                          text.text_model_id, bench_embedder().image_model_id, vocabulary.names, vocabulary.identity, seed)
+    workers = max(1, min(workers, scenes))  # a worker without scenes would have nothing to concatenate
     with ProcessPoolExecutor(workers) as pool:
         parts = pool.map(_write_scenes, [writer] * workers, [list(range(p, scenes, workers)) for p in range(workers)])
         planted = pd.concat(list(parts), ignore_index=True).sort_values("detection_id", ignore_index=True)
