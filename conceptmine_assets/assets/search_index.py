@@ -77,6 +77,13 @@ def _vectors(table: pa.Table, where: str) -> np.ndarray:
     return pc.list_flatten(column).to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
 
 
+def _own(table: pa.Table) -> pa.Table:
+    """The columns copied out of DuckDB's Arrow batches: a column that still points into a batch
+    keeps the whole batch, vectors included, alive (measured: 2.70 GB -> 1.56 GB peak at 212 scenes)."""
+    rows = pa.array(np.arange(len(table)), pa.int64())
+    return pa.table({name: pc.take(table.column(name), rows) for name in table.column_names})
+
+
 def _one_model(models: set[str], where: str) -> str:
     models.discard(None)
     if len(models) != 1:
@@ -105,7 +112,7 @@ def build_image_index(con, files: StoredTable, scores: StoredTable, params: Inde
         if len(vectors):
             index.add(normalised(vectors))
         models.update(pc.unique(table.column("model_id")).to_pylist())
-        metas.append(table.select(META))
+        metas.append(_own(table.select(META)))
     if index is None:
         raise ConceptmineError("`embeddings` has no rows; nothing to index")
     model_id = _one_model(models, "stored embeddings")
@@ -128,7 +135,7 @@ def build_caption_index(con, files: StoredTable, scores: StoredTable, params: In
         for row in firsts.to_pylist():
             vectors.setdefault(table.column("caption")[row].as_py(), vec[row])
         models.update(pc.unique(table.column("model_id")).to_pylist())
-        crops.append(table.select(META))
+        crops.append(_own(table.select(META)))
     if not vectors:
         raise ConceptmineError("`captions` has no captioned crops; nothing to index")
     texts = sorted(vectors)
