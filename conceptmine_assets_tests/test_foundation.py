@@ -137,8 +137,10 @@ def test_sampling_and_max_frames(highway, store, instance):
     materialize_scene([frames], HIGHWAY_SCENES[0], instance, resources, run_config=_frames_config(max_frames=1))
     df = _read(store, "frames", HIGHWAY_SCENES[0])
     assert len(df) == 1 and df["timestamp"].iloc[0] == 1483272000000000
-    materialize_scene([frames], HIGHWAY_SCENES[0], instance, resources, run_config=_frames_config(sampling_rate=0.0))
-    assert len(_read(store, "frames", HIGHWAY_SCENES[0])) == 0  # an empty, typed partition
+    # a rate of 0 keeps nothing: refused by the config's declarative bounds, before any write
+    with pytest.raises(Exception, match="sampling_rate"):
+        materialize_scene([frames], HIGHWAY_SCENES[0], instance, resources, run_config=_frames_config(sampling_rate=0.0))
+    assert len(_read(store, "frames", HIGHWAY_SCENES[0])) == 1  # the stored partition is untouched
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])

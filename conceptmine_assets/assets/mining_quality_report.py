@@ -4,6 +4,7 @@ Annotations are counted per (sample, class) in DuckDB straight from the dataroot
 (the devkit is not loaded), joined with the annotations backend's `detections` rows.
 """
 
+import os
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -120,8 +121,10 @@ def mining_quality_report(
         universe = [r[0] for r in con.execute("SELECT DISTINCT sample_token FROM frames ORDER BY 1").fetchall()]
         gt, unmapped, from_detections = gt_counts(con, nuscenes.table_dir)
     if gt.empty:  # raw drives without labels: nothing to judge, and not an error of the data
+        annotated = os.path.getsize(os.path.join(nuscenes.table_dir, "sample_annotation.json")) > 2
+        what = "of a known class in the" if annotated else "at all (sample_annotation.json is empty, e.g. made by import-images) in its"
         context.log.warning(
-            f"nuScenes at {nuscenes.dataroot} has no annotations of a known class in the "
+            f"nuScenes at {nuscenes.dataroot} has no annotations {what} "
             f"{len(universe)} training samples; the report needs an annotated dataroot (empty report)"
         )
     report = coverage(gt, universe, split, config.n_random, config.seed)
