@@ -79,14 +79,15 @@ def _clean_env(clone: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_a_clone_alone_runs_the_demo_and_its_tests(tmp_path):
-    """``git clone`` of the committed HEAD with no ``../shared`` beside it: the README's ``make demo``
+    """``git clone`` of the committed HEAD into an otherwise empty folder (no sibling fixture folder
+    to lean on): the README's ``make demo``
     (on the existing virtual environment: ``-o`` keeps make from rebuilding it) and a fast subset
     of the tests pass there."""
     if not (REPO / ".git").exists():
         pytest.skip(f"{REPO} is not a git checkout: nothing to clone")
     clone = tmp_path / "conceptmine"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    assert not (tmp_path / "shared").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [clone.name]  # the clone has nothing beside it
     env, bin_dir = _clean_env(clone), Path(sys.executable).parent
     found = subprocess.run([sys.executable, "-c", "import conceptmine_assets; print(conceptmine_assets.__file__)"],
                            env=env, cwd=clone, capture_output=True, text=True, check=True)
