@@ -31,7 +31,7 @@ def register_scenes(instance: dg.DagsterInstance, nuscenes=None) -> list[str]:
     from conceptmine_assets.sensors import register_scenes as register
 
     if nuscenes is None:
-        _, nuscenes = preflight()
+        _, nuscenes = preflight(instance.root_directory, load_models=False)
     return register(instance, nuscenes)
 
 
@@ -40,7 +40,7 @@ def run_pipeline(instance: dg.DagsterInstance, scenes: list[str] | None = None, 
     from conceptmine_assets.preflight import preflight
     from conceptmine_assets.runner import run
 
-    _, nuscenes = preflight()
+    _, nuscenes = preflight(instance.root_directory)
     unknown = sorted(set(scenes or []) - set(nuscenes.scene_names()))
     if unknown:
         raise UsageError(f"--scenes {' '.join(unknown)}: not in {nuscenes.table_dir / 'scene.json'}")

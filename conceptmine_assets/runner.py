@@ -167,6 +167,15 @@ def run_config_for(settings) -> dict:
     return config
 
 
+def _observations_changed(defs: dg.Definitions, records: Records, names: list[str]) -> bool:
+    """Whether observing would record a version other than the latest recorded one (a model,
+    its settings or the vocabulary changed, or it was never observed)."""
+    from conceptmine_assets.assets.models import current_versions
+
+    now = current_versions(defs.resources)
+    return any(records.observed_version(name) != now[name] for name in names)
+
+
 def run(
     instance: dg.DagsterInstance, scenes: list[str] | None = None, force: bool = False,
     out: Callable[[str], object] | None = None, ops: dict | None = None,
@@ -189,7 +198,8 @@ def run(
         assets = sorted(stage.selection.resolve(defs.resolve_asset_graph()))
         names = [k.to_user_string() for k in assets if k.to_user_string() in nodes]
         if stage.observe:
-            execute(instance, Run(stage.job, tuple(names), ()), run_config)
+            if force or _observations_changed(defs, Records(instance), names):
+                execute(instance, Run(stage.job, tuple(names), ()), run_config)
             continue
         planned = plan_stage(Records(instance), nodes, names, order, force)
         runs = batch(stage.job, planned, partitions, scenes_per_run(defs, names))

@@ -24,7 +24,6 @@ from typing import Any
 
 import dagster as dg
 
-from conceptmine_assets.dask_executor import dask_executor
 from conceptmine_assets.errors import ConceptmineError
 
 EXECUTORS: tuple[str, ...] = ("multiprocess", "dask", "k8s")
@@ -75,6 +74,8 @@ def build_executor(name: str, scheduler_address: str | None = None, gpu_steps: S
                 "CONCEPTMINE_EXECUTOR=dask needs CONCEPTMINE_DASK_SCHEDULER, the address of a running "
                 "dask scheduler (e.g. tcp://dask-scheduler:8786)"
             )
+        from conceptmine_assets.dask_executor import dask_executor  # dask.distributed: only when chosen
+
         config = {"cluster": {"existing": {"address": scheduler_address}},
                   "step_resources": {step: GPU_DASK_RESOURCES for step in gpu_steps}}
         return dask_executor.configured(config, name="dask")

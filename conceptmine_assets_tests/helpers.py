@@ -6,6 +6,7 @@ holds pytest fixtures built on these helpers).
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,9 @@ YOLO_TFLITE = FIXTURES / "models" / "yolov8n_int8.tflite"
 REAL_SCENE = "scene-0061"
 HIGHWAY_SCENES = ["scene-udacity-0001", "scene-udacity-0002", "scene-udacity-0003"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+SCENE_ASSETS = ["frames", "detections", "crops", "embeddings", "outlier_flags", "captions", "concept_scores"]
+GLOBAL_ASSETS = ["outlier_reference", "mined_split", "mining_quality_report", "embedding_clusters", "gallery", "search_index"]
+DERIVED = sorted(set(GLOBAL_ASSETS) - {"outlier_reference"})  # cheap global views, refreshed after scenes
 
 
 def require(path: Path) -> Path:
@@ -170,3 +174,17 @@ def pipeline_env(dataroot: Path, root: Path) -> Iterator[Path]:
     """:func:`set_deployment` for the duration of a ``with`` block; yields DAGSTER_HOME."""
     with pytest.MonkeyPatch.context() as mp:
         yield set_deployment(mp, dataroot, root)
+
+
+def drop_scene(root: Path, name: str) -> dict:
+    """Remove scene ``name`` from scene.json (the dataroot 'before the drive arrived')."""
+    table = root / "v1.0-mini" / "scene.json"
+    scenes = json.loads(table.read_text())
+    table.write_text(json.dumps([s for s in scenes if s["name"] != name]))
+    return next(s for s in scenes if s["name"] == name)
+
+
+def add_scene(root: Path, record: dict) -> None:
+    """Put a scene record back at the end of scene.json (a drive that arrived)."""
+    table = root / "v1.0-mini" / "scene.json"
+    table.write_text(json.dumps([*json.loads(table.read_text()), record]))

@@ -1,9 +1,7 @@
 """Incremental operation: declarative automation over a dataroot that grows, and staleness."""
 
-import json
 import shutil
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -14,27 +12,13 @@ from conceptmine_assets.lib.vocabulary import default_vocabulary_path
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
 from conceptmine_assets.sensors import register_scenes
 from conceptmine_assets.settings import Settings
-from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, copy_dataroot
+from conceptmine_assets_tests.helpers import (
+    DERIVED, GLOBAL_ASSETS, HIGHWAY_SCENES, SCENE_ASSETS, add_scene, copy_dataroot, drop_scene,
+)
 
-SCENE_ASSETS = ["frames", "detections", "crops", "embeddings", "outlier_flags", "captions", "concept_scores"]
-GLOBAL_ASSETS = ["outlier_reference", "mined_split", "mining_quality_report", "embedding_clusters", "gallery", "search_index"]
-DERIVED = sorted(set(GLOBAL_ASSETS) - {"outlier_reference"})  # cheap global views, refreshed after scenes
 SOURCES = ["detector_model", "embedding_model", "captioner_model", "vocabulary"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 MONDAY_4AM = datetime(2026, 11, 23, 4, 0, tzinfo=timezone.utc)  # just after the weekly re-mining tick
-
-
-def _drop_scene(root: Path, name: str) -> dict:
-    """Remove scene ``name`` from scene.json (the dataroot 'before the drive arrived')."""
-    table = root / "v1.0-mini" / "scene.json"
-    scenes = json.loads(table.read_text())
-    table.write_text(json.dumps([s for s in scenes if s["name"] != name]))
-    return next(s for s in scenes if s["name"] == name)
-
-
-def _add_scene(root: Path, record: dict) -> None:
-    table = root / "v1.0-mini" / "scene.json"
-    table.write_text(json.dumps([*json.loads(table.read_text()), record]))
 
 
 class Automation:
@@ -99,7 +83,7 @@ def pipeline(highway, yolo_tflite, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_new_scene_flows_through_and_vocabulary_restales_only_scores(pipeline):
     auto, root, vocabulary = pipeline
-    new_scene = _drop_scene(root, HIGHWAY_SCENES[2])
+    new_scene = drop_scene(root, HIGHWAY_SCENES[2])
     old = HIGHWAY_SCENES[:2]
 
     # A fresh deployment: every stage for the two scenes, the first reference fit, the split.
@@ -110,7 +94,7 @@ def test_new_scene_flows_through_and_vocabulary_restales_only_scores(pipeline):
     # A new drive lands: only its partitions run, scored against the existing reference (no
     # refit), then the global split and report refresh.
     auto.done.clear()
-    _add_scene(root, new_scene)
+    add_scene(root, new_scene)
     auto.settle(MONDAY_4AM - timedelta(hours=12))
     assert sorted((a, s) for a, s in auto.done if s) == sorted((a, HIGHWAY_SCENES[2]) for a in SCENE_ASSETS)
     assert sorted(a for a, s in auto.done if s is None) == DERIVED

@@ -1,6 +1,7 @@
 """Bad input to the command line: one short message naming what is wrong, exit code != 0, and
 nothing registered or written."""
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -45,7 +46,17 @@ def _missing_weights(env, monkeypatch) -> str:
     return "missing.tflite"
 
 
-@pytest.mark.parametrize("case", ["profile", "dataroot", "table", "weights", "scene", "config", "vocabulary"])
+def _unloadable_weights(env, monkeypatch) -> str:
+    """A weights file that exists and is not empty but is no model (the first 100 kB of one)."""
+    bad = env["tmp"] / "truncated.tflite"
+    bad.write_bytes(Path(os.environ["CONCEPTMINE_YOLO_WEIGHTS"]).read_bytes()[:100_000])
+    monkeypatch.setenv("CONCEPTMINE_YOLO_WEIGHTS", str(bad))
+    return str(bad)
+
+
+@pytest.mark.parametrize(
+    "case", ["profile", "dataroot", "table", "weights", "unloadable", "scene", "config", "vocabulary"]
+)
 def test_bad_input_stops_run_before_anything_is_registered_or_written(env, capsys, monkeypatch, case):
     argv = ["run"]
     if case == "profile":
@@ -58,6 +69,8 @@ def test_bad_input_stops_run_before_anything_is_registered_or_written(env, capsy
         words = (_corrupt_table(env["root"]), "malformed")
     elif case == "weights":
         words = (_missing_weights(env, monkeypatch), "does not exist")
+    elif case == "unloadable":
+        words = (_unloadable_weights(env, monkeypatch), "do not load or run")
     elif case == "scene":
         argv, words = ["run", "--scenes", "scene-9999"], ("scene-9999", "scene.json")
     elif case == "config":

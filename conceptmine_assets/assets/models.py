@@ -7,6 +7,9 @@ Each observation records as data version what determines a stage's output: the m
 `concept_scores` and the mined split, never detections.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 import dagster as dg
 
 from conceptmine_assets.resources.captioner import CaptionerResource
@@ -36,6 +39,17 @@ def embedding_version(embedder: EmbedderResource) -> str:
 def captioner_version(captioner: CaptionerResource) -> str:
     """The captioner's identity (model, hub revision or directory hash, prompt, pixels, precision)."""
     return captioner.model_id
+
+
+def current_versions(resources: Mapping[str, Any]) -> dict[str, str]:
+    """What each observation below would record now, computed in this process by the same
+    functions (``conceptmine run`` observes only when one of them differs from the recorded one)."""
+    return {
+        "detector_model": detector_version(resources["detector"]),
+        "embedding_model": embedding_version(resources["embedder"]),
+        "captioner_model": captioner_version(resources["captioner"]),
+        "vocabulary": resources["vocabulary"].identity,
+    }
 
 
 @dg.observable_source_asset(group_name="models", automation_condition=_observe)

@@ -17,8 +17,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import DBSCAN, HDBSCAN, KMeans, MiniBatchKMeans
-from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
 
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.concepts import cosine, max_logit
@@ -60,6 +58,8 @@ def partition_scores(X: np.ndarray, labels: np.ndarray) -> tuple[float | None, f
     n_labels = len(set(labels[keep].tolist()))
     if not 2 <= n_labels <= int(keep.sum()) - 1:
         return None, None
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score  # sklearn: imported when used
+
     return float(calinski_harabasz_score(X[keep], labels[keep])), float(davies_bouldin_score(X[keep], labels[keep]))
 
 
@@ -83,6 +83,8 @@ def kmeans_clustering(
                           center_labels=np.zeros(1 if n else 0, dtype=np.int64))
 
     centers: dict[int, np.ndarray] = {}
+
+    from sklearn.cluster import KMeans, MiniBatchKMeans
 
     def fit(k_: int) -> np.ndarray:
         if n <= batch_size:  # one batch holds every row: plain (full-batch) k-means
@@ -127,6 +129,8 @@ def density_clustering(
     if n < MIN_CLUSTER_ROWS:
         return Clustering(method, np.full(n, -1, dtype=np.int64), {},
                           notes=[f"only {n} crops: too few for {method}; all rows are noise"])
+    from sklearn.cluster import DBSCAN, HDBSCAN
+
     notes: list[str] = []
     if method == "hdbscan":
         size = max(2, min(min_cluster_size, n))

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from nuscenes.utils.geometry_utils import transform_matrix, view_points
 from pyquaternion import Quaternion
 
 Box2D = tuple[float, float, float, float]
@@ -48,6 +47,8 @@ def project_corners(corners: np.ndarray, intrinsic: np.ndarray, width: int, heig
     in_front = corners[:, corners[2] > 0]
     if in_front.shape[1] == 0:
         return None
+    from nuscenes.utils.geometry_utils import view_points  # the devkit package imports matplotlib: lazily
+
     uv = view_points(in_front, intrinsic, normalize=True)[:2]
     return clip_box((uv[0].min(), uv[1].min(), uv[0].max(), uv[1].max()), width, height)
 
@@ -63,6 +64,8 @@ def lidar_to_camera_matrix(
     Each argument is ``(translation, quaternion w x y z)`` from the calibrated_sensor / ego_pose
     records, the chain of the devkit's ``NuScenesExplorer.map_pointcloud_to_image``.
     """
+
+    from nuscenes.utils.geometry_utils import transform_matrix
 
     def pose(tq: tuple[Sequence[float], Sequence[float]], inverse: bool) -> np.ndarray:
         return transform_matrix(np.asarray(tq[0], dtype=float), Quaternion(list(tq[1])), inverse=inverse)
@@ -82,6 +85,8 @@ def project_points(
     more than ``min_depth`` metres in front of the camera and inside the image."""
     depth = points_cam[2]
     front = depth > min_depth
+    from nuscenes.utils.geometry_utils import view_points
+
     uv = view_points(points_cam[:, front], intrinsic, normalize=True)[:2]
     inside = (uv[0] >= 0) & (uv[0] < width) & (uv[1] >= 0) & (uv[1] < height)
     return uv[:, inside], depth[front][inside]

@@ -77,6 +77,10 @@ class CaptionerResource(dg.ConfigurableResource, ABC):
         """Stored with every caption and observed as ``captioner_model``'s version."""
         return self.identity().model_id
 
+    def verify(self) -> None:
+        """Load the model (pre-flight of ``conceptmine run``): nothing to load for a template or a
+        remote server, whose errors are per-crop results."""
+
 
 class TemplateCaptioner(CaptionerResource):
     """``"a parked truck"``: the class (or nuScenes category) with its nuScenes attributes; no model."""

@@ -12,6 +12,7 @@ import csv
 import functools
 import hashlib
 import importlib.resources
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +145,9 @@ class DetectorResource(dg.ConfigurableResource, ABC):
         """Stored with every box (``detections.detector``) and observed as ``detector_model``'s version."""
         return self.identity().model_id
 
+    def verify(self) -> None:
+        """Load the model and run it once (pre-flight of ``conceptmine run``); nothing to load here."""
+
 
 class YoloDetector(DetectorResource):
     """An ultralytics YOLO model (.pt/.onnx/.tflite). A bare hub name (``yolov8l.pt``) is looked
@@ -166,6 +170,25 @@ class YoloDetector(DetectorResource):
     def load(self) -> Any:
         """The ultralytics model (loaded on first use, then shared by the process)."""
         return _load_yolo(self.weights)
+
+    def verify(self) -> None:
+        """Load the weights and detect on one blank frame: a file that exists but does not load
+        or run (truncated, another task, another format) fails here, before any work is done."""
+        quiet = logging.getLogger("ultralytics")  # its "Loading ... for inference" lines: not for a pre-flight
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            self.predict([np.zeros((64, 64, 3), dtype=np.uint8)])
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # ultralytics and its backends raise many types
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ModelLoadError(
+                f"YOLO weights {self.weights} do not load or run: {type(exc).__name__}: {first}; "
+                "fix `yolo_weights` / CONCEPTMINE_YOLO_WEIGHTS"
+            ) from exc
+        finally:
+            quiet.setLevel(level)
 
     def predict(self, images: list[np.ndarray]) -> list[list[Box]]:
         """Boxes per image for one batch of ``(h, w, 3)`` uint8 RGB images, in one ultralytics call."""

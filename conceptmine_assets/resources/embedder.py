@@ -94,6 +94,10 @@ class EmbedderResource(dg.ConfigurableResource, ABC):
     def load(self) -> LoadedEncoders:
         """The loaded models (loaded on first use, then cached for the process)."""
 
+    def verify(self) -> None:
+        """Load both encoders; loading encodes a probe image and text (``probe_dims``)."""
+        self.load()
+
     @property
     def image_model_id(self) -> str:
         """Stored with every embedding; e.g. ``open_clip:ViT-B-32/laion2b_s34b_b79k@<digest>``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,11 @@ class NuScenesResource(dg.ConfigurableResource):
                 return [rec["name"] for rec in json.load(fh)]
         except (ValueError, KeyError, TypeError) as exc:
             raise DatasetError(f"malformed table {path}: {exc}") from exc
+
+    def tables_stamp(self) -> str:
+        """A digest of every table's (name, size, mtime): changes whenever a table is rewritten."""
+        self.check()
+        return hashlib.sha256(repr(_tables_stamp(self.table_dir)).encode()).hexdigest()[:16]
 
     @property
     def nusc(self) -> NuScenes:

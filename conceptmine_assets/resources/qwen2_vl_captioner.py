@@ -84,6 +84,9 @@ class Qwen2VLCaptioner(VLMCaptioner):
         device = resolve_device(self.device)
         return _load_qwen2_vl(self.model, self.revision, self.cache_dir, device, self._precision(device))
 
+    def verify(self) -> None:
+        self.load()
+
     def generate(self, images: list[Image.Image], class_names: list[str]) -> list[str]:
         """Greedy answers for a batch of crops (left-padded, one prompt per crop)."""
         import torch
