@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 from upath import UPath
 
 from conceptmine_assets.assets.mining_quality_report import mining_quality_report
@@ -85,12 +86,13 @@ def test_budget_rounds_down(frac, n, expected):
     assert budget(frac, n) == expected
 
 
-@pytest.mark.parametrize(
-    "params", [SplitParams(random_frac=-0.1), SplitParams(target_frac=1.5), SplitParams(0.5, 0.4, 0.2)]
-)
-def test_bad_fractions_are_errors(params):
-    with pytest.raises(ConceptmineError, match="fractions"):
-        select_split(universe_of(10), planted_crops(), params)
+@pytest.mark.parametrize("fracs, match", [
+    ({"random_frac": -0.1}, "greater than or equal to 0"), ({"target_frac": 1.5}, "less than or equal to 1"),
+    ({"random_frac": 0.5, "target_frac": 0.4, "rare_frac": 0.2}, "fractions must sum to at most 1"),
+    ({"rare_frac": 0.1, "strategy": "paper"}, "no rare budget")])
+def test_bad_fractions_are_refused_by_the_params(fracs, match):
+    with pytest.raises(ValidationError, match=match):
+        SplitParams(**fracs)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +108,8 @@ def test_bad_fractions_are_errors(params):
     ],
 )
 def test_priority_and_exact_budgets(target, rare, rand, expected):
-    split, caps = select_split(universe_of(20), planted_crops(), SplitParams(rand, target, rare, seed=3))
+    params = SplitParams(random_frac=rand, target_frac=target, rare_frac=rare, seed=3)
+    split, caps = select_split(universe_of(20), planted_crops(), params)
     assert reasons_of(split) == expected
     n_target = min(caps["target"], 7)
     n_rare = min(caps["rare"], 5)
@@ -119,7 +122,7 @@ def test_priority_and_exact_budgets(target, rare, rand, expected):
 
 def test_target_and_outlier_must_be_the_same_crop():
     crops = pd.DataFrame([crop("tok000", "target", False, 0), crop("tok000", "common", True, 1)])
-    split, _ = select_split(universe_of(10), crops, SplitParams(0.0, 0.1, 0.0))
+    split, _ = select_split(universe_of(10), crops, SplitParams(random_frac=0.0, target_frac=0.1, rare_frac=0.0))
     assert split["reason"].tolist() == ["target"]
 
 
@@ -127,18 +130,18 @@ def test_split_is_seeded_and_independent_of_input_order():
     universe = universe_of(200)
     rng = np.random.default_rng(0)
     crops = pd.DataFrame([crop(f"tok{i:03d}", "target", bool(rng.random() < 0.3)) for i in range(0, 200, 4)])
-    params = SplitParams(0.1, 0.1, 0.0, seed=1)
+    params = SplitParams(random_frac=0.1, target_frac=0.1, rare_frac=0.0, seed=1)
     a, _ = select_split(universe, crops, params)
     b, _ = select_split(universe.sample(frac=1, random_state=5), crops.sample(frac=1, random_state=6), params)
     pd.testing.assert_frame_equal(a, b)
-    c, _ = select_split(universe, crops, SplitParams(0.1, 0.1, 0.0, seed=2))
+    c, _ = select_split(universe, crops, SplitParams(random_frac=0.1, target_frac=0.1, rare_frac=0.0, seed=2))
     assert len(c) == len(a) == 40
     assert set(c["sample_token"]) != set(a["sample_token"])
 
 
 def test_crops_outside_the_training_set_are_ignored():
     crops = pd.DataFrame([crop("elsewhere", "target", True), crop("tok001", "target", False)])
-    split, _ = select_split(universe_of(20), crops, SplitParams(0.0, 0.5, 0.0))
+    split, _ = select_split(universe_of(20), crops, SplitParams(random_frac=0.0, target_frac=0.5, rare_frac=0.0))
     assert split["sample_token"].tolist() == ["tok001"]
 
 
@@ -151,7 +154,7 @@ def test_add_why_lists_the_qualifying_crops():
             crop("tok000", "common", True, 3),
         ]
     )
-    split, _ = select_split(universe_of(10), crops, SplitParams(0.1, 0.1, 0.0))
+    split, _ = select_split(universe_of(10), crops, SplitParams(random_frac=0.1, target_frac=0.1, rare_frac=0.0))
     why = add_why(split, crops)
     assert list(why.columns) == SPLIT_COLUMNS
     row = why[why["reason"] == "target_outlier"].iloc[0]
@@ -404,13 +407,14 @@ def test_paper_strategy_differs_from_priority_exactly_where_expected():
         tiers[tier] = [j == i or (tier == "target" and j == 0) or (tier == "rare" and j == 2) for j in range(10)]
     order = _hash_order(set(tokens), 3)
 
-    prio, caps = select_from_tiers(universe, tiers, SplitParams(0.2, 0.5, 0.0, 3, "priority"))
+    fracs = {"random_frac": 0.2, "target_frac": 0.5, "seed": 3}
+    prio, caps = select_from_tiers(universe, tiers, SplitParams(**fracs, strategy="priority"))
     assert caps == {"target": 5, "rare": 0, "random": 2}
     expected = [("tok000", "target_outlier"), ("tok001", "target")]
     expected += [(t, "random") for t in [t for t in order if t not in ("tok000", "tok001")][:2]]
     assert list(zip(prio["sample_token"], prio["reason"])) == expected
 
-    paper, _ = select_from_tiers(universe, tiers, SplitParams(0.2, 0.5, 0.0, 3, "paper"))
+    paper, _ = select_from_tiers(universe, tiers, SplitParams(**fracs, strategy="paper"))
     first = order[:2]
     expected = [(t, "random") for t in first]
     expected += [(t, r) for t, r in [("tok000", "target_outlier"), ("tok001", "target"), ("tok002", "rare_outlier"),
@@ -420,8 +424,6 @@ def test_paper_strategy_differs_from_priority_exactly_where_expected():
     assert list(zip(paper["sample_token"], paper["reason"])) == expected
     assert len(paper) == 7 and len(prio) == 4  # paper fills the target budget; priority leaves it short
     assert paper["rank"].tolist() == list(range(7))
-    with pytest.raises(ConceptmineError, match="no rare budget"):
-        SplitParams(0.1, 0.1, 0.1, 0, "paper").validate()
 
 
 def _exact_crops(store: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -449,7 +451,7 @@ def test_streamed_split_equals_the_whole_table_path(store, instance, tmp_path, s
     pd.testing.assert_frame_equal(tiers, sample_tiers(crops), check_dtype=False)
     run_split(store, instance, target_frac=0.15, rare_frac=rare, random_frac=0.1, seed=5, strategy=strategy,
               output_dir=str(tmp_path / "s"))
-    params = SplitParams(0.1, 0.15, rare, 5, strategy)
+    params = SplitParams(random_frac=0.1, target_frac=0.15, rare_frac=rare, seed=5, strategy=strategy)
     exact = add_why(select_split(universe, crops, params)[0], crops)
     pd.testing.assert_frame_equal(pd.read_parquet(store / "mined_split.parquet"), exact, check_dtype=False)
 
@@ -487,8 +489,6 @@ def test_split_check_errors_on_broken_budgets_and_warns_on_zero_budgets():
 
 
 def test_split_config_validates_declaratively():
-    from pydantic import ValidationError
-
     from conceptmine_assets.assets.splits import SplitConfig
 
     with pytest.raises(ValidationError, match="sum to at most 1"):

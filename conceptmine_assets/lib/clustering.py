@@ -17,8 +17,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import DBSCAN, HDBSCAN, KMeans, MiniBatchKMeans
-from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
 
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.concepts import cosine, max_logit
@@ -56,6 +54,8 @@ def distinct_rows(X: np.ndarray) -> int:
 def partition_scores(X: np.ndarray, labels: np.ndarray) -> tuple[float | None, float | None]:
     """(Calinski–Harabasz, Davies–Bouldin) over the non-noise rows; None where undefined
     (fewer than 2 clusters, or as many clusters as rows)."""
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score  # scikit-learn: imported where used
+
     keep = labels != -1
     n_labels = len(set(labels[keep].tolist()))
     if not 2 <= n_labels <= int(keep.sum()) - 1:
@@ -74,6 +74,8 @@ def kmeans_clustering(
     :data:`MIN_CLUSTER_ROWS` rows or fewer than 2 distinct rows every row is in cluster 0 and
     the scores are None.
     """
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
     n = len(X)
     cap = min(n - 1, distinct_rows(X))
     if n < MIN_CLUSTER_ROWS or cap < 2:
@@ -123,6 +125,8 @@ def density_clustering(
     """HDBSCAN (``min_cluster_size``, capped at the row count) or DBSCAN (``eps``,
     ``min_samples``); -1 is noise. With fewer than :data:`MIN_CLUSTER_ROWS` rows every row is
     noise (no fit). Scores are computed over the non-noise rows."""
+    from sklearn.cluster import DBSCAN, HDBSCAN
+
     n = len(X)
     if n < MIN_CLUSTER_ROWS:
         return Clustering(method, np.full(n, -1, dtype=np.int64), {},

@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 GROUP_ORDER: tuple[str, ...] = ("common", "rare", "target")
 GROUP_COLORS = {"common": "#9e9e9e", "rare": "#1f77b4", "target": "#d62728"}
@@ -26,6 +27,9 @@ DPI = 80
 
 def new_figure(figsize: tuple[float, float] = FIGSIZE) -> Figure:
     """A figure attached to an Agg canvas (rendering without a display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib: imported where a figure is drawn
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize, dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
@@ -74,6 +78,8 @@ def cluster_map(coords: np.ndarray, labels: Sequence[int], names: dict[int, str]
     labels = np.asarray(labels, dtype=int)
     fig = new_figure()
     ax = fig.add_subplot()
+    from matplotlib import colormaps
+
     cmap = colormaps["tab10"]
     for i, label in enumerate(sorted(set(labels.tolist()))):
         mask = labels == label
