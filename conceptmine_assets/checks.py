@@ -102,7 +102,7 @@ def split_config(run_config: dict) -> SplitConfig:
 def evaluate_split(split: pd.DataFrame, config: SplitConfig, num_samples: int) -> dg.AssetCheckResult:
     """The check's verdict: ERROR when the split breaks the budgets of ``config``; WARN when a
     configured (non-zero) share has a budget that rounds down to 0, saying why."""
-    budgets = split_budgets(config.params(), num_samples)
+    budgets = split_budgets(config, num_samples)
     problems = split_violations(split, budgets, num_samples, config.strategy)
     fracs = {"random": config.random_frac, "target": config.target_frac, "rare": config.rare_frac}
     zero = [f"{k}_frac {f} of {num_samples} samples rounds down to a budget of 0"

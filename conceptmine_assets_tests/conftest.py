@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
 
 from conceptmine_assets_tests.helpers import HIGHWAY, REAL_SCENE, REAL_SLICE, YOLO_TFLITE, pipeline_env, require
@@ -35,6 +36,15 @@ def store(tmp_path: Path) -> Path:
     path = tmp_path / "store"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def highway_root(highway, tmp_path) -> Path:
+    """A private copy of the highway clip (tables written, files symlinked)."""
+    from conceptmine_assets.lib.synth import synth_dataroot
+
+    synth_dataroot([highway], tmp_path / "root")
+    return tmp_path / "root"
 
 
 @pytest.fixture
@@ -72,3 +82,47 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         report = instance.get_latest_materialization_event(dg.AssetKey("mining_quality_report"))
     return {"dataroot": dataroot, "home": home, "store": root / "store", "gallery": root / "gallery" / "index.html",
             "result": result, "report_metadata": report.asset_materialization.metadata if report else None}
+
+
+# ---------------------------------------------------------------- models and inputs shared by several modules
+# Session-scoped ones are only ever read by the tests, so building them once is safe.
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2-VL twin saved in a folder (the captioner tests only load it)."""
+    from conceptmine_assets_tests.tiny_qwen2_vl import build_tiny_qwen2_vl
+
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny-qwen2-vl"))
+
+
+@pytest.fixture
+def server():
+    """A fake OpenAI-compatible server on 127.0.0.1 (``fake_openai.py``); set ``server.mode``."""
+    from conceptmine_assets_tests.fake_openai import fake_openai_server
+
+    with fake_openai_server() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def crops_df():
+    """Crops-shaped rows cut from the real slice (``real_crops.py``), for the embedding tests."""
+    from conceptmine_assets_tests.real_crops import real_slice_crops
+
+    return real_slice_crops()
+
+
+@pytest.fixture(scope="session")
+def offline():
+    """The offline profile's embedder on CPU (its models load once per process)."""
+    from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
+
+    return OfflineEmbedder(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def centers() -> np.ndarray:
+    """Three unit blob centres in 32-D for the outlier tests (see ``helpers.unit_blobs``)."""
+    c = np.random.default_rng(0).standard_normal((3, 32))
+    return c / np.linalg.norm(c, axis=1, keepdims=True)

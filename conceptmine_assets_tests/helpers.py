@@ -6,16 +6,22 @@ holds pytest fixtures built on these helpers).
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import re
 import shutil
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "data" / "fixtures"  # committed with the repository (provenance: data/fixtures/README.md)
@@ -174,6 +180,74 @@ def pipeline_env(dataroot: Path, root: Path) -> Iterator[Path]:
     """:func:`set_deployment` for the duration of a ``with`` block; yields DAGSTER_HOME."""
     with pytest.MonkeyPatch.context() as mp:
         yield set_deployment(mp, dataroot, root)
+
+
+# ---------------------------------------------------------------- hand-made inputs
+
+USER_VOCABULARY = """
+version: "2"
+concepts:
+  - {name: truck, group: target, alternatives: [lorry]}
+  - {name: car, group: common}
+  - {name: tanker_truck, group: rare, superclass: truck, alternatives: [fuel tanker]}
+"""
+
+
+def write_vocabulary(folder: Path, body: str) -> Path:
+    """A user vocabulary file ``folder/my_vocab.yaml`` holding ``body`` (dedented)."""
+    path = folder / "my_vocab.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def jpeg(w: int, h: int, seed: int) -> bytes:
+    """A ``w`` x ``h`` JPEG of seeded random pixels."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def tiny_twin(**overrides):
+    """A random-init (seeded) 64-d open_clip twin from the packaged tiny config."""
+    from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder
+
+    config = {"model": "tiny_clip", "pretrained": None, "model_config_path": tiny_clip_config_path(), "device": "cpu"}
+    return OpenClipEmbedder(**{**config, **overrides})
+
+
+# ---------------------------------------------------------------- synthetic vectors and plots
+
+
+def labelled_blobs(n: int = 60, centers: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 8-D points in ``centers`` tight, well separated blobs, and their blob labels."""
+    from sklearn.datasets import make_blobs
+
+    X, y = make_blobs(n_samples=n, centers=centers, n_features=8, cluster_std=0.3, center_box=(-10, 10),
+                      random_state=seed)
+    return X.astype(np.float32), y
+
+
+def unit_blobs(rng: np.random.Generator, n: int, centers: np.ndarray, spread: float = 0.05) -> np.ndarray:
+    """L2-normalised points around unit ``centers`` (like CLIP crops of a few common classes)."""
+    x = centers[rng.integers(0, len(centers), n)] + spread * rng.standard_normal((n, centers.shape[1]))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def planted_outliers(rng: np.random.Generator, n: int, dim: int = 32) -> np.ndarray:
+    """Random unit vectors: almost orthogonal to every blob centre in 32-D, i.e. far outliers."""
+    x = rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def decode_png(markdown: str) -> bytes:
+    """The PNG bytes of an inline Markdown image (``![...](data:image/png;base64,...)``)."""
+    match = re.fullmatch(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    assert match, markdown[:80]
+    return base64.b64decode(match.group(1))
 
 
 def drop_scene(root: Path, name: str) -> dict:

@@ -1,8 +1,9 @@
 """The Dagster UI and the gallery page in a real headless Chromium (Debian's /usr/bin/chromium).
 
 The pipeline is materialised on the real slice in a temporary DAGSTER_HOME and store (the session's
-``real_run`` fixture, shared with test_explain), ``dagster-webserver`` serves it from its own process session, and
-Playwright (the Python package's bundled driver, never ``playwright install``) drives Chromium.
+``real_run`` fixture, shared with test_explainability_real_slice), ``dagster-webserver`` serves it
+from its own process session, and Playwright (the Python package's bundled driver, never
+``playwright install``) drives Chromium.
 Set ``CONCEPTMINE_UPDATE_SCREENSHOTS=1`` to copy the screenshots to ``docs/`` for the README.
 """
 

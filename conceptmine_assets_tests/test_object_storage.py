@@ -59,7 +59,7 @@ def test_scene_round_trip_on_s3(highway, instance, s3_options):
 def test_split_and_gallery_side_files_live_under_an_s3_store(instance, s3_options, tmp_path):
     """mined_split reads its inputs from s3:// and writes its token list next to them, reported as a URL."""
     from conceptmine_assets.assets.splits import mined_split
-    from conceptmine_assets_tests.test_splits import seed_store
+    from conceptmine_assets_tests.store_helpers import seed_store
 
     local = tmp_path / "seed"
     local.mkdir()

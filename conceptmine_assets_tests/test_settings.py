@@ -126,3 +126,36 @@ def test_the_deployed_launchpad_defaults_are_the_config_file(monkeypatch):
     for job, op, field in [("perception_job", "frames", "cameras"), ("mining_global_job", "mined_split", "random_frac")]:
         ops = defs.resolve_job_def(job).run_config_schema.config_type.fields["ops"].config_type.fields
         assert ops[op].config_type.fields["config"].config_type.fields[field].default_value == stages[op][field]
+
+
+@pytest.mark.parametrize(
+    ("module", "config", "params"),
+    [
+        ("splits", "SplitConfig", "conceptmine_assets.lib.splits:SplitParams"),
+        ("outliers", "OutlierReferenceConfig", "conceptmine_assets.lib.outliers:OutlierParams"),
+        ("outliers", "OutlierFlagsConfig", "conceptmine_assets.lib.outliers:QualityThresholds"),
+        ("search_index", "SearchIndexConfig", "conceptmine_assets.lib.search:IndexParams"),
+    ],
+)
+def test_a_stage_config_is_its_lib_params_and_the_launchpad_explains_them(module, config, params):
+    """Parameters stated once, in lib/: the asset's config class inherits the lib model (so the lib
+    functions take the config itself) and the launchpad shows each inherited field with the lib's
+    description and default; the lib's bounds hold for the config too."""
+    import importlib
+
+    cls = getattr(importlib.import_module(f"conceptmine_assets.assets.{module}"), config)
+    lib_module, lib_name = params.split(":")
+    base = getattr(importlib.import_module(lib_module), lib_name)
+    assert issubclass(cls, base)
+
+    @dg.asset
+    def probe(config: cls) -> None: ...
+
+    job = dg.Definitions(assets=[probe]).resolve_implicit_global_asset_job_def()
+    shown = job.run_config_schema.config_type.fields["ops"].config_type.fields["probe"].config_type.fields
+    shown = shown["config"].config_type.fields
+    for name, field in base.model_fields.items():
+        assert field.description and shown[name].description == field.description, name
+        assert shown[name].default_value == cls.model_fields[name].default, name
+        assert cls.model_fields[name].metadata == field.metadata, name  # the bounds (ge/le/gt/lt)
+

@@ -3,6 +3,7 @@ the class name for everything else (as in the paper)."""
 
 import time
 from collections import Counter
+from typing import NamedTuple
 
 import dagster as dg
 import numpy as np
@@ -172,13 +173,53 @@ def _plans(scenes: list[str], inputs: list[dict], vocab, config: CaptionsConfig)
     return plans, over_budget, reasons
 
 
-def _timings(vlm_s: float, sent: int, latencies: list[float], started: float) -> dict:
-    """Timing metadata of a captions run (timings never go into the stored rows)."""
+class CaptionPass(NamedTuple):
+    """One batched captioner pass over the scenes of a run: the tables and what the metadata reports."""
+
+    outputs: dict[str, pd.DataFrame]  # per scene, its captions table
+    sent: int  # crops sent to the captioner
+    over_budget: int
+    reasons: Counter  # why the sent crops were chosen
+    failures: list[str]
+    missing_flags: int  # crops without an outlier_flags row
+    latencies: list[float]  # per sent crop (metadata only, never a stored row)
+    vlm_s: float
+
+
+def _caption_pass(context: dg.AssetExecutionContext, inputs: list[dict], vocab: Vocabulary, config: CaptionsConfig,
+                  captioner: CaptionerResource) -> CaptionPass:
+    """Plan every scene of the run, caption the chosen crops in one batched call, build the tables."""
+    plans, over_budget, reasons = _plans(context.partition_keys, inputs, vocab, config)
+    requests = [_request(table.iloc[pos]) for table, chosen in plans.values() for pos in chosen]
+    vlm_started = time.perf_counter()
+    results = iter(captioner.caption(requests))  # one batched pass over every scene of the run
+    vlm_s = time.perf_counter() - vlm_started
+    outputs, failures, missing_flags, latencies = _scene_outputs(context, plans, results, captioner)
+    return CaptionPass(outputs, len(requests), over_budget, reasons, failures, missing_flags, latencies, vlm_s)
+
+
+def _metadata(run: CaptionPass, df: pd.DataFrame, captioner: CaptionerResource, vocab: Vocabulary,
+              started: float) -> dict:
+    """Materialisation metadata: counts, the captioner's identity and timings (never stored rows)."""
+    status_counts = df["status"].value_counts().to_dict()
+    lat = run.latencies
     return {
-        "captioner_seconds": round(vlm_s, 3),
-        "captions_per_s": round(sent / vlm_s, 2) if sent and vlm_s > 0 else None,
-        "latency_s_mean": round(float(np.mean(latencies)), 4) if latencies else None,
-        "latency_s_max": round(max(latencies), 4) if latencies else None,
+        "num_crops": len(df),
+        "num_sent_to_captioner": run.sent,
+        "num_ok": int(status_counts.get("ok", 0)),
+        "num_failed": len(run.failures),
+        "num_class_name": int(status_counts.get("class_name", 0)),
+        "num_over_budget": run.over_budget,
+        "num_without_outlier_flags": run.missing_flags,
+        "selected_by_reason": dg.MetadataValue.json(dict(run.reasons)),
+        "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in run.failures[:MAX_LISTED]) or "none"),
+        "backend": captioner.backend,
+        "model_id": captioner.model_id,
+        "vocabulary_version": vocab.identity,
+        "captioner_seconds": round(run.vlm_s, 3),
+        "captions_per_s": round(run.sent / run.vlm_s, 2) if run.sent and run.vlm_s > 0 else None,
+        "latency_s_mean": round(float(np.mean(lat)), 4) if lat else None,
+        "latency_s_max": round(max(lat), 4) if lat else None,
         "seconds": round(time.perf_counter() - started, 3),
     }
 
@@ -215,37 +256,15 @@ def captions(
     scenes = context.partition_keys
     started = time.perf_counter()
     vocab = vocabulary.load()
-    inputs = [by_scene(t, scenes) for t in (crops, detections, outlier_flags)]
-    plans, over_budget, reasons = _plans(scenes, inputs, vocab, config)
-    requests = [_request(table.iloc[pos]) for table, chosen in plans.values() for pos in chosen]
-    vlm_started = time.perf_counter()
-    results = iter(captioner.caption(requests))  # one batched pass over every scene of the run
-    vlm_s = time.perf_counter() - vlm_started
-    outputs, failures, missing_flags, latencies = _scene_outputs(context, plans, results, captioner)
-    add_caption_embeddings(outputs, embedder)
-    for line in failures[:MAX_LISTED]:
+    run = _caption_pass(context, [by_scene(t, scenes) for t in (crops, detections, outlier_flags)], vocab, config,
+                        captioner)
+    add_caption_embeddings(run.outputs, embedder)
+    for line in run.failures[:MAX_LISTED]:
         context.log.warning(f"caption failed for crop {line}")
-    df = pd.concat(list(outputs.values()), ignore_index=True)
+    df = pd.concat(list(run.outputs.values()), ignore_index=True)
     context.log.info(
-        f"scenes {', '.join(scenes)}: {len(requests)} of {len(df)} crops captioned with {captioner.model_id} "
-        f"in {vlm_s:.2f} s, {len(failures)} failed"
+        f"scenes {', '.join(scenes)}: {run.sent} of {len(df)} crops captioned with {captioner.model_id} "
+        f"in {run.vlm_s:.2f} s, {len(run.failures)} failed"
     )
-    status_counts = df["status"].value_counts().to_dict()
-    context.add_output_metadata(
-        {
-            "num_crops": len(df),
-            "num_sent_to_captioner": len(requests),
-            "num_ok": int(status_counts.get("ok", 0)),
-            "num_failed": len(failures),
-            "num_class_name": int(status_counts.get("class_name", 0)),
-            "num_over_budget": over_budget,
-            "num_without_outlier_flags": missing_flags,
-            "selected_by_reason": dg.MetadataValue.json(dict(reasons)),
-            "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures[:MAX_LISTED]) or "none"),
-            "backend": captioner.backend,
-            "model_id": captioner.model_id,
-            "vocabulary_version": vocab.identity,
-            **_timings(vlm_s, len(requests), latencies, started),
-        }
-    )
-    return outputs[scenes[0]] if len(scenes) == 1 else outputs
+    context.add_output_metadata(_metadata(run, df, captioner, vocab, started))
+    return run.outputs[scenes[0]] if len(scenes) == 1 else run.outputs

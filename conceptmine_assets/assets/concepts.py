@@ -3,6 +3,7 @@ margin, joint label, superclass and Common/Rare/Target group."""
 
 import threading
 import time
+from typing import NamedTuple
 
 import dagster as dg
 import numpy as np
@@ -123,8 +124,35 @@ def score_rows(
     return df if len(df) else df.astype(object)  # empty: no float64 guesses for list/string columns
 
 
-def _counts(df: pd.DataFrame, captions: pd.DataFrame, vocabulary: Vocabulary) -> dict:
-    """Materialisation metadata: groups, score modes, top concepts and the VLM's say."""
+class Scored(NamedTuple):
+    """The stored table of a run and the per-crop facts its metadata reports."""
+
+    table: pd.DataFrame
+    has_image: np.ndarray  # crops scored with their image embedding
+    adaptive: np.ndarray  # crops whose w_t is adaptive
+    label_only: np.ndarray  # crops whose caption is only a class label (w_t = 0)
+    num_prompts: int
+
+
+def score_captions(captions: pd.DataFrame, embeddings: pd.DataFrame, vocab: Vocabulary, config: ConceptScoresConfig,
+                   embedder: EmbedderResource, scene: str) -> Scored:
+    """Encode the prompts and captions, weigh caption against crop per crop, score every concept."""
+    prompts, owners = vocab.prompt_table(config.prompt_template)
+    prompt_emb = prompt_embeddings(embedder, prompts)
+    caption_emb = embedder.encode_texts(captions["caption"].astype(str).tolist())
+    crop_emb, has_image = None, np.zeros(len(captions), dtype=bool)
+    if embedder.shared_space and len(captions):
+        crop_emb, has_image = crop_vectors(captions, embeddings, embedder, scene)
+    adaptive, label_only = weight_masks(captions, config.adaptive)
+    weights = text_weights(len(captions), config.weight_text, adaptive, caption_emb, crop_emb, has_image, label_only)
+    scores = score_concepts(caption_emb, prompt_emb, owners, len(vocab.concepts), weights, crop_emb)
+    table = score_rows(captions, scores, weights, has_image, vocab, config)
+    return Scored(table, has_image, adaptive, label_only, len(prompts))
+
+
+def _counts(scored: Scored, captions: pd.DataFrame, vocabulary: Vocabulary) -> dict:
+    """Materialisation metadata: groups, score modes, top concepts, weights and the VLM's say."""
+    df = scored.table
     top = df["top_concept"].value_counts().head(10).to_dict()
     return {
         "num_crops": len(df),
@@ -134,6 +162,9 @@ def _counts(df: pd.DataFrame, captions: pd.DataFrame, vocabulary: Vocabulary) ->
         "num_joint_labels": int(df["joint_label"].notna().sum()),
         "num_vlm_overrides": int(sum(_vlm_concept(vocabulary, v) is not None for v in captions["vlm_class"])),
         "num_vlm_others": int((captions["vlm_class"] == OTHERS).sum()),
+        "num_adaptive_weights": int((scored.adaptive & scored.has_image).sum()),
+        "num_label_only_captions": int(scored.label_only.sum()),
+        "mean_margin": float(df["margin"].mean()) if df["margin"].notna().any() else None,
     }
 
 
@@ -165,35 +196,22 @@ def concept_scores(
     captions, embeddings = concat_scenes(captions), concat_scenes(embeddings)
     started = time.perf_counter()
     vocab = vocabulary.load()
-    prompts, owners = vocab.prompt_table(config.prompt_template)
-    prompt_emb = prompt_embeddings(embedder, prompts)
-    caption_emb = embedder.encode_texts(captions["caption"].astype(str).tolist())
-    crop_emb, has_image = None, np.zeros(len(captions), dtype=bool)
-    if embedder.shared_space and len(captions):
-        crop_emb, has_image = crop_vectors(captions, embeddings, embedder, scene)
-    adaptive, label_only = weight_masks(captions, config.adaptive)
-    weights = text_weights(len(captions), config.weight_text, adaptive, caption_emb, crop_emb, has_image, label_only)
-    scores = score_concepts(caption_emb, prompt_emb, owners, len(vocab.concepts), weights, crop_emb)
-    df = score_rows(captions, scores, weights, has_image, vocab, config)
-
-    if df.empty:
+    scored = score_captions(captions, embeddings, vocab, config, embedder, scene)
+    if scored.table.empty:
         context.log.warning(f"scene {scene}: no captions to score")
-    missing = int(len(captions) - has_image.sum()) if embedder.shared_space else 0
+    missing = int(len(captions) - scored.has_image.sum()) if embedder.shared_space else 0
     if missing:
         context.log.warning(f"scene {scene}: {missing} crops have no embedding; scored from the caption only")
     context.add_output_metadata(
         {
-            **_counts(df, captions, vocab),
-            "num_adaptive_weights": int((adaptive & has_image).sum()),
-            "num_label_only_captions": int(label_only.sum()),
+            **_counts(scored, captions, vocab),
             "num_without_embedding": missing,
-            "mean_margin": float(df["margin"].mean()) if df["margin"].notna().any() else None,
             "vocabulary_version": vocab.identity,
             "num_concepts": len(vocab.concepts),
-            "num_prompts": len(prompts),
+            "num_prompts": scored.num_prompts,
             "text_model_id": embedder.text_model_id,
             "shared_space": embedder.shared_space,
             "seconds": round(time.perf_counter() - started, 3),
         }
     )
-    return split_scenes(df, context.partition_keys)
+    return split_scenes(scored.table, context.partition_keys)

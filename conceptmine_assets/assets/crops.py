@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import dagster as dg
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from conceptmine_assets.errors import DatasetError
 from conceptmine_assets.lib.geometry import (
@@ -31,10 +32,10 @@ _BOX = ["x1", "y1", "x2", "y2"]
 class CropsConfig(dg.Config):
     """How detections become crops."""
 
-    pad_frac: float = 0.1  # padding per side as a share of the box size
-    min_size: int = 16  # px; boxes narrower or lower than this (after clipping) are skipped
-    jpeg_quality: int = 90
-    lidar_min_depth: float = 1.0  # metres in front of the camera for a LiDAR point to count
+    pad_frac: float = Field(0.1, ge=0.0, le=1.0, description="Padding per side as a share of the box size.")
+    min_size: int = Field(16, ge=1, description="px: boxes narrower or lower than this (after clipping) are skipped.")
+    jpeg_quality: int = Field(90, ge=1, le=95, description="JPEG quality of the stored crops (Pillow: 1-95).")
+    lidar_min_depth: float = Field(1.0, ge=0.0, description="Metres in front of the camera for a LiDAR point to count.")
 
 
 @dataclass
@@ -122,6 +123,19 @@ def frame_crops(
     return rows, small
 
 
+def _frame_lidar(
+    nuscenes: NuScenesResource, frame: dict, dets: pd.DataFrame, sweeps: dict, min_depth: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-box LiDAR point counts and median depths of a frame (None without a LIDAR_TOP sweep);
+    ``sweeps`` caches each sweep read in this run (frames of one sample share it)."""
+    token = frame["lidar_sample_data_token"]
+    if not (isinstance(token, str) and token):
+        return None
+    if token not in sweeps:
+        sweeps[token] = load_lidar(nuscenes, token)
+    return lidar_box_stats(sweeps[token], frame, dets[_BOX].to_numpy(float), min_depth)
+
+
 def _frame_image(frame: dict, nuscenes: NuScenesResource) -> np.ndarray:
     """The decoded RGB image of a frame; ImageDecodeError for a frame flagged bad upstream or one that fails."""
     if not frame["image_ok"]:
@@ -173,13 +187,8 @@ def crops(
             bad_files.append(str(exc))
             context.log.warning(f"scene {frame['scene_name']}: skipping {len(dets)} detections: {exc}")
             continue
-        lidar = None
-        lidar_token = frame["lidar_sample_data_token"]
-        if isinstance(lidar_token, str) and lidar_token:
-            if lidar_token not in sweeps:
-                sweeps[lidar_token] = load_lidar(nuscenes, lidar_token)
-            lidar = lidar_box_stats(sweeps[lidar_token], frame, dets[_BOX].to_numpy(float), config.lidar_min_depth)
-            lidar_frames += 1
+        lidar = _frame_lidar(nuscenes, frame, dets, sweeps, config.lidar_min_depth)
+        lidar_frames += lidar is not None
         frame_rows, small = frame_crops(rgb, dets, config, lidar)
         rows.extend(frame_rows)
         skips["too_small"] += small

@@ -32,16 +32,11 @@ from conceptmine_assets.settings import stage_config
 
 
 @stage_config("outlier_reference")
-class OutlierReferenceConfig(dg.Config):
-    """How the global reference sample is drawn and the detectors fitted."""
+class OutlierReferenceConfig(OutlierParams, dg.Config):
+    """How the global reference sample is drawn and the detectors fitted (the detectors' settings
+    are :class:`OutlierParams`' fields, inherited with their descriptions and bounds)."""
 
     max_reference: int = Field(50_000, ge=MIN_REFERENCE_ROWS, description="Size of the seeded reservoir sample of all scenes' embeddings the detectors are fitted on.")
-    seed: int = Field(0, description="Seed of the reservoir sample, IsolationForest and t-SNE.")
-    contamination: float = Field(0.1, gt=0.0, le=0.5, description="IsolationForest and LOF contamination (the paper uses 0.1-0.2).")
-    lof_k: int = Field(20, ge=1, description="Neighbours of the LOF detector (the paper: 20).")
-    knn_k: int = Field(10, ge=1, description="Neighbours of the mean-kNN-distance detector (the paper's script: 10).")
-    knn_percentile: float = Field(80.0, gt=0.0, lt=100.0, description="kNN flag above this percentile of the reference's own scores.")
-    n_estimators: int = Field(100, ge=1, description="Trees of the IsolationForest.")
     tsne_max_points: int = Field(5_000, ge=0, description="t-SNE map of at most this many reference members, for plots; 0: none.")
     tsne_perplexity: float = Field(30.0, gt=0.0, description="t-SNE perplexity (capped at (points - 1) / 3).")
 
@@ -76,7 +71,7 @@ def _check_one_model(con: duckdb.DuckDBPyConnection, store: str) -> EmbeddingSta
 @dg.asset(
     ins={"embeddings": all_scenes},
     io_manager_key="pickle_io_manager",
-    code_version="1",
+    code_version="2",  # 2: the pickled params are a pydantic model (a v1 pickle loads them empty)
     kinds={"scikit-learn", "duckdb"},
     group_name="mining_global",
 )
@@ -102,9 +97,7 @@ def outlier_reference(
     ids = sample["detection_id"].to_numpy(dtype=object)
     member_scenes = sample["scene_name"].to_numpy(dtype=object)
     X = stack_vectors(sample["embedding"], dim)
-    params = OutlierParams(contamination=config.contamination, lof_k=config.lof_k, knn_k=config.knn_k,
-                           knn_percentile=config.knn_percentile, n_estimators=config.n_estimators, seed=config.seed)
-    reference = fit_reference(X, ids, model_id, params, member_scenes, config.tsne_max_points, config.tsne_perplexity)
+    reference = fit_reference(X, ids, model_id, config, member_scenes, config.tsne_max_points, config.tsne_perplexity)
     for warning in reference.warnings:
         context.log.warning(warning)
     member_flags = apply_thresholds(reference.member_scores, reference.thresholds)
@@ -130,14 +123,11 @@ def outlier_reference(
 
 
 @stage_config("outlier_flags")
-class OutlierFlagsConfig(dg.Config):
-    """How detector flags combine, and the image-quality limits."""
+class OutlierFlagsConfig(QualityThresholds, dg.Config):
+    """How detector flags combine, and the image-quality limits (:class:`QualityThresholds`' fields)."""
 
     combine: Literal["union", "vote"] = Field("union", description="union: any detector fires; vote: at least min_votes of the 3.")
     min_votes: int = Field(2, ge=1, le=len(DETECTORS), description="Detectors that must agree under the vote rule.")
-    glare_overexposed_frac: float = Field(0.10, ge=0.0, le=1.0, description="Glare if the crop's overexposed_frac is above this.")
-    dark_frac: float = Field(0.50, ge=0.0, le=1.0, description="Dark if the crop's dark_frac is above this.")
-    blur_laplacian_var: float = Field(50.0, ge=0.0, description="Blur if the crop's Laplacian variance is below this (resolution-dependent).")
 
 
 _QUALITY_COLUMNS = ["detection_id", "overexposed_frac", "dark_frac", "blur_laplacian_var"]
@@ -187,8 +177,7 @@ def outlier_flags(
     scores = score(outlier_reference, X, df["detection_id"].to_numpy(dtype=object))
     flags = apply_thresholds(scores, outlier_reference.thresholds)
     is_outlier, fired = combine(flags, config.combine, config.min_votes)
-    limits = QualityThresholds(config.glare_overexposed_frac, config.dark_frac, config.blur_laplacian_var)
-    qflags, unknown_quality = quality_flags(df, limits)
+    qflags, unknown_quality = quality_flags(df, config)
     out = df[KEY_COLUMNS].copy()
     for d in DETECTORS:
         out[f"{d}_score"] = scores[d].astype(np.float32)

@@ -2,7 +2,6 @@
 
 import time
 from collections.abc import Iterator
-from typing import Literal
 
 import dagster as dg
 import duckdb
@@ -39,16 +38,11 @@ ORDER BY p.scene_name, p.detection_id
 
 
 @stage_config("search_index")
-class SearchIndexConfig(dg.Config):
-    """How the vector indexes are built (exact up to a size, IVF above) and probed."""
+class SearchIndexConfig(IndexParams, dg.Config):
+    """How the vector indexes are built (exact up to a size, IVF above) and probed: the index
+    settings are :class:`IndexParams`' fields, inherited with their descriptions and bounds."""
 
-    exact_max_rows: int = Field(default=200_000, ge=1, description="Up to this many vectors the index is exact (flat).")
-    codec: Literal["SQfp16", "SQ8", "Flat"] = Field(default="SQfp16", description="IVF vector codec above exact_max_rows.")
-    nlist: int | None = Field(default=None, ge=1, description="IVF lists; None: 2*sqrt(rows), at most train_rows/39.")
-    train_rows: int = Field(default=100_000, ge=100, le=2_000_000, description="Seeded IVF training sample size.")
-    nprobe: int = Field(default=32, ge=1, description="IVF lists visited per query (recall vs speed).")
     scenes_per_read: int = Field(default=32, ge=1, le=4096, description="Scene files read per DuckDB query while building.")
-    seed: int = Field(default=0, ge=0, description="Seed of the training sample and of k-means.")
 
 
 def _chunks(con, sql: str, table: StoredTable, scores: StoredTable, per_read: int) -> Iterator[pa.Table]:
@@ -154,10 +148,6 @@ def build_caption_index(con, files: StoredTable, scores: StoredTable, params: In
     return index, caption_table, crop_table.drop_columns(["caption_id"]), entry
 
 
-def _params(config: SearchIndexConfig) -> IndexParams:
-    return IndexParams(config.exact_max_rows, config.codec, config.nlist, config.train_rows, config.nprobe, config.seed)
-
-
 def _count(con, table: StoredTable) -> int:
     return int(con.sql(f"SELECT count(*) FROM {table.source_sql()}").fetchall()[0][0])
 
@@ -165,9 +155,9 @@ def _count(con, table: StoredTable) -> int:
 def build(embeddings: StoredTable, captions: StoredTable, concept_scores: StoredTable, shared_space: bool,
           config: SearchIndexConfig) -> IndexBuild:
     """Both indexes that apply (image mode only where text and image share a space)."""
-    params = _params(config)
+    params = IndexParams(**config.model_dump(include=set(IndexParams.model_fields)))  # the manifest's settings
     sources = [captions, concept_scores] + ([embeddings] if shared_space else [])
-    out = IndexBuild({"format": FORMAT, "sources": fingerprint(sources), "modes": {}, "params": params.__dict__})
+    out = IndexBuild({"format": FORMAT, "sources": fingerprint(sources), "modes": {}, "params": params.model_dump()})
     with open_connection(captions.storage_options, captions.store) as con:
         if shared_space:
             embeddings.require("search_index")

@@ -6,13 +6,12 @@ DuckDB, so memory follows the number of samples (and of the split's crops), not 
 
 import pickle
 import time
-from typing import Literal
 
 import dagster as dg
 import duckdb
 import pandas as pd
 import pyarrow as pa
-from pydantic import Field, model_validator
+from pydantic import Field
 from upath import UPath
 
 from conceptmine_assets.errors import ConceptmineError
@@ -33,36 +32,20 @@ from conceptmine_assets.resources.store_sql import connect
 from conceptmine_assets.settings import stage_config
 
 
-
 @stage_config("mined_split")
-class SplitConfig(dg.Config):
-    """Budgets (fractions of all training samples), the selection order and where the side files go."""
+class SplitConfig(SplitParams, dg.Config):
+    """Budgets (fractions of all training samples), the selection order and where the side files go.
+
+    The selection settings (fractions, seed, strategy) are :class:`SplitParams`' fields, inherited
+    with their descriptions and bounds; the config is itself the ``SplitParams`` the selection reads."""
 
     name: str = Field("mined", pattern=r"^[A-Za-z0-9._-]+$",
                       description="Side files are <output_dir>/<name>.txt and <name>_<infos file name>.")
-    random_frac: float = Field(0.10, ge=0.0, le=1.0, description="Random share of all training samples.")
-    target_frac: float = Field(0.10, ge=0.0, le=1.0, description="Target share: samples with a target-group crop.")
-    rare_frac: float = Field(0.0, ge=0.0, le=1.0, description="Rare share (priority strategy only).")
-    seed: int = Field(0, description="Seed of the order within each tier and of the random share.")
-    strategy: Literal["priority", "paper"] = Field(
-        "priority", description="priority: target, rare, then random; paper: random first, then target∧outlier, "
-        "target, rare, random leftovers in the target budget (the original research code).")
     output_dir: str | None = Field(
         None, description="Folder of the side files: unset = <store>/splits; a relative path is taken under the "
         "store; an absolute path or URL (s3://...) as given.")
     mmdet3d_infos_path: str | None = Field(None, description="mmdetection3d info pickle to filter to the split, "
                                            "e.g. .../nuscenes_infos_train.pkl.")
-
-    @model_validator(mode="after")
-    def _budgets_fit(self) -> "SplitConfig":
-        try:
-            self.params().validate()
-        except ConceptmineError as exc:  # pydantic reports ValueErrors as the config's validation error
-            raise ValueError(str(exc)) from exc
-        return self
-
-    def params(self) -> SplitParams:
-        return SplitParams(self.random_frac, self.target_frac, self.rare_frac, self.seed, self.strategy)
 
 
 UNIVERSE_SQL = "SELECT sample_token, min(scene_name) AS scene_name FROM frames GROUP BY 1 ORDER BY 1"
@@ -141,7 +124,7 @@ def mined_split(
         if universe.empty:
             raise ConceptmineError(f"`frames` under {frames.store} has no samples; nothing to split")
         num_crops, without_flags, outside = con.execute(COUNTS_SQL).fetchone()
-        split, caps = select_from_tiers(universe, con.execute(TIERS_SQL).df(), config.params())
+        split, caps = select_from_tiers(universe, con.execute(TIERS_SQL).df(), config)
         split = add_why(split, qualifying_crops(con, split))
     if without_flags:
         context.log.warning(f"{without_flags} concept-scored crops have no outlier_flags row; counted as non-outliers")

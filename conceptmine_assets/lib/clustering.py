@@ -54,12 +54,12 @@ def distinct_rows(X: np.ndarray) -> int:
 def partition_scores(X: np.ndarray, labels: np.ndarray) -> tuple[float | None, float | None]:
     """(Calinski–Harabasz, Davies–Bouldin) over the non-noise rows; None where undefined
     (fewer than 2 clusters, or as many clusters as rows)."""
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score  # scikit-learn: imported where used
+
     keep = labels != -1
     n_labels = len(set(labels[keep].tolist()))
     if not 2 <= n_labels <= int(keep.sum()) - 1:
         return None, None
-    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score  # sklearn: imported when used
-
     return float(calinski_harabasz_score(X[keep], labels[keep])), float(davies_bouldin_score(X[keep], labels[keep]))
 
 
@@ -74,6 +74,8 @@ def kmeans_clustering(
     :data:`MIN_CLUSTER_ROWS` rows or fewer than 2 distinct rows every row is in cluster 0 and
     the scores are None.
     """
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
     n = len(X)
     cap = min(n - 1, distinct_rows(X))
     if n < MIN_CLUSTER_ROWS or cap < 2:
@@ -83,8 +85,6 @@ def kmeans_clustering(
                           center_labels=np.zeros(1 if n else 0, dtype=np.int64))
 
     centers: dict[int, np.ndarray] = {}
-
-    from sklearn.cluster import KMeans, MiniBatchKMeans
 
     def fit(k_: int) -> np.ndarray:
         if n <= batch_size:  # one batch holds every row: plain (full-batch) k-means
@@ -125,12 +125,12 @@ def density_clustering(
     """HDBSCAN (``min_cluster_size``, capped at the row count) or DBSCAN (``eps``,
     ``min_samples``); -1 is noise. With fewer than :data:`MIN_CLUSTER_ROWS` rows every row is
     noise (no fit). Scores are computed over the non-noise rows."""
+    from sklearn.cluster import DBSCAN, HDBSCAN
+
     n = len(X)
     if n < MIN_CLUSTER_ROWS:
         return Clustering(method, np.full(n, -1, dtype=np.int64), {},
                           notes=[f"only {n} crops: too few for {method}; all rows are noise"])
-    from sklearn.cluster import DBSCAN, HDBSCAN
-
     notes: list[str] = []
     if method == "hdbscan":
         size = max(2, min(min_cluster_size, n))

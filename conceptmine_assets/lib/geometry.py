@@ -2,7 +2,8 @@
 
 Boxes are ``(x1, y1, x2, y2)`` in pixels, ``x2``/``y2`` exclusive edges as ultralytics reports
 them. 3D work goes through the nuscenes-devkit (``view_points``, ``transform_matrix``) so the
-conventions are the dataset's own.
+conventions are the dataset's own; the devkit is imported by the functions that use it (its
+package imports matplotlib, OpenCV and scikit-learn, too slow for loading the code location).
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ def project_corners(corners: np.ndarray, intrinsic: np.ndarray, width: int, heig
     Corners behind the camera (depth <= 0) are left out, as in the devkit's 2D-annotation export;
     None when no corner is in front of the camera.
     """
+    from nuscenes.utils.geometry_utils import view_points
+
     in_front = corners[:, corners[2] > 0]
     if in_front.shape[1] == 0:
         return None
-    from nuscenes.utils.geometry_utils import view_points  # the devkit package imports matplotlib: lazily
-
     uv = view_points(in_front, intrinsic, normalize=True)[:2]
     return clip_box((uv[0].min(), uv[1].min(), uv[0].max(), uv[1].max()), width, height)
 
@@ -64,7 +65,6 @@ def lidar_to_camera_matrix(
     Each argument is ``(translation, quaternion w x y z)`` from the calibrated_sensor / ego_pose
     records, the chain of the devkit's ``NuScenesExplorer.map_pointcloud_to_image``.
     """
-
     from nuscenes.utils.geometry_utils import transform_matrix
 
     def pose(tq: tuple[Sequence[float], Sequence[float]], inverse: bool) -> np.ndarray:
@@ -83,10 +83,10 @@ def project_points(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates ``(2, m)`` and depths ``(m,)`` of camera-frame points ``(3, n)`` that lie
     more than ``min_depth`` metres in front of the camera and inside the image."""
-    depth = points_cam[2]
-    front = depth > min_depth
     from nuscenes.utils.geometry_utils import view_points
 
+    depth = points_cam[2]
+    front = depth > min_depth
     uv = view_points(points_cam[:, front], intrinsic, normalize=True)[:2]
     inside = (uv[0] >= 0) & (uv[0] < width) & (uv[1] >= 0) & (uv[1] < height)
     return uv[:, inside], depth[front][inside]

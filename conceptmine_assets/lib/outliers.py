@@ -29,15 +29,17 @@ Small references: fewer than :data:`MIN_REFERENCE_ROWS` rows is an error; with f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import IsolationForest
-from sklearn.manifold import TSNE
-from sklearn.neighbors import LocalOutlierFactor
+from pydantic import BaseModel, ConfigDict, Field
 
 from conceptmine_assets.errors import ConceptmineError
+
+if TYPE_CHECKING:  # scikit-learn is imported where a detector is fitted, not with the code location
+    from sklearn.ensemble import IsolationForest
+    from sklearn.neighbors import LocalOutlierFactor
 
 DETECTORS: tuple[str, ...] = ("iforest", "lof", "knn")
 # A crop without an `outlier_flags` row (not scored yet) counts as not an outlier: the one
@@ -52,24 +54,18 @@ MIN_REFERENCE_ROWS = 3
 QUALITY_FLAGS: tuple[str, ...] = ("glare", "dark", "blur")
 
 
-@dataclass(frozen=True)
-class OutlierParams:
-    """Fit-time settings of the three detectors."""
+class OutlierParams(BaseModel):
+    """Fit-time settings of the three detectors: the one statement of these settings
+    (``outlier_reference``'s ``dg.Config`` inherits them, descriptions and bounds included)."""
 
-    contamination: float = 0.1
-    lof_k: int = 20
-    knn_k: int = 10
-    knn_percentile: float = 80.0
-    n_estimators: int = 100
-    seed: int = 0
+    model_config = ConfigDict(frozen=True)
 
-    def validate(self) -> None:
-        if not 0.0 < self.contamination <= 0.5:
-            raise ConceptmineError(f"contamination must be in (0, 0.5], got {self.contamination}")
-        if self.lof_k < 1 or self.knn_k < 1:
-            raise ConceptmineError(f"lof_k and knn_k must be >= 1, got {self.lof_k}, {self.knn_k}")
-        if not 0.0 < self.knn_percentile < 100.0:
-            raise ConceptmineError(f"knn_percentile must be in (0, 100), got {self.knn_percentile}")
+    seed: int = Field(0, description="Seed of the reservoir sample, IsolationForest and t-SNE.")
+    contamination: float = Field(0.1, gt=0.0, le=0.5, description="IsolationForest and LOF contamination (the paper uses 0.1-0.2).")
+    lof_k: int = Field(20, ge=1, description="Neighbours of the LOF detector (the paper: 20).")
+    knn_k: int = Field(10, ge=1, description="Neighbours of the mean-kNN-distance detector (the paper's script: 10).")
+    knn_percentile: float = Field(80.0, gt=0.0, lt=100.0, description="kNN flag above this percentile of the reference's own scores.")
+    n_estimators: int = Field(100, ge=1, description="Trees of the IsolationForest.")
 
 
 @dataclass
@@ -121,6 +117,8 @@ def tsne_map(X: np.ndarray, max_points: int, perplexity: float, seed: int) -> tu
     m = min(n, max_points)
     if m < 4:
         return None
+    from sklearn.manifold import TSNE
+
     index = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
     perplexity = min(perplexity, (m - 1) / 3)
     coords = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(X[index])
@@ -137,7 +135,10 @@ def fit_reference(
     tsne_perplexity: float = 30.0,
 ) -> OutlierReference:
     """Fit the three detectors on the reference sample ``X`` (rows = embeddings, ids = detection_id)."""
-    params.validate()
+    from sklearn.ensemble import IsolationForest
+    from sklearn.neighbors import LocalOutlierFactor
+
+    params = OutlierParams(**params.model_dump(include=set(OutlierParams.model_fields)))  # never a caller's subclass
     X = np.ascontiguousarray(X, dtype=np.float32)
     if X.ndim != 2 or len(X) != len(ids):
         raise ConceptmineError(f"reference embeddings must be (n, dim) with one id per row, got {X.shape}, {len(ids)} ids")
@@ -228,13 +229,14 @@ def combine(
     return is_outlier, fired
 
 
-@dataclass(frozen=True)
-class QualityThresholds:
-    """Image-quality limits on a crop (columns of ``crops``)."""
+class QualityThresholds(BaseModel):
+    """Image-quality limits on a crop (columns of ``crops``); ``outlier_flags``' ``dg.Config`` inherits them."""
 
-    glare_overexposed_frac: float = 0.10  # glare: more than this share of pixels saturated
-    dark_frac: float = 0.50  # dark: more than this share of pixels near black
-    blur_laplacian_var: float = 50.0  # blur: variance of the Laplacian below this
+    model_config = ConfigDict(frozen=True)
+
+    glare_overexposed_frac: float = Field(0.10, ge=0.0, le=1.0, description="Glare if the crop's overexposed_frac is above this.")
+    dark_frac: float = Field(0.50, ge=0.0, le=1.0, description="Dark if the crop's dark_frac is above this.")
+    blur_laplacian_var: float = Field(50.0, ge=0.0, description="Blur if the crop's Laplacian variance is below this (resolution-dependent).")
 
 
 def quality_flags(crops: pd.DataFrame, limits: QualityThresholds = QualityThresholds()) -> tuple[list[list[str]], int]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Sequence
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with the definitions
+if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 GROUP_ORDER: tuple[str, ...] = ("common", "rare", "target")
@@ -28,7 +27,7 @@ DPI = 80
 
 def new_figure(figsize: tuple[float, float] = FIGSIZE) -> Figure:
     """A figure attached to an Agg canvas (rendering without a display)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib: imported where a figure is drawn
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize, dpi=DPI)

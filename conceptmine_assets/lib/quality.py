@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 OVEREXPOSED_LUMA = 250  # luma >= this counts as blown out (glare)
@@ -23,11 +22,15 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     """8-bit luma (ITU-R BT.601, as OpenCV's RGB→gray) of an ``(h, w, 3)`` uint8 RGB image."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.size == 0:
         raise ValueError(f"expected a non-empty (h, w, 3) uint8 RGB image, got {rgb.dtype} {rgb.shape}")
+    import cv2  # here, not at module level: OpenCV is slow to import with the code location
+
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
 
 def blur_laplacian_var(gray: np.ndarray) -> float:
     """Variance of the Laplacian of a gray image: low for blurred or flat crops."""
+    import cv2
+
     return float(cv2.Laplacian(gray, cv2.CV_64F).var())
 
 

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import faiss
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from conceptmine_assets.errors import ConceptmineError
+
+if TYPE_CHECKING:  # faiss is imported where an index is built or searched, not with the code location
+    import faiss
 
 SearchMode = Literal["image_embedding", "caption_text"]
 MODES: tuple[SearchMode, ...] = ("image_embedding", "caption_text")
@@ -37,16 +40,18 @@ TIE_SLACK = 16  # extra neighbours fetched so that ties at the k-th place are or
 MIN_POINTS_PER_LIST = 39  # faiss k-means wants at least this many training points per IVF list
 
 
-@dataclass(frozen=True)
-class IndexParams:
-    """How a vector index is built and probed."""
+class IndexParams(BaseModel):
+    """How a vector index is built and probed: the one statement of these settings
+    (``search_index``'s ``dg.Config`` inherits them, descriptions and bounds included)."""
 
-    exact_max_rows: int = 200_000  # up to this many vectors: exact flat index (equals brute force)
-    codec: str = "SQfp16"  # IVF codec above that: faiss factory name (SQfp16, SQ8, Flat)
-    nlist: int | None = None  # IVF lists; None: 2·sqrt(n), at most train_rows / 39
-    train_rows: int = 100_000  # IVF training sample
-    nprobe: int = 32  # IVF lists visited per query
-    seed: int = 0
+    model_config = ConfigDict(frozen=True)
+
+    exact_max_rows: int = Field(default=200_000, ge=1, description="Up to this many vectors the index is exact (flat).")
+    codec: Literal["SQfp16", "SQ8", "Flat"] = Field(default="SQfp16", description="IVF vector codec above exact_max_rows.")
+    nlist: int | None = Field(default=None, ge=1, description="IVF lists; None: 2*sqrt(rows), at most train_rows/39.")
+    train_rows: int = Field(default=100_000, ge=100, le=2_000_000, description="Seeded IVF training sample size.")
+    nprobe: int = Field(default=32, ge=1, description="IVF lists visited per query (recall vs speed).")
+    seed: int = Field(default=0, ge=0, description="Seed of the training sample and of k-means.")
 
     def lists_for(self, n: int) -> int:
         wanted = self.nlist if self.nlist is not None else round(2 * math.sqrt(n))
@@ -110,6 +115,8 @@ def rank_by_similarity(query: np.ndarray, matrix: np.ndarray, ids: np.ndarray, k
 
 def normalised(vectors: np.ndarray) -> np.ndarray:
     """float32, C-contiguous, rows L2-normalised (zero rows stay zero)."""
+    import faiss
+
     out = np.ascontiguousarray(vectors, dtype=np.float32).copy()
     if out.size:
         faiss.normalize_L2(out)
@@ -121,6 +128,8 @@ def new_index(dim: int, n: int, params: IndexParams, sample: np.ndarray | None =
 
     Exact (``Flat``) for ``n <= exact_max_rows``; else ``IVF<nlist>,<codec>`` trained on
     ``sample`` (normalised rows; required then)."""
+    import faiss
+
     if params.is_exact(n):
         return faiss.IndexFlatIP(dim), "Flat"
     if sample is None or len(sample) == 0:
@@ -138,6 +147,8 @@ def new_index(dim: int, n: int, params: IndexParams, sample: np.ndarray | None =
 def top_rows(index: faiss.Index, query: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(row positions, cosines) of the ``k`` best rows of ``index`` for one query vector, best
     first, ties by position (``k`` is capped at the index size)."""
+    import faiss
+
     k = min(int(k), index.ntotal)
     if k <= 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import math
 import pickle
-from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.outliers import IS_OUTLIER_SQL
@@ -42,7 +42,6 @@ from conceptmine_assets.lib.sampling import unit_hash
 
 REASONS: tuple[str, ...] = ("target_outlier", "target", "rare_outlier", "rare", "random", "random_fill")
 TIERS: tuple[str, ...] = ("target_outlier", "target", "rare_outlier", "rare")
-STRATEGIES: tuple[str, ...] = ("priority", "paper")
 WHY_COLUMNS = ["detection_ids", "top_concepts", "top_scores", "captions", "outlier_detectors"]
 SPLIT_COLUMNS = ["sample_token", "scene_name", "reason", "rank", *WHY_COLUMNS]
 # columns of the per-crop table select_split and add_why read
@@ -61,23 +60,31 @@ GROUP BY c.sample_token ORDER BY c.sample_token
 """
 
 
-@dataclass(frozen=True)
-class SplitParams:
-    random_frac: float = 0.10
-    target_frac: float = 0.10
-    rare_frac: float = 0.0
-    seed: int = 0
-    strategy: str = "priority"
+class SplitParams(BaseModel):
+    """The selection's budgets, order and strategy: the one statement of these settings.
 
-    def validate(self) -> None:
+    ``mined_split``'s ``dg.Config`` inherits these fields (with their descriptions and bounds),
+    so the launchpad shows them and an invalid combination never reaches :func:`select_from_tiers`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    random_frac: float = Field(0.10, ge=0.0, le=1.0, description="Random share of all training samples.")
+    target_frac: float = Field(0.10, ge=0.0, le=1.0, description="Target share: samples with a target-group crop.")
+    rare_frac: float = Field(0.0, ge=0.0, le=1.0, description="Rare share (priority strategy only).")
+    seed: int = Field(0, description="Seed of the order within each tier and of the random share.")
+    strategy: Literal["priority", "paper"] = Field(
+        "priority", description="priority: target, rare, then random; paper: random first, then target∧outlier, "
+        "target, rare, random leftovers in the target budget (the original research code).")
+
+    @model_validator(mode="after")
+    def _budgets_fit(self) -> SplitParams:
         fracs = (self.random_frac, self.target_frac, self.rare_frac)
-        if any(not 0.0 <= f <= 1.0 for f in fracs) or sum(fracs) > 1.0 + 1e-9:
-            raise ConceptmineError(f"split fractions must be in [0, 1] and sum to at most 1, got {fracs}")
-        if self.strategy not in STRATEGIES:
-            raise ConceptmineError(f"split strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if sum(fracs) > 1.0 + 1e-9:
+            raise ValueError(f"split fractions must sum to at most 1, got {fracs}")
         if self.strategy == "paper" and self.rare_frac > 0:
-            raise ConceptmineError("strategy 'paper' has no rare budget (rare samples fill the target budget); "
-                                   f"set rare_frac to 0, got {self.rare_frac}")
+            raise ValueError("strategy 'paper' has no rare budget (rare samples fill the target budget); "
+                             f"set rare_frac to 0, got {self.rare_frac}")
+        return self
 
 
 def budget(frac: float, n: int) -> int:
@@ -138,7 +145,6 @@ def select_from_tiers(
     """Selected samples (``sample_token, scene_name, reason, rank``) and the budgets, from one
     row per sample with tier flags (:func:`sample_tiers`); tier rows outside the universe are
     ignored (the caller reports them)."""
-    params.validate()
     if universe["sample_token"].duplicated().any():
         raise ConceptmineError("the training-set sample tokens are not unique")
     tokens = set(universe["sample_token"])

@@ -1,5 +1,5 @@
-"""Faults and bad inputs across stages: each ends in a clear error naming the file or scene, or in
-a counted, logged skip, and never changes another scene's stored data or exposes half a file.
+"""Faults and bad inputs in a run: each ends in a clear error naming the file or scene, or in a
+counted, logged skip, and never changes another scene's stored data.
 
 Cases tested elsewhere (not repeated here):
 
@@ -13,29 +13,24 @@ Cases tested elsewhere (not repeated here):
   test_foundation::test_malformed_table_is_named, test_missing_table_is_named
 - unknown scene name: test_foundation::test_unknown_scene_names_the_scene
 - crop of zero area: test_crops::test_small_zero_area_and_outside_boxes_are_counted_skips
-- NaN / inf embedding: test_embeddings::test_non_finite_vectors_are_refused,
+- NaN / inf embedding: test_embeddings_asset::test_non_finite_vectors_are_refused,
   test_nan_vector_fails_naming_scene_and_detection
 - caption server refusing / timing out / answering malformed JSON:
-  test_captions::test_openai_refused_connection_is_survived, test_openai_failing_server_is_survived,
-  test_captions_asset_survives_a_down_server
-- missing weights: test_detections::test_missing_weights_*,
-  test_embeddings::test_missing_checkpoint_path_names_it, test_captions::test_qwen2_vl_missing_model_is_a_load_error
+  test_captioner_openai::test_openai_refused_connection_is_survived, test_openai_failing_server_is_survived,
+  test_captions_asset::test_captions_asset_survives_a_down_server
+- missing weights: test_detections::test_missing_weights_*, test_embedder::test_missing_checkpoint_path_names_it,
+  test_captioner_qwen2_vl::test_qwen2_vl_missing_model_is_a_load_error
 - two runs at once of different scenes and of one scene (both succeed):
   test_foundation::test_parallel_scene_runs_do_not_conflict
+- SIGKILL mid-write, last writer wins: test_faults_atomic_writes
 
 Here: bad images through the whole perception job, a scene without samples, malformed tables
-in a run, failing stages leaving other scenes untouched, SIGKILL mid-write, and last writer wins.
+in a run, and failing stages leaving other scenes untouched.
 """
 
 import json
 import logging
-import os
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -52,11 +47,11 @@ from conceptmine_assets.errors import ConceptmineError, DatasetError, ModelLoadE
 from conceptmine_assets.lib.synth import synth_dataroot
 from conceptmine_assets.resources.detector import YoloDetector
 from conceptmine_assets.resources.embedder import EmbedderResource
-from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder
 from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets.resources.storage import StoreViews, ParquetIOManager
+from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder
+from conceptmine_assets.resources.storage import ParquetIOManager
 from conceptmine_assets.schemas import SCHEMAS
-from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, REAL_SCENE, REPO, materialize_scene, tiny_clip_config_path
+from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, materialize_scene, tiny_clip_config_path
 
 PERCEPTION = [frames, detections, crops, embeddings]
 GOOD, BAD = HIGHWAY_SCENES[0], HIGHWAY_SCENES[1]  # 2 frames and 1 frame, different image files
@@ -114,13 +109,6 @@ def corrupt(path: Path, how: str) -> None:
         Image.new("RGB", (640, 360), "gray").save(path, format="JPEG")
     elif how != "missing":
         raise ValueError(how)
-
-
-@pytest.fixture
-def highway_root(highway, tmp_path) -> Path:
-    """A private copy of the highway clip (tables written, files symlinked)."""
-    synth_dataroot([highway], tmp_path / "root")
-    return tmp_path / "root"
 
 
 # ---------------------------------------------------------------- bad images through the perception job
@@ -276,169 +264,3 @@ def test_failing_stage_writes_nothing_for_its_scene_and_keeps_others(
     assert not (store / failing / f"{BAD}.parquet").exists()
     assert (store / "frames" / f"{BAD}.parquet").exists()  # the stages before it did their part
     assert snapshot(store, GOOD) == before
-
-
-# ---------------------------------------------------------------- SIGKILL mid-write, concurrent writers
-
-# Materialises `frames` of one scene; pq.write_table is slowed down so the parent can act mid-write:
-#   half: write half the Parquet bytes, signal, then hang (to be SIGKILLed)
-#   hold: write the whole file, signal, then wait for <flags>/go before the atomic rename
-#   none: write normally
-_WRITER = """
-import io, sys, time
-from pathlib import Path
-import dagster as dg
-import pyarrow.parquet as pq
-from conceptmine_assets.assets.frames import frames
-from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets.resources.storage import ParquetIOManager
-
-dataroot, store, scene, cameras, mode, flags = sys.argv[1:]
-real_write = pq.write_table
-
-def slow_write(table, where, **kwargs):
-    buf = io.BytesIO()
-    real_write(table, buf, **kwargs)
-    data = buf.getvalue()
-    if mode == "half":
-        where.write(data[: len(data) // 2])
-        where.flush()
-        Path(flags, "ready").touch()
-        time.sleep(600)
-    where.write(data)
-    if mode == "hold":
-        where.flush()
-        Path(flags, "ready").touch()
-        while not Path(flags, "go").exists():
-            time.sleep(0.02)
-
-pq.write_table = slow_write
-with dg.DagsterInstance.ephemeral() as instance:
-    instance.add_dynamic_partitions("nuscenes_scenes", [scene])
-    result = dg.materialize(
-        [frames], partition_key=scene, instance=instance,
-        resources={"nuscenes": NuScenesResource(dataroot=dataroot), "io_manager": ParquetIOManager(base_path=store)},
-        run_config={"ops": {"frames": {"config": {"cameras": cameras.split(",")}}}},
-    )
-sys.exit(0 if result.success else 1)
-"""
-
-
-def start_writer(dataroot: Path, store: Path, scene: str, cameras: list[str], mode: str, flags: Path):
-    flags.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-c", _WRITER, str(dataroot), str(store), scene, ",".join(cameras), mode, str(flags)]
-    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"writer exited early: {proc.stdout.read().decode()[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"writer never reached {path.name}")
-        time.sleep(0.05)
-
-
-def all_parquet_files_open(store: Path) -> list[Path]:
-    """Every ``*.parquet`` under the store (what DuckDB's views glob) reads completely."""
-    files = sorted(store.rglob("*.parquet"))
-    for path in files:
-        pq.read_table(path)
-    return files
-
-
-def _frames_rows(store: Path) -> int | None:
-    duck = StoreViews(base_path=str(store))
-    if "frames" not in duck.tables():
-        return None
-    return int(duck.query("SELECT count(*) AS n FROM frames")["n"][0])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("existing", [True, False], ids=["overwrite", "first_write"])
-def test_sigkill_mid_write_never_exposes_a_half_written_file(highway_root, tmp_path, store, instance, existing):
-    nuscenes = NuScenesResource(dataroot=str(highway_root))
-    res = {"nuscenes": nuscenes, "io_manager": ParquetIOManager(base_path=str(store))}
-    target = store / "frames" / f"{GOOD}.parquet"
-    if existing:  # an old, complete version: one of the scene's two keyframes
-        run_config = {"ops": {"frames": {"config": {"max_frames": 1}}}}
-        assert materialize_scene([frames], GOOD, instance, res, run_config=run_config).success
-    old = target.read_bytes() if existing else None
-
-    proc = start_writer(highway_root, store, GOOD, ["CAM_FRONT"], "half", tmp_path / "flags")
-    try:
-        wait_for(tmp_path / "flags" / "ready", proc)
-        partial = [p for p in (store / "frames").iterdir() if p.name != target.name]
-        assert len(partial) == 1 and partial[0].name.startswith(f".{GOOD}.parquet.tmp-")  # being written
-        assert (target.read_bytes() if target.exists() else None) == old
-        assert _frames_rows(store) == (1 if existing else None)  # readers see the old version only
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-
-    assert (target.read_bytes() if target.exists() else None) == old
-    assert all_parquet_files_open(store) == ([target] if existing else [])
-    assert _frames_rows(store) == (1 if existing else None)
-
-    assert materialize_scene([frames], GOOD, instance, res).success  # the re-run
-    clean_store = tmp_path / "clean"
-    clean = {**res, "io_manager": ParquetIOManager(base_path=str(clean_store))}
-    assert materialize_scene([frames], GOOD, instance, clean).success
-    assert pq.read_table(target).equals(pq.read_table(clean_store / "frames" / f"{GOOD}.parquet"))
-    assert all_parquet_files_open(store) == [target] and _frames_rows(store) == 2
-
-
-@pytest.mark.slow
-def test_concurrent_writers_of_one_scene_last_writer_wins_atomically(real_slice, tmp_path, store):
-    target = store / "frames" / f"{REAL_SCENE}.parquet"
-    seen, errors, stop = [], [], threading.Event()
-    duck = StoreViews(base_path=str(store))
-
-    def read_once(i: int) -> int:
-        """Rows of the scene's file, read as the pipeline reads it: one open file (the IO manager)
-        or a DuckDB view. (``pq.read_table(path)`` may open the path twice and mix two versions.)"""
-        if i % 2:
-            with target.open("rb") as fh:
-                return pq.read_table(fh).num_rows
-        return int(duck.query("SELECT count(*) AS n, sum(length(image_path)) AS s FROM frames")["n"][0])
-
-    def reader():
-        i = 0
-        while not stop.is_set():
-            i += 1
-            existed = target.exists()  # before the first rename there is neither file nor view
-            try:
-                seen.append(read_once(i))
-            except Exception as exc:  # noqa: BLE001 - once the file exists, any failure is a torn read
-                if existed:
-                    errors.append(repr(exc))
-            time.sleep(0.01)  # leave the two cores to the writers
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    procs = []
-    try:
-        # A writes 1 camera and holds before its rename; B writes all 6 and finishes first.
-        slow = start_writer(real_slice, store, REAL_SCENE, ["CAM_FRONT"], "hold", tmp_path / "a")
-        procs.append(slow)
-        wait_for(tmp_path / "a" / "ready", slow)
-        cameras = ["CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT"]
-        fast = start_writer(real_slice, store, REAL_SCENE, cameras, "none", tmp_path / "b")
-        procs.append(fast)
-        assert fast.wait(timeout=120) == 0, fast.stdout.read().decode()[-3000:]
-        assert pq.read_table(target).num_rows == 6
-        (tmp_path / "a" / "go").touch()
-        assert slow.wait(timeout=120) == 0, slow.stdout.read().decode()[-3000:]
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    assert pq.read_table(target).num_rows == 1  # the last rename wins
-    assert not errors, errors[:3]
-    assert seen and set(seen) <= {1, 6}  # every read saw one complete version
-    assert [p.name for p in (store / "frames").iterdir()] == [target.name]  # no temp file left
