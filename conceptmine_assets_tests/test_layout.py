@@ -92,6 +92,21 @@ def test_the_measure_counts_what_it_should(tmp_path, monkeypatch):
     assert over(function_lines(), MAX_FUNCTION_LINES, {}) == {"conceptmine_assets/big.py:f": 61}
 
 
+def test_no_test_module_imports_another():
+    """Shared test code lives in helper modules (``helpers.py``, ``store_helpers.py``, ...) and
+    fixtures in ``conftest.py``; a test module importing another runs that module's imports and
+    couples two test files."""
+    offenders = {}
+    for path in sorted((REPO / "conceptmine_assets_tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            bad = [n for n in names if re.match(r"conceptmine_assets_tests\.(test_|conftest)", n)]
+            if bad:
+                offenders[path.name] = bad
+    assert offenders == {}
+
+
 if __name__ == "__main__":
     for title, sizes, limit in (("modules", module_lines(), MAX_MODULE_LINES),
                                 ("functions", function_lines(), MAX_FUNCTION_LINES)):

@@ -21,10 +21,9 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import faiss
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -44,10 +43,11 @@ from conceptmine_assets.lib.search import (
 from conceptmine_assets.resources.storage import atomic_write
 from conceptmine_assets.resources.store_sql import StoredTable, is_local, stored_tables
 
+if TYPE_CHECKING:  # faiss is imported where an index is read or written, not with the definitions
+    import faiss
+
 FOLDER = "search_index"
 FORMAT = 1
-_MMAP = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY  # IVF: inverted lists mapped
-_MMAP_FLAT = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY  # flat: the codes mapped
 
 
 def _local(path: UPath) -> str:
@@ -77,10 +77,14 @@ class LoadedIndex:
 
     def index(self, stem: str) -> faiss.Index:
         if stem not in self._cache:
+            import faiss
+
             path = self.folder / f"{stem}.faiss"
             if is_local(path):
                 flat = self.manifest["modes"].get(stem, {}).get("index") == "Flat"
-                self._cache[stem] = faiss.read_index(_local(path), _MMAP_FLAT if flat else _MMAP)
+                # flat: the codes mapped; IVF: the inverted lists mapped
+                flags = faiss.IO_FLAG_MMAP_IFC if flat else faiss.IO_FLAG_MMAP
+                self._cache[stem] = faiss.read_index(_local(path), flags | faiss.IO_FLAG_READ_ONLY)
             else:
                 self._cache[stem] = faiss.deserialize_index(bytearray(path.read_bytes()))
         return self._cache[stem]
@@ -227,6 +231,8 @@ def search_crops(store: SearchIndexResource, embedder, text: str, k: int = 10) -
 
 
 def _write_faiss(index: faiss.Index, path: UPath) -> None:
+    import faiss
+
     if is_local(path):
         faiss.write_index(index, _local(path))
         return
