@@ -28,7 +28,7 @@ from conceptmine_assets.resources.storage import ParquetIOManager, PickleIOManag
 from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.scaling import scale
 from conceptmine_assets.sensors import scene_discovery_sensor
-from conceptmine_assets.settings import Settings, load_settings
+from conceptmine_assets.settings import Settings, check_stage_names, load_settings, stage_values_version
 
 ASSET_MODULES = [
     models, frames, detections, crops, embeddings, outliers, captions, concepts, splits, mining_quality_report,
@@ -97,9 +97,22 @@ def build_resources(settings: Settings) -> dict:
     }
 
 
+def with_config_versions(assets: list) -> list:
+    """Each asset's code version extended by the digest of its config-file values that differ
+    from the built-in defaults (``2`` -> ``2+cfg.1a2b3c4d``), so a changed setting in the
+    config file makes the asset stale everywhere Dagster judges staleness."""
+
+    def version(spec: dg.AssetSpec) -> dg.AssetSpec:
+        digest = stage_values_version(spec.key.to_user_string())
+        return spec if digest is None else spec.replace_attributes(code_version=f"{spec.code_version}+cfg.{digest}")
+
+    return [dg.map_asset_specs(version, [a])[0] if isinstance(a, dg.AssetsDefinition) else a for a in assets]
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
+    check_stage_names(settings)
     assets, executor = scale(
-        with_automation(dg.load_assets_from_modules(ASSET_MODULES), settings.remine_cron),
+        with_automation(with_config_versions(dg.load_assets_from_modules(ASSET_MODULES)), settings.remine_cron),
         settings.executor,
         settings.dask_scheduler,
         settings.gpu_routing,

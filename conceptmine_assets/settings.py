@@ -17,6 +17,8 @@ To add a setting: add a field here with ``Field(description=...)``; its environm
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -151,11 +153,16 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError("; ".join(_describe(e) for e in exc.errors()[:3])) from None
 
 
+# asset -> the config file's values applied to its dg.Config class's built-in defaults, and that class
+APPLIED_STAGE_VALUES: dict[str, tuple[dict[str, Any], type[pydantic.BaseModel]]] = {}
+
+
 def stage_config(asset: str):
     """Class decorator: the config file's ``stages.<asset>`` values become the class's defaults.
 
-    Unknown keys and values the field would reject raise a SettingsError naming the file and key
-    (when the asset module is imported, i.e. before anything runs)."""
+    Unknown keys and values the field would reject (one field's bounds, or a check across
+    fields) raise a SettingsError naming the file and key (when the asset module is imported,
+    i.e. before anything runs)."""
 
     def apply(cls: type[pydantic.BaseModel]) -> type[pydantic.BaseModel]:
         values = (file_values().get("stages") or {}).get(asset) or {}
@@ -167,10 +174,11 @@ def stage_config(asset: str):
         try:
             cls.model_validate(values)  # the fields' own validation, validators included
         except pydantic.ValidationError as exc:
-            bad = [e for e in exc.errors() if e["loc"] and e["loc"][0] in values]
+            bad = [e for e in exc.errors() if not e["loc"] or e["loc"][0] in values]  # () : a check across fields
             if bad:
-                name = bad[0]["loc"][0]
-                raise SettingsError(f"{config_path()}: stages.{asset}.{name} = {values[name]!r}: {bad[0]['msg']}") from None
+                name = f".{bad[0]['loc'][0]} = {values[bad[0]['loc'][0]]!r}" if bad[0]["loc"] else ""
+                raise SettingsError(f"{config_path()}: stages.{asset}{name}: {bad[0]['msg']}") from None
+        APPLIED_STAGE_VALUES[asset] = (values, cls)
         fields = {
             name: (cls.model_fields[name].annotation, FieldInfo.merge_field_infos(cls.model_fields[name], default=value))
             for name, value in values.items()
@@ -180,3 +188,30 @@ def stage_config(asset: str):
         return pydantic.create_model(cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **fields)
 
     return apply
+
+
+def stage_values_version(asset: str) -> str | None:
+    """A digest of the config file's values for ``asset`` that differ from its config class's
+    built-in defaults (None when none differ): part of the asset's code version, so a changed
+    value makes the asset stale for the UI, automation and ``conceptmine run`` alike, while a
+    file that restates a default changes nothing."""
+    values, cls = APPLIED_STAGE_VALUES.get(asset, ({}, None))
+    changed = {}
+    for name, value in values.items():
+        adapter = pydantic.TypeAdapter(cls.model_fields[name].annotation)
+        as_set = adapter.dump_python(adapter.validate_python(value), mode="json")
+        if as_set != adapter.dump_python(cls.model_fields[name].get_default(call_default_factory=True), mode="json"):
+            changed[name] = as_set
+    if not changed:
+        return None
+    return hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def check_stage_names(settings: Settings) -> None:
+    """Every ``stages`` entry names an asset with a config (call after the asset modules are imported)."""
+    unknown = sorted(set(settings.stages) - set(APPLIED_STAGE_VALUES))
+    if unknown:
+        raise SettingsError(
+            f"{config_path() or 'the config file'}: stages.{unknown[0]} is not a stage with settings; "
+            f"those are {sorted(APPLIED_STAGE_VALUES)}"
+        )
