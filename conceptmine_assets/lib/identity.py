@@ -57,8 +57,10 @@ def fingerprint(path: str | os.PathLike) -> str | None:
     return f"sha256:{digest.hexdigest()[:12]}"
 
 
+@functools.lru_cache(maxsize=None)
 def package_version(package: str) -> str | None:
-    """The installed version of a distribution, None when it is not installed."""
+    """The installed version of a distribution, None when it is not installed (read once per
+    process: a running process keeps the modules it imported whatever is installed later)."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
