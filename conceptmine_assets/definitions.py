@@ -38,8 +38,8 @@ ASSET_MODULES = [
 @dataclass(frozen=True)
 class Stage:
     """One step of the whole pipeline: a job and the assets it selects (``per_scene``: its assets
-    are scene partitions; ``observe``: a job of observations, run every time as it only records
-    identities)."""
+    are scene partitions; ``observe``: a job of observations, which ``conceptmine run`` launches
+    when an identity differs from the recorded one, or with ``--force``)."""
 
     job: str
     selection: dg.AssetSelection
