@@ -1,6 +1,6 @@
 """Benchmark of ``conceptmine run`` (issue 11): incremental re-runs, runs per backfill, image checks.
 
-    .venv/bin/python bench/pipeline.py [--scenes 8 64 850] [--copies 1 4] [--quick]
+    .venv/bin/python bench/pipeline.py [--scenes 8 64 850] [--copies 1 4] [--plan-scenes 850] [--quick]
 
 Prints, on the built-in demo dataroot (the committed fixtures merged, its config
 ``conceptmine.demo.yaml``), in a temporary Dagster home and store that are deleted afterwards:
@@ -9,10 +9,12 @@ Prints, on the built-in demo dataroot (the committed fixtures merged, its config
    them, and the re-run's time as a fraction of the full run's (target <= 0.1), on the demo
    dataroot and on it with every scene replicated (``--copies``); for the demo dataroot also the
    part of the re-run that is Dagster's own start-up, and a re-run in a warm process;
-2. the Dagster runs ``conceptmine run`` launches for a backfill of N new scenes — planned by the
+2. the staleness plan of a no-change re-run over ``--plan-scenes`` materialised scenes (trainval:
+   850), timed on a SQLite instance seeded with one materialisation per asset partition;
+3. the Dagster runs ``conceptmine run`` launches for a backfill of N new scenes — planned by the
    same code that executes them (``runner.plan_stage`` + ``runner.batch``) on an instance with N
    registered, never-materialised scenes — against the target N/8 + a constant per stage;
-3. the cost per frame of the `frames` image check (header + end-of-image marker) against a full
+4. the cost per frame of the `frames` image check (header + end-of-image marker) against a full
    decode of the image.
 """
 
@@ -100,6 +102,37 @@ def _warm_rerun(env: dict[str, str]) -> float:
         os.environ.update(saved)
 
 
+def no_change_plan(n: int) -> list[tuple[str, str]]:
+    """The staleness plan of a no-change `conceptmine run` over ``n`` materialised scenes, on a
+    SQLite instance holding one materialisation per asset partition (tags as a run records them:
+    code version, observed input versions), seeded in dependency order."""
+    import dagster as dg
+
+    from conceptmine_assets.definitions import PIPELINE, build_definitions
+    from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
+    from conceptmine_assets.settings import load_settings
+    from conceptmine_assets.staleness import CODE_VERSION_TAG, DATA_VERSION_TAG, INPUT_VERSION_TAG, Records, graph_nodes, plan_stage, topological
+
+    defs = build_definitions(load_settings(store=tempfile.mkdtemp()))
+    nodes, scenes = graph_nodes(defs), [f"scene-{i:04d}" for i in range(n)]
+    stages = [[k.to_user_string() for k in s.selection.resolve(defs.resolve_asset_graph()) if k.to_user_string() in nodes]
+              for s in PIPELINE if not s.observe]  # observations are compared, not planned (runner.run)
+    with tempfile.TemporaryDirectory(prefix="conceptmine-plan-") as home, dg.DagsterInstance.from_config(home) as instance:
+        instance.add_dynamic_partitions(SCENE_PARTITIONS_NAME, scenes)
+        for name in (a for a, node in nodes.items() if node.observable):
+            instance.report_runless_asset_event(dg.AssetObservation(name, tags={DATA_VERSION_TAG: "v1"}))
+        for name in (a for stage in stages for a in topological(nodes, stage) if not nodes[a].observable):
+            tags = {CODE_VERSION_TAG: nodes[name].code_version or "", **{
+                INPUT_VERSION_TAG + d: "v1" for d in nodes[name].deps if nodes[d].observable}}
+            for key in scenes if nodes[name].partitioned else [None]:
+                instance.report_runless_asset_event(dg.AssetMaterialization(name, partition=key, tags=tags))
+        started = time.perf_counter()
+        planned = sum(len(keys) for names in stages for keys in plan_stage(Records(instance), nodes, names, scenes).values())
+        seconds = time.perf_counter() - started
+    return [(f"no-change staleness plan over {n} materialised scenes ({n * sum(nd.partitioned for nd in nodes.values())} "
+             f"scene partitions), SQLite instance", f"{seconds:.1f} s, {planned} partitions planned")]
+
+
 def runs_per_backfill(counts: list[int]) -> list[tuple[str, str]]:
     """Runs of a first `conceptmine run` over N registered scenes, per stage, as planned."""
     import dagster as dg
@@ -165,15 +198,17 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, nargs="+", default=[8, 64, 850], help="backfill sizes to plan")
     parser.add_argument("--skip-incremental", action="store_true", help="skip the timed demo runs")
     parser.add_argument("--copies", type=int, nargs="+", default=[1, 4], help="demo dataroot sizes (x 4 scenes) to time")
+    parser.add_argument("--plan-scenes", type=int, default=850, help="scenes of the no-change plan timing")
     parser.add_argument("--quick", action="store_true", help="CI: no timed demo runs, one backfill size (8)")
     args = parser.parse_args()
     if args.quick:
-        args.skip_incremental, args.scenes = True, [8]
+        args.skip_incremental, args.scenes, args.plan_scenes = True, [8], 8
     rows = []
     if not args.skip_incremental:
         for copies in args.copies:
             with tempfile.TemporaryDirectory(prefix="conceptmine-bench-") as tmp:
                 rows += incremental(Path(tmp), copies)
+    rows += no_change_plan(args.plan_scenes)
     rows += runs_per_backfill(args.scenes)
     rows += image_checks()
     print("| measure | value |\n|---|---|")
