@@ -25,6 +25,18 @@ class UsageError(Exception):
     """A problem with what the user asked for (printed as one line, exit code 2)."""
 
 
+def instance_from_env() -> dg.DagsterInstance:
+    """The Dagster instance of ``$DAGSTER_HOME`` (where runs and materialisations are recorded)."""
+    import os
+
+    if not os.environ.get("DAGSTER_HOME"):
+        raise UsageError(
+            "DAGSTER_HOME is not set: it names the Dagster instance that records the runs; e.g. "
+            "export DAGSTER_HOME=$PWD/data/dagster_home (what `make demo` and `make ui` use)"
+        )
+    return dg.DagsterInstance.get()
+
+
 def register_scenes(instance: dg.DagsterInstance, nuscenes=None) -> list[str]:
     """Add every scene of the dataroot as a partition (after the pre-flight checks)."""
     from conceptmine_assets.preflight import preflight
@@ -97,7 +109,7 @@ def synth_command(sources: list[str], out: str, copies: int) -> int:
 def run_command(scenes: list[str] | None, force: bool) -> int:
     from conceptmine_assets.settings import load_settings
 
-    with dg.DagsterInstance.get() as instance:
+    with instance_from_env() as instance:
         run_pipeline(instance, scenes, force)
     store = load_settings().store
     sys.stdout.write(
@@ -146,7 +158,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "synth-dataroot":
         return synth_command(args.sources, args.out, args.copies)
     if args.command == "register-scenes":
-        with dg.DagsterInstance.get() as instance:
+        with instance_from_env() as instance:
             sys.stdout.write(f"registered {len(register_scenes(instance))} new scene partitions\n")
         return 0
     return run_command(args.scenes, args.force)
@@ -156,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     """Exit code 0, or 1 with one line on stderr for a known error (2 for a usage error)."""
     from conceptmine_assets.errors import ConceptmineError
 
-    args = parser().parse_args(argv)
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)  # raised where the asset modules load
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    args = parser().parse_args(argv)
     try:
         return dispatch(args)
     except Exception as exc:  # one line for the user; the traceback with --debug

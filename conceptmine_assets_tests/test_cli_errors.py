@@ -101,3 +101,11 @@ def test_sql_errors_are_one_line(env, capsys):
     assert len(err.strip().splitlines()) == 1
     assert cli.main(["sql", "SELECT count(*) AS n FROM frames"]) == 0
     assert "1" in capsys.readouterr().out
+
+
+def test_an_unset_dagster_home_is_one_line(env, capsys, monkeypatch):
+    home = os.environ["DAGSTER_HOME"]
+    monkeypatch.delenv("DAGSTER_HOME")
+    fails_cleanly(["run"], capsys, "DAGSTER_HOME is not set", "export DAGSTER_HOME")
+    monkeypatch.setenv("DAGSTER_HOME", home)
+    nothing_done(env)

@@ -174,6 +174,7 @@ class YoloDetector(DetectorResource):
     def verify(self) -> None:
         """Load the weights and detect on one blank frame: a file that exists but does not load
         or run (truncated, another task, another format) fails here, before any work is done."""
+        self.load()  # imports ultralytics, which sets its logger's level; a file that is no model fails here
         quiet = logging.getLogger("ultralytics")  # its "Loading ... for inference" lines: not for a pre-flight
         level = quiet.level
         quiet.setLevel(logging.WARNING)
