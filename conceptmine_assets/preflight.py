@@ -73,12 +73,12 @@ def check_model_files(settings: Settings) -> None:
             raise ModelLoadError(f"detector weights {path} {state}: fix `yolo_weights` / CONCEPTMINE_YOLO_WEIGHTS")
 
 
-def check_models_load(settings: Settings, record: CheckedRecord) -> None:
-    """Every model resource loads and runs on a probe input, unless this identity already did."""
-    from conceptmine_assets.resources.profiles import model_resources
-
-    for name, resource in model_resources(settings).items():
-        identity = _identity(resource)
+def check_models_load(resources: dict, record: CheckedRecord) -> None:
+    """The deployment's models (``detector``, ``embedder``, ``captioner`` of its resources) each
+    load and run on a probe input, unless a model of this identity already did."""
+    for name in ("detector", "embedder", "captioner"):
+        resource = resources[name]
+        identity = resource.model_id
         if record.holds(f"model {name}", identity):
             continue
         try:
@@ -92,12 +92,6 @@ def check_models_load(settings: Settings, record: CheckedRecord) -> None:
                 "check its weights / model settings"
             ) from exc
         record.add(f"model {name}", identity)
-
-
-def _identity(resource) -> str:
-    if hasattr(resource, "identities"):  # the embedder: image and text models
-        return "|".join(i.model_id for i in resource.identities())
-    return resource.model_id
 
 
 def check_vocabulary(settings: Settings) -> None:
@@ -136,8 +130,8 @@ def preflight(instance_root: str | os.PathLike | None = None, load_models: bool 
     check_vocabulary(settings)
     from conceptmine_assets.runner import definitions_for
 
-    definitions_for(settings)  # executor and resources resolve (built once; the runs reuse them)
+    defs = definitions_for(settings)  # executor and resources resolve (built once; the runs reuse them)
     if load_models:
-        check_models_load(settings, record)
+        check_models_load(defs.resources, record)
     record.save()
     return settings, nuscenes

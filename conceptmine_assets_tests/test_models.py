@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conceptmine_assets.assets.models import captioner_version, detector_version, embedding_version
 from conceptmine_assets.errors import ModelLoadError
 from conceptmine_assets.lib import versions
 from conceptmine_assets.lib.identity import hub_revision, model_identity
@@ -31,27 +30,27 @@ def test_embedding_version_follows_the_checkpoint_without_loading_it(tmp_path: P
     checkpoint = tmp_path / "clip.pt"
     checkpoint.write_bytes(b"not a real checkpoint: loading it would fail")
     embedder = OpenClipEmbedder(model="ViT-B-32", pretrained=str(checkpoint))
-    first = embedding_version(embedder)  # no load: a load of these bytes would raise
-    assert embedding_version(embedder) == first == embedder.image_model_id  # observed = stored
+    first = embedder.model_id  # no load: a load of these bytes would raise
+    assert embedder.model_id == embedder.image_model_id  # CLIP: one model, observed = stored
     checkpoint.write_bytes(b"other weights, other vectors")
-    assert embedding_version(embedder) != first
-    assert embedding_version(embedder.model_copy(update={"precision": "fp16"})) != embedding_version(embedder)
-    assert embedding_version(embedder.model_copy(update={"batch_size": 7})) == embedding_version(embedder)
+    assert embedder.model_id != first
+    assert embedder.model_copy(update={"precision": "fp16"}).model_id != embedder.model_id
+    assert embedder.model_copy(update={"batch_size": 7}).model_id == embedder.model_id
     offline = OfflineEmbedder()
-    assert embedding_version(offline) == f"{offline.image_model_id}|{offline.text_model_id}"
+    assert offline.model_id == f"{offline.image_model_id}|{offline.text_model_id}"
 
 
 def test_detector_version_follows_weights_thresholds_and_precision(tmp_path: Path):
     weights = tmp_path / "det.tflite"
     weights.write_bytes(b"v1")
     detector = YoloDetector(weights=str(weights))
-    first = detector_version(detector)
-    assert first == detector.model_id and first.startswith("yolo:det.tflite@")
-    assert detector_version(detector.model_copy(update={"conf": 0.5})) != first
-    assert detector_version(detector.model_copy(update={"precision": "fp16"})) != first
-    assert detector_version(detector.model_copy(update={"batch_size": 64})) == first  # batching changes nothing
+    first = detector.model_id
+    assert first.startswith("yolo:det.tflite@")
+    assert detector.model_copy(update={"conf": 0.5}).model_id != first
+    assert detector.model_copy(update={"precision": "fp16"}).model_id != first
+    assert detector.model_copy(update={"batch_size": 64}).model_id == first  # batching changes nothing
     weights.write_bytes(b"v2")
-    assert detector_version(detector) != first
+    assert detector.model_id != first
     assert AnnotationsDetector(min_visibility=2).model_id != AnnotationsDetector().model_id
 
 
@@ -62,8 +61,8 @@ def test_detector_version_follows_weights_thresholds_and_precision(tmp_path: Pat
 )
 def test_captioner_identity_has_every_output_relevant_setting(change):
     base = Qwen2VLCaptioner(device="cpu")
-    assert captioner_version(base.model_copy(update=change)) != captioner_version(base)
-    assert captioner_version(base.model_copy(update={"batch_size": 1})) == captioner_version(base)
+    assert base.model_copy(update=change).model_id != base.model_id
+    assert base.model_copy(update={"batch_size": 1}).model_id == base.model_id
 
 
 def test_captioner_identity_follows_precision_not_the_machine():

@@ -11,6 +11,7 @@ from conceptmine_assets.resources.captioner import TemplateCaptioner
 from conceptmine_assets.resources.detector import YoloDetector
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
+from conceptmine_assets.resources.profiles import model_resources
 from conceptmine_assets.settings import Settings
 from conceptmine_assets_tests.helpers import copy_dataroot
 
@@ -49,16 +50,16 @@ def test_a_damaged_record_is_an_error_naming_it(tmp_path):
 def test_models_are_verified_once_per_identity(tmp_path, yolo_tflite, verified):
     settings = Settings(detector="yolo", yolo_weights=str(yolo_tflite), store=str(tmp_path / "store"))
     record = CheckedRecord(tmp_path)
-    check_models_load(settings, record)
+    check_models_load(model_resources(settings), record)
     assert verified == ["YoloDetector", "OfflineEmbedder", "TemplateCaptioner"]
-    check_models_load(settings, record)
+    check_models_load(model_resources(settings), record)
     assert verified == ["YoloDetector", "OfflineEmbedder", "TemplateCaptioner"]  # nothing changed
 
     # other weights content (same name elsewhere): only the detector is verified again
     other = tmp_path / "other" / yolo_tflite.name
     other.parent.mkdir()
     other.write_bytes(yolo_tflite.read_bytes() + b"\0")
-    check_models_load(settings.model_copy(update={"yolo_weights": str(other)}), record)
+    check_models_load(model_resources(settings.model_copy(update={"yolo_weights": str(other)})), record)
     assert verified[3:] == ["YoloDetector"]
 
 

@@ -24,30 +24,14 @@ _observe = (
 ) & ~dg.AutomationCondition.in_progress()
 
 
-def detector_version(detector: DetectorResource) -> str:
-    """The detector's identity (weights content, thresholds, precision, ultralytics version)."""
-    return detector.model_id
-
-
-def embedding_version(embedder: EmbedderResource) -> str:
-    """The image and text models' identities (config, checkpoint/config hashes, hub revision,
-    library versions), computed without loading either (observations run hourly in the code server)."""
-    image, text = embedder.identities()
-    return image.model_id if image == text else f"{image.model_id}|{text.model_id}"
-
-
-def captioner_version(captioner: CaptionerResource) -> str:
-    """The captioner's identity (model, hub revision or directory hash, prompt, pixels, precision)."""
-    return captioner.model_id
-
-
 def current_versions(resources: Mapping[str, Any]) -> dict[str, str]:
-    """What each observation below would record now, computed in this process by the same
-    functions (``conceptmine run`` observes only when one of them differs from the recorded one)."""
+    """What each observation below would record now, computed in this process from the same
+    properties (``conceptmine run`` observes only when one of them differs from the recorded one).
+    No model is loaded: identities hash files and settings (observations run hourly in the code server)."""
     return {
-        "detector_model": detector_version(resources["detector"]),
-        "embedding_model": embedding_version(resources["embedder"]),
-        "captioner_model": captioner_version(resources["captioner"]),
+        "detector_model": resources["detector"].model_id,
+        "embedding_model": resources["embedder"].model_id,
+        "captioner_model": resources["captioner"].model_id,
         "vocabulary": resources["vocabulary"].identity,
     }
 
@@ -55,19 +39,19 @@ def current_versions(resources: Mapping[str, Any]) -> dict[str, str]:
 @dg.observable_source_asset(group_name="models", automation_condition=_observe)
 def detector_model(detector: DetectorResource) -> dg.DataVersion:
     """The 2D detector's identity (weights hash, thresholds); `detections` depends on it."""
-    return dg.DataVersion(detector_version(detector))
+    return dg.DataVersion(detector.model_id)
 
 
 @dg.observable_source_asset(group_name="models", automation_condition=_observe)
 def embedding_model(embedder: EmbedderResource) -> dg.DataVersion:
     """The image/text embedding models' identity; `embeddings` and `concept_scores` depend on it."""
-    return dg.DataVersion(embedding_version(embedder))
+    return dg.DataVersion(embedder.model_id)
 
 
 @dg.observable_source_asset(group_name="models", automation_condition=_observe)
 def captioner_model(captioner: CaptionerResource) -> dg.DataVersion:
     """The VLM captioner's identity (backend, model, prompt); `captions` depends on it."""
-    return dg.DataVersion(captioner_version(captioner))
+    return dg.DataVersion(captioner.model_id)
 
 
 @dg.observable_source_asset(name="vocabulary", group_name="models", automation_condition=_observe)

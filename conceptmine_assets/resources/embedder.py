@@ -99,6 +99,13 @@ class EmbedderResource(dg.ConfigurableResource, ABC):
         self.load()
 
     @property
+    def model_id(self) -> str:
+        """Both models' identity (one id when image and text are one model, as for CLIP): observed
+        as ``embedding_model``'s version and remembered by the pre-flight check."""
+        image, text = self.identities()
+        return image.model_id if image == text else f"{image.model_id}|{text.model_id}"
+
+    @property
     def image_model_id(self) -> str:
         """Stored with every embedding; e.g. ``open_clip:ViT-B-32/laion2b_s34b_b79k@<digest>``."""
         return self.identities()[0].model_id
