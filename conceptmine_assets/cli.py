@@ -15,10 +15,15 @@ up under their jobs in ``dagster dev``. Errors print one line (``--debug``: the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
-import dagster as dg
+if TYPE_CHECKING:  # imported where needed: a no-change `conceptmine run` never imports Dagster
+    import dagster as dg
+
+    from conceptmine_assets.uptodate import UpToDate
 
 
 class UsageError(Exception):
@@ -27,7 +32,7 @@ class UsageError(Exception):
 
 def instance_from_env() -> dg.DagsterInstance:
     """The Dagster instance of ``$DAGSTER_HOME`` (where runs and materialisations are recorded)."""
-    import os
+    import dagster as dg
 
     if not os.environ.get("DAGSTER_HOME"):
         raise UsageError(
@@ -47,18 +52,27 @@ def register_scenes(instance: dg.DagsterInstance, nuscenes=None) -> list[str]:
     return register(instance, nuscenes)
 
 
-def run_pipeline(instance: dg.DagsterInstance, scenes: list[str] | None = None, force: bool = False, ops: dict | None = None):
-    """Pre-flight checks, register new scenes, then :func:`conceptmine_assets.runner.run`."""
+def run_pipeline(
+    instance: dg.DagsterInstance, scenes: list[str] | None = None, force: bool = False, ops: dict | None = None,
+    memo: UpToDate | None = None,
+):
+    """Pre-flight checks, register new scenes, then :func:`conceptmine_assets.runner.run`; with
+    ``memo``, a plan that then finds nothing to do is remembered (``uptodate.py``)."""
     from conceptmine_assets.preflight import preflight
-    from conceptmine_assets.runner import run
+    from conceptmine_assets.runner import pending, run
 
-    _, nuscenes = preflight(instance.root_directory)
+    settings, nuscenes = preflight(instance.root_directory)
     unknown = sorted(set(scenes or []) - set(nuscenes.scene_names()))
     if unknown:
         raise UsageError(f"--scenes {' '.join(unknown)}: not in {nuscenes.table_dir / 'scene.json'}")
     new = register_scenes(instance, nuscenes)
     sys.stdout.write(f"registered {len(new)} new scene partitions\n")
-    return run(instance, scenes, force=force, ops=ops)
+    executed = run(instance, scenes, force=force, ops=ops)
+    if memo is not None:
+        before = memo.snapshot()  # what the plan below is computed from
+        if not pending(instance, scenes):
+            memo.save(before, settings.store)
+    return executed
 
 
 def sql_command(query: str) -> int:
@@ -108,10 +122,32 @@ def synth_command(sources: list[str], out: str, copies: int) -> int:
 
 def run_command(scenes: list[str] | None, force: bool) -> int:
     from conceptmine_assets.settings import load_settings
+    from conceptmine_assets.uptodate import UpToDate
 
     with instance_from_env() as instance:
-        run_pipeline(instance, scenes, force)
-    store = load_settings().store
+        run_pipeline(instance, scenes, force, memo=UpToDate(os.environ["DAGSTER_HOME"], scenes))
+    return done(load_settings().store)
+
+
+def remembered_up_to_date(scenes: list[str] | None) -> int | None:
+    """Exit code 0 when the last no-change plan still holds (``uptodate.py``), else None."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        return None  # the planned path says what to set
+    from conceptmine_assets.uptodate import UpToDate
+
+    memo = UpToDate(home, scenes)
+    store = memo.holds()
+    if store is None:
+        return None
+    sys.stdout.write(
+        "nothing to do: every asset is up to date (use --force to recompute); nothing the last plan "
+        f"was computed from has changed since {memo.recorded()['recorded']}\n"
+    )
+    return done(store)
+
+
+def done(store: str) -> int:
     sys.stdout.write(
         f"\ndone. Outputs: {store}/<asset>/<scene>.parquet\n"
         f"Mined split: {store}/splits/mined.txt   Gallery: {store}/gallery/index.html (open in a browser)\n"
@@ -140,10 +176,28 @@ def parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="rank the stored crops by a free-text query")
     search.add_argument("text", help='e.g. "a person pushing a cart"')
     search.add_argument("-k", type=int, default=10, help="number of crops to list (default 10)")
-    from conceptmine_assets.import_images import add_import_parser
-
     add_import_parser(sub)
     return top
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1000:
+        raise argparse.ArgumentTypeError(f"{text} is not a number in (0, 1000]")
+    return value
+
+
+def add_import_parser(sub) -> None:
+    """The ``import-images`` subcommand (``import_images.py``)."""
+    cmd = sub.add_parser("import-images", help="turn a folder of images or videos into a nuScenes dataroot")
+    cmd.add_argument("src", help="folder of images, of folders of images, or of videos; or one video")
+    cmd.add_argument("--out", required=True, help="dataroot to write (new, or an earlier import of SRC)")
+    cmd.add_argument("--fps", type=_positive, default=2.0, help="samples per second (default 2, as nuScenes)")
+    cmd.add_argument("--gap", type=_positive, help="split a scene where samples are more than this many seconds apart")
+    cmd.add_argument("--copy", action="store_true", help="copy the images (default: symlink them)")
+    cmd.add_argument("--timestamps", choices=["auto", "filename", "exif", "order"], default="auto",
+                     help="where frame times come from (default: file names, else EXIF, else file order)")
+    cmd.add_argument("--version", default="v1.0-mini", help="table folder name (default v1.0-mini)")
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -168,10 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     """Exit code 0, or 1 with one line on stderr for a known error (2 for a usage error)."""
     from conceptmine_assets.errors import ConceptmineError
 
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)  # raised where the asset modules load
-    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     args = parser().parse_args(argv)
     try:
+        if args.command in ("run", "demo") and not args.force:
+            code = remembered_up_to_date(args.scenes)
+            if code is not None:
+                return code
+        import dagster as dg
+
+        warnings.filterwarnings("ignore", category=dg.BetaWarning)  # raised where the asset modules load
+        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
         return dispatch(args)
     except Exception as exc:  # one line for the user; the traceback with --debug
         if args.debug:

@@ -188,26 +188,6 @@ def import_images(src: Path, out: Path, opts: ImportOptions = ImportOptions()) -
     return ImportSummary(out, names, [n for n in names if n not in previous], frames, left_out, ignored)
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1000:
-        raise argparse.ArgumentTypeError(f"{text} is not a number in (0, 1000]")
-    return value
-
-
-def add_import_parser(sub) -> None:
-    """The ``import-images`` subcommand on the CLI's subparsers."""
-    cmd = sub.add_parser("import-images", help="turn a folder of images or videos into a nuScenes dataroot")
-    cmd.add_argument("src", help="folder of images, of folders of images, or of videos; or one video")
-    cmd.add_argument("--out", required=True, help="dataroot to write (new, or an earlier import of SRC)")
-    cmd.add_argument("--fps", type=_positive, default=2.0, help="samples per second (default 2, as nuScenes)")
-    cmd.add_argument("--gap", type=_positive, help="split a scene where samples are more than this many seconds apart")
-    cmd.add_argument("--copy", action="store_true", help="copy the images (default: symlink them)")
-    cmd.add_argument("--timestamps", choices=["auto", "filename", "exif", "order"], default="auto",
-                     help="where frame times come from (default: file names, else EXIF, else file order)")
-    cmd.add_argument("--version", default="v1.0-mini", help="table folder name (default v1.0-mini)")
-
-
 def import_command(args: argparse.Namespace) -> int:
     """Run ``import-images``; a bad source or output is one line on stderr and exit code 2."""
     opts = ImportOptions(fps=args.fps, gap=args.gap, copy=args.copy, timestamps=args.timestamps, version=args.version)

@@ -17,12 +17,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
 from conceptmine_assets.staleness import Records, graph_nodes, plan_stage
+
+if TYPE_CHECKING:
+    from conceptmine_assets.definitions import Stage
 
 LOCATION_NAME = "conceptmine"  # workspace.yaml / pyproject's code_location_name
 # The UI lists a job's runs by this tag (set on runs launched through the workspace).
@@ -176,6 +180,17 @@ def _observations_changed(defs: dg.Definitions, records: Records, names: list[st
     return any(records.observed_version(name) != now[name] for name in names)
 
 
+def _stages(defs: dg.Definitions, nodes: dict) -> list[tuple[Stage, list[str]]]:
+    """Each stage of the pipeline with the names of its assets."""
+    from conceptmine_assets.definitions import PIPELINE
+
+    graph = defs.resolve_asset_graph()
+    return [
+        (stage, [k.to_user_string() for k in sorted(stage.selection.resolve(graph)) if k.to_user_string() in nodes])
+        for stage in PIPELINE
+    ]
+
+
 def run(
     instance: dg.DagsterInstance, scenes: list[str] | None = None, force: bool = False,
     out: Callable[[str], object] | None = None, ops: dict | None = None,
@@ -183,7 +198,6 @@ def run(
     """Materialise what is missing or stale (everything with ``force``) of ``scenes`` (default:
     every registered scene) and the global assets; returns the runs executed. ``ops`` overrides
     assets' config for this call (tests); a deployment sets its values in the config file."""
-    from conceptmine_assets.definitions import PIPELINE
     from conceptmine_assets.settings import load_settings
 
     out = out or sys.stdout.write
@@ -193,10 +207,9 @@ def run(
     partitions = instance.get_dynamic_partitions(SCENE_PARTITIONS_NAME)  # a run's range spans these
     order = [s for s in partitions if scenes is None or s in scenes]
     run_config, executed, progress = run_config_for(settings), [], Progress(out)
-    work = [s for s in PIPELINE if not s.observe]
-    for stage in PIPELINE:
-        assets = sorted(stage.selection.resolve(defs.resolve_asset_graph()))
-        names = [k.to_user_string() for k in assets if k.to_user_string() in nodes]
+    stages = _stages(defs, nodes)
+    work = [s for s, _ in stages if not s.observe]
+    for stage, names in stages:
         if stage.observe:
             if force or _observations_changed(defs, Records(instance), names):
                 execute(instance, Run(stage.job, tuple(names), ()), run_config)
@@ -212,3 +225,19 @@ def run(
     if not executed:
         out("nothing to do: every asset is up to date (use --force to recompute)\n")
     return executed
+
+
+def pending(instance: dg.DagsterInstance, scenes: list[str] | None = None) -> list[str]:
+    """What :func:`run` would do now, without doing it: the stale assets' names (stage order)."""
+    from conceptmine_assets.settings import load_settings
+
+    defs = definitions_for(load_settings())
+    nodes = graph_nodes(defs)
+    order = [s for s in instance.get_dynamic_partitions(SCENE_PARTITIONS_NAME) if scenes is None or s in scenes]
+    records, stale = Records(instance), []
+    for stage, names in _stages(defs, nodes):
+        if stage.observe:
+            stale += names if _observations_changed(defs, Records(instance), names) else []
+        else:
+            stale += list(plan_stage(records, nodes, names, order))
+    return stale

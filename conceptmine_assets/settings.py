@@ -30,6 +30,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
 
 from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.lib.watched import watch
 
 Profile = Literal["offline", "paper"]
 PROFILES: tuple[str, ...] = ("offline", "paper")
@@ -46,6 +47,7 @@ class SettingsError(ConceptmineError):
 def config_path() -> Path | None:
     """The config file in force: ``$CONCEPTMINE_CONFIG``, else the repository's, if it exists."""
     named = os.environ.get(CONFIG_ENV)
+    watch(REPO_CONFIG)  # the one in force without CONCEPTMINE_CONFIG, even before it exists
     if named:
         path = Path(named).expanduser().resolve()
         if not path.is_file():
@@ -81,6 +83,7 @@ def file_values(path: Path | None = None) -> dict[str, Any]:
     path = path or config_path()
     if path is None:
         return {}
+    watch(path)
     if not path.is_file():
         raise SettingsError(f"config file {path} does not exist (named by `extends`?)")
     return _read_file(path, path.stat().st_mtime)

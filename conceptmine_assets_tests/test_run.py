@@ -14,6 +14,7 @@ from conceptmine_assets.resources.detector import YoloDetector
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 from conceptmine_assets.runner import REPOSITORY_LABEL, REPOSITORY_LABEL_TAG
+from conceptmine_assets.uptodate import MEMO
 from conceptmine_assets_tests.helpers import (
     DERIVED, GLOBAL_ASSETS, HIGHWAY_SCENES, SCENE_ASSETS, add_scene, copy_dataroot, drop_scene, set_deployment,
 )
@@ -76,7 +77,8 @@ def test_run_is_incremental_batched_and_deterministic(deployment, capsys, monkey
     before = file_hashes(store)
 
     # nothing changed: no run (not even an observation), no materialisation, every file as it
-    # was; the table load and model load checks it passed are not repeated
+    # was; the table load and model load checks it passed are not repeated. First answered by
+    # the memo of the last plan (uptodate.py), then, the memo deleted, by Dagster's records.
     capsys.readouterr()
     with dg.DagsterInstance.get() as instance:
         all_runs = len(instance.get_runs())
@@ -85,7 +87,11 @@ def test_run_is_incremental_batched_and_deterministic(deployment, capsys, monkey
         for resource in (YoloDetector, OfflineEmbedder, TemplateCaptioner):
             patched.setattr(resource, "verify", fail_if_called)
         assert cli.main(["run"]) == 0
-    assert "nothing to do" in capsys.readouterr().out
+        assert "nothing the last plan was computed from has changed" in capsys.readouterr().out
+        (deployment["tmp"] / "dagster_home" / MEMO).unlink()
+        assert cli.main(["run"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "has changed since" not in out
     with dg.DagsterInstance.get() as instance:
         assert len(instance.get_runs()) == all_runs and materialisations(instance) == counts
     assert file_hashes(store) == before

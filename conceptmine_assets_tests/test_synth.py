@@ -117,8 +117,13 @@ def test_rebuilding_into_the_same_folder_is_idempotent(highway, tmp_path):
     root = tmp_path / "root"
     synth_dataroot([highway], root, copies=2)
     before = tables(root)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (root / "v1.0-mini").iterdir()}
     assert synth_dataroot([highway], root, copies=2) == [copy_name(s, k) for s in HIGHWAY_SCENES for k in range(2)]
     assert tables(root) == before
+    # unchanged tables are not rewritten: their mtimes say nothing changed (pre-flight, no-change memo)
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "v1.0-mini").iterdir()} == stamps
+    synth_dataroot([highway], root, copies=1)
+    assert (root / "v1.0-mini" / "scene.json").stat().st_mtime_ns != stamps["scene.json"]
 
 
 def test_frames_of_a_copied_scene_match_the_original(real_slice, tmp_path, instance):

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from conceptmine_assets.lib.watched import watch
+
 
 @dataclass(frozen=True)
 class ModelIdentity:
@@ -46,6 +48,7 @@ def fingerprint(path: str | os.PathLike) -> str | None:
     Cached by (path, size, mtime), so observing an unchanged multi-GB checkpoint is free.
     """
     p = Path(path).expanduser()
+    watch(p)
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
     if not files:
         return None
@@ -73,6 +76,12 @@ def hub_snapshot(repo_id: str, probe_file: str, revision: str | None, cache_dir:
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache(repo_id, probe_file, cache_dir=cache_dir, revision=revision)
+    if isinstance(found, str):  # <cache>/models--org--name/snapshots/<commit>/<file>: refs and snapshots decide
+        watch(Path(found).parents[2])
+    else:  # not downloaded yet: a download adds the repository's folder to the cache
+        from huggingface_hub import constants
+
+        watch(cache_dir or constants.HF_HUB_CACHE, "listing")
     return Path(found).parent if isinstance(found, str) else None
 
 

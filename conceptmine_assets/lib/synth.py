@@ -188,10 +188,14 @@ def _link_files(source: Path, tables: Tables, out: Path, linked: dict[str, Path]
 
 
 def _write_json(path: Path, records: list[dict[str, Any]]) -> None:
-    """Write a table atomically (a reader never sees half a table)."""
+    """Write a table atomically (a reader never sees half a table); a table that already holds
+    exactly these bytes is left alone, so its mtime says the tables did not change (what the
+    pre-flight record and ``conceptmine run``'s no-change memo go by)."""
+    text = json.dumps(records, indent=0)
+    if path.is_file() and path.stat().st_size == len(text.encode()) and path.read_text() == text:
+        return
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as fh:
-        json.dump(records, fh, indent=0)
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
