@@ -1,16 +1,19 @@
 """Benchmark of ``conceptmine run`` (issue 11): incremental re-runs, runs per backfill, image checks.
 
-    .venv/bin/python bench/pipeline.py [--scenes 8 64 850] [--copies 1 4] [--plan-scenes 850] [--quick]
+    .venv/bin/python bench/pipeline.py [--scenes 8 64 850] [--copies 1 4] [--plan-scenes 850] [--plan-runs 217] [--quick]
 
 Prints, on the built-in demo dataroot (the committed fixtures merged, its config
 ``conceptmine.demo.yaml``), in a temporary Dagster home and store that are deleted afterwards:
 
 1. a full ``conceptmine run`` and a no-change re-run, each in a fresh process as a user runs
    them, and the re-run's time as a fraction of the full run's (target <= 0.1), on the demo
-   dataroot and on it with every scene replicated (``--copies``); for the demo dataroot also the
-   part of the re-run that is Dagster's own start-up, and a re-run in a warm process;
+   dataroot and on it with every scene replicated (``--copies``): the re-run answered by the memo
+   of the last plan (``uptodate.py``), and one planned through Dagster (memo deleted); for the
+   demo dataroot also the part of the planned re-run that is Dagster's own start-up, and a
+   planned re-run in a warm process;
 2. the staleness plan of a no-change re-run over ``--plan-scenes`` materialised scenes (trainval:
-   850), timed on a SQLite instance seeded with one materialisation per asset partition;
+   850), timed on a SQLite instance seeded with one materialisation per asset partition, and the
+   memo check against an instance folder of ``--plan-runs`` runs;
 3. the Dagster runs ``conceptmine run`` launches for a backfill of N new scenes — planned by the
    same code that executes them (``runner.plan_stage`` + ``runner.batch``) on an instance with N
    registered, never-materialised scenes — against the target N/8 + a constant per stage;
@@ -28,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from conceptmine_assets.uptodate import MEMO, UpToDate
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "data" / "fixtures"
@@ -54,27 +59,52 @@ def _cli(env: dict[str, str], *args: str) -> float:
 
 
 def incremental(tmp: Path, copies: int) -> list[tuple[str, str]]:
-    """Full run and no-change re-run on the demo dataroot, each scene replicated ``copies`` times."""
+    """Full run and no-change re-runs on the demo dataroot, each scene replicated ``copies`` times:
+    answered by the memo of the last plan, and planned through Dagster (memo deleted, as after a
+    change that makes no work, e.g. a config file saved unchanged)."""
     env = _env(tmp)
     _cli(env, "synth-dataroot", "--out", env["NUSCENES_DATAROOT"], "--copies", str(copies),
          str(FIXTURES / "nuscenes-real-slice"), str(FIXTURES / "nuscenes-udacity-highway"))
     what = "demo dataroot (4 scenes)" if copies == 1 else f"demo dataroot x {copies} ({4 * copies} scenes)"
     full = _cli(env, "run")
     again = _cli(env, "run")
+    (Path(env["DAGSTER_HOME"]) / MEMO).unlink()
+    planned = _cli(env, "run")
     rows = [
         (f"full `conceptmine run`, {what}, fresh process", f"{full:.1f} s"),
-        ("no-change re-run, fresh process", f"{again:.1f} s"),
+        ("no-change re-run, fresh process (answered by the memo of the last plan)", f"{again:.2f} s"),
         ("re-run / full run (target <= 0.1)", f"{again / full:.3f}"),
+        ("no-change re-run planned through Dagster (memo deleted), fresh process", f"{planned:.1f} s"),
+        ("  planned re-run / full run", f"{planned / full:.3f}"),
     ]
     if copies == 1:
         floor = _dagster_floor(env)
         warm = _warm_rerun(env)
         rows += [
-            ("  of the re-run: start Python, import Dagster, open the instance (no project code)", f"{floor:.1f} s"),
-            ("no-change re-run in a process that has imported the project (checks, plan)", f"{warm:.1f} s"),
-            ("  warm re-run / full run", f"{warm / full:.3f}"),
+            ("  of the planned re-run: start Python, import Dagster, open the instance (no project code)", f"{floor:.1f} s"),
+            ("planned no-change re-run in a process that has imported the project (checks, plan)", f"{warm:.1f} s"),
         ]
     return rows
+
+
+def memo_check(runs: int, steps: int = 10) -> list[tuple[str, str]]:
+    """The memo check against an instance folder as a trainval backfill leaves it: ``runs`` runs,
+    each an event-log database and the compute logs (3 files) of ``steps`` steps."""
+    with tempfile.TemporaryDirectory(prefix="conceptmine-memo-") as home:
+        for i in range(runs):
+            (Path(home) / "history" / "runs").mkdir(parents=True, exist_ok=True)
+            (Path(home) / "history" / "runs" / f"run-{i}.db").write_bytes(b"x" * 4096)
+            logs = Path(home) / "storage" / f"run-{i}" / "compute_logs"
+            logs.mkdir(parents=True)
+            for step in range(steps):
+                for suffix in (".out", ".err", ".complete"):
+                    (logs / f"step{step}{suffix}").write_text("")
+        memo = UpToDate(home)
+        assert memo.save(memo.snapshot(), "store")
+        started = time.perf_counter()
+        assert UpToDate(home).holds() == "store"
+        seconds = time.perf_counter() - started
+    return [(f"memo check, instance folder of {runs} runs ({runs * (1 + 3 * steps)} files)", f"{seconds * 1000:.0f} ms")]
 
 
 def _dagster_floor(env: dict[str, str]) -> float:
@@ -94,6 +124,7 @@ def _warm_rerun(env: dict[str, str]) -> float:
     os.environ.update(env)
     try:
         cli.main(["run"])  # warms caches the way a long-lived process would have them
+        (Path(env["DAGSTER_HOME"]) / MEMO).unlink()  # what is timed is the plan, not the memo
         started = time.perf_counter()
         assert cli.main(["run"]) == 0
         return time.perf_counter() - started
@@ -199,16 +230,19 @@ def main() -> None:
     parser.add_argument("--skip-incremental", action="store_true", help="skip the timed demo runs")
     parser.add_argument("--copies", type=int, nargs="+", default=[1, 4], help="demo dataroot sizes (x 4 scenes) to time")
     parser.add_argument("--plan-scenes", type=int, default=850, help="scenes of the no-change plan timing")
+    parser.add_argument("--plan-runs", type=int, default=217, help="runs in the instance folder of the memo check "
+                        "(217: a first run over 850 scenes)")
     parser.add_argument("--quick", action="store_true", help="CI: no timed demo runs, one backfill size (8)")
     args = parser.parse_args()
     if args.quick:
-        args.skip_incremental, args.scenes, args.plan_scenes = True, [8], 8
+        args.skip_incremental, args.scenes, args.plan_scenes, args.plan_runs = True, [8], 8, 5
     rows = []
     if not args.skip_incremental:
         for copies in args.copies:
             with tempfile.TemporaryDirectory(prefix="conceptmine-bench-") as tmp:
                 rows += incremental(Path(tmp), copies)
     rows += no_change_plan(args.plan_scenes)
+    rows += memo_check(args.plan_runs)
     rows += runs_per_backfill(args.scenes)
     rows += image_checks()
     print("| measure | value |\n|---|---|")

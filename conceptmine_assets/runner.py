@@ -29,7 +29,10 @@ if TYPE_CHECKING:
     from conceptmine_assets.definitions import Stage
 
 LOCATION_NAME = "conceptmine"  # workspace.yaml / pyproject's code_location_name
-# The UI lists a job's runs by this tag (set on runs launched through the workspace).
+# Workaround for dagster#17707 (open: "runs executed from the CLI don't show up in Runs tab of
+# job page"): the UI's job pages filter runs by this tag, which Dagster sets only on runs launched
+# through a workspace; no public API sets it for dg.execute_job. Relied on, and checked through
+# the webserver, by test_browser.py::test_runs_of_conceptmine_run_are_listed_under_their_jobs.
 REPOSITORY_LABEL_TAG = ".dagster/repository"
 REPOSITORY_LABEL = f"__repository__@{LOCATION_NAME}"
 RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"

@@ -176,3 +176,23 @@ def test_gallery_page_shows_crops_and_filters(real_run, browser, tmp_path):
     page.select_option("#class-filter", "all")
     assert page.locator(".item:visible").count() == total
     page.close()
+
+
+def test_runs_of_conceptmine_run_are_listed_under_their_jobs(webserver, browser, tmp_path):
+    """dagster#17707: a job's page lists runs by the repository label tag, which only runs launched
+    through a workspace get; runner.py sets it on the runs of `conceptmine run`. Checked the way
+    the job page queries its runs, and on the page itself."""
+    from conceptmine_assets.runner import REPOSITORY_LABEL, REPOSITORY_LABEL_TAG
+
+    query = (
+        '{ runsOrError(filter: {pipelineName: "perception_job", tags: [{key: "%s", value: "%s"}]}) '
+        "{ ... on Runs { results { runId tags { key value } } } } }" % (REPOSITORY_LABEL_TAG, REPOSITORY_LABEL)
+    )
+    runs = _graphql(webserver, query)["data"]["runsOrError"]["results"]
+    assert runs and all({"key": "conceptmine/launched_by", "value": "conceptmine run"} in r["tags"] for r in runs)
+    page = browser.new_page(viewport={"width": 1500, "height": 900})
+    page.goto(f"{webserver}/locations/conceptmine/jobs/perception_job/runs", wait_until="networkidle", timeout=60_000)
+    page.get_by_text(runs[0]["runId"][:8]).first.wait_for(timeout=30_000)
+    assert page.get_by_text("No runs found").count() == 0
+    _screenshot(page, tmp_path, "job-runs.png")
+    page.close()
