@@ -120,23 +120,27 @@ def synth_command(sources: list[str], out: str, copies: int) -> int:
     return 0
 
 
-def run_command(scenes: list[str] | None, force: bool) -> int:
+def run_command(scenes: list[str] | None, force: bool, memo: UpToDate | None) -> int:
     from conceptmine_assets.settings import load_settings
-    from conceptmine_assets.uptodate import UpToDate
 
     with instance_from_env() as instance:
-        run_pipeline(instance, scenes, force, memo=UpToDate(os.environ["DAGSTER_HOME"], scenes))
+        run_pipeline(instance, scenes, force, memo=memo)
     return done(load_settings().store)
 
 
-def remembered_up_to_date(scenes: list[str] | None) -> int | None:
-    """Exit code 0 when the last no-change plan still holds (``uptodate.py``), else None."""
+def run_memo(scenes: list[str] | None) -> UpToDate | None:
+    """The no-change memo of this command (``uptodate.py``), made before anything is imported:
+    its key is this process's environment and ``sys.path`` as the user started it."""
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         return None  # the planned path says what to set
     from conceptmine_assets.uptodate import UpToDate
 
-    memo = UpToDate(home, scenes)
+    return UpToDate(home, scenes)
+
+
+def remembered_up_to_date(memo: UpToDate) -> int | None:
+    """Exit code 0 when the last no-change plan still holds, else None."""
     store = memo.holds()
     if store is None:
         return None
@@ -200,7 +204,7 @@ def add_import_parser(sub) -> None:
     cmd.add_argument("--version", default="v1.0-mini", help="table folder name (default v1.0-mini)")
 
 
-def dispatch(args: argparse.Namespace) -> int:
+def dispatch(args: argparse.Namespace, memo: UpToDate | None = None) -> int:
     if args.command == "sql":
         return sql_command(args.query)
     if args.command == "import-images":
@@ -215,7 +219,7 @@ def dispatch(args: argparse.Namespace) -> int:
         with instance_from_env() as instance:
             sys.stdout.write(f"registered {len(register_scenes(instance))} new scene partitions\n")
         return 0
-    return run_command(args.scenes, args.force)
+    return run_command(args.scenes, args.force, memo)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,15 +228,16 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     try:
-        if args.command in ("run", "demo") and not args.force:
-            code = remembered_up_to_date(args.scenes)
+        memo = run_memo(args.scenes) if args.command in ("run", "demo") else None
+        if memo is not None and not args.force:
+            code = remembered_up_to_date(memo)
             if code is not None:
                 return code
         import dagster as dg
 
         warnings.filterwarnings("ignore", category=dg.BetaWarning)  # raised where the asset modules load
         warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-        return dispatch(args)
+        return dispatch(args, memo)
     except Exception as exc:  # one line for the user; the traceback with --debug
         if args.debug:
             raise

@@ -77,7 +77,7 @@ def hub_snapshot(repo_id: str, probe_file: str, revision: str | None, cache_dir:
 
     found = try_to_load_from_cache(repo_id, probe_file, cache_dir=cache_dir, revision=revision)
     if isinstance(found, str):  # <cache>/models--org--name/snapshots/<commit>/<file>: refs and snapshots decide
-        watch(Path(found).parents[2])
+        watch(next(p.parent for p in Path(found).parents if p.name == "snapshots"))
     else:  # not downloaded yet: a download adds the repository's folder to the cache
         from huggingface_hub import constants
 
