@@ -67,11 +67,14 @@ def run_pipeline(
         raise UsageError(f"--scenes {' '.join(unknown)}: not in {nuscenes.table_dir / 'scene.json'}")
     new = register_scenes(instance, nuscenes)
     sys.stdout.write(f"registered {len(new)} new scene partitions\n")
+    before = memo.snapshot() if memo is not None else None  # what run()'s plan is computed from
     executed = run(instance, scenes, force=force, ops=ops)
+    if memo is not None and executed:  # runs wrote to the instance: check their result plans to nothing
+        before = memo.snapshot()
+        if pending(instance, scenes):
+            before = None
     if memo is not None:
-        before = memo.snapshot()  # what the plan below is computed from
-        if not pending(instance, scenes):
-            memo.save(before, settings.store)
+        memo.save(before, settings.store)  # only if nothing moved since `before` (uptodate.py)
     return executed
 
 
@@ -141,14 +144,14 @@ def run_memo(scenes: list[str] | None) -> UpToDate | None:
 
 def remembered_up_to_date(memo: UpToDate) -> int | None:
     """Exit code 0 when the last no-change plan still holds, else None."""
-    store = memo.holds()
-    if store is None:
+    held = memo.holds()
+    if held is None:
         return None
     sys.stdout.write(
         "nothing to do: every asset is up to date (use --force to recompute); nothing the last plan "
-        f"was computed from has changed since {memo.recorded()['recorded']}\n"
+        f"was computed from has changed since {held['recorded']}\n"
     )
-    return done(store)
+    return done(held["store"])
 
 
 def done(store: str) -> int:

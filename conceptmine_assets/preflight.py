@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 from conceptmine_assets.errors import ConceptmineError, DatasetError, ModelLoadError
-from conceptmine_assets.lib.watched import watch
 from conceptmine_assets.settings import Settings, config_path, load_settings
 
 RECORD = Path("conceptmine") / "preflight.json"
@@ -98,8 +97,6 @@ def check_models_load(resources: dict, record: CheckedRecord) -> None:
 def check_vocabulary(settings: Settings) -> None:
     from conceptmine_assets.resources.vocabulary import VocabularyResource
 
-    if settings.vocabulary:
-        watch(settings.vocabulary)
     if settings.vocabulary and not Path(settings.vocabulary).is_file():
         raise ConceptmineError(f"concept vocabulary {settings.vocabulary} does not exist: fix `vocabulary` / CONCEPTMINE_VOCABULARY")
     VocabularyResource(path=settings.vocabulary).load()
@@ -112,7 +109,6 @@ def check_dataroot(settings: Settings, record: CheckedRecord):
     if not settings.dataroot:
         raise DatasetError(f"no nuScenes dataroot: set NUSCENES_DATAROOT or `dataroot` in {config_path() or 'conceptmine.yaml'}")
     nuscenes = NuScenesResource(dataroot=settings.dataroot, version=settings.nuscenes_version)
-    watch(nuscenes.table_dir)  # its scenes are the partitions; its tables what the stages read
     names = nuscenes.scene_names()
     if not names:
         raise DatasetError(f"{nuscenes.table_dir / 'scene.json'} lists no scenes")

@@ -92,14 +92,14 @@ class UpToDate:
             raise ConceptmineError(f"{self.path} is not a conceptmine run memo ({exc}): delete it") from None
         return memo
 
-    def holds(self) -> str | None:
-        """The store of the remembered no-change plan when nothing it depended on has changed."""
+    def holds(self) -> dict | None:
+        """The remembered no-change plan (``store``, ``recorded``: when) if nothing it depended on has changed."""
         if not self.usable():
             return None
         memo = self.recorded()
         if memo is None or memo["key"] != self.key:
             return None
-        return memo["store"] if self.stamps(memo["paths"]) == memo["stamps"] else None
+        return memo if self.stamps(memo["paths"]) == memo["stamps"] else None
 
     def snapshot(self, attempts: int = 200) -> dict | None:
         """Stamps of :meth:`paths` once every stamped file is older than the file system's

@@ -14,7 +14,7 @@ from conceptmine_assets.resources.detector import YoloDetector
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 from conceptmine_assets.runner import REPOSITORY_LABEL, REPOSITORY_LABEL_TAG
-from conceptmine_assets.uptodate import MEMO
+from conceptmine_assets.uptodate import MEMO, UpToDate
 from conceptmine_assets_tests.helpers import (
     DERIVED, GLOBAL_ASSETS, HIGHWAY_SCENES, SCENE_ASSETS, add_scene, copy_dataroot, drop_scene, set_deployment,
 )
@@ -92,6 +92,8 @@ def test_run_is_incremental_batched_and_deterministic(deployment, capsys, monkey
         assert cli.main(["run"]) == 0
     out = capsys.readouterr().out
     assert "nothing to do" in out and "has changed since" not in out
+    # and that plan is remembered again (a fresh process: test_uptodate's subprocess runs)
+    assert UpToDate(deployment["tmp"] / "dagster_home").holds()["store"] == str(store)
     with dg.DagsterInstance.get() as instance:
         assert len(instance.get_runs()) == all_runs and materialisations(instance) == counts
     assert file_hashes(store) == before

@@ -18,6 +18,12 @@ from conceptmine_assets.uptodate import CLOCK, MEMO, UpToDate
 from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, copy_dataroot, drop_scene, set_deployment
 
 
+def held(home: Path, scenes: list[str] | None = None) -> str | None:
+    """The store of the memo that holds for this command, or None."""
+    memo = UpToDate(home, scenes).holds()
+    return memo["store"] if memo else None
+
+
 def bump(path: Path, ns: int = 1_000_000_000) -> None:
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + ns))
@@ -89,22 +95,22 @@ def test_a_saved_memo_holds_until_an_input_or_the_instance_changes(home, tmp_pat
     memo = UpToDate(home)
     assert memo.holds() is None  # nothing remembered yet
     assert memo.save(memo.snapshot(), "/the/store")
-    assert UpToDate(home).holds() == "/the/store"
-    assert UpToDate(home, ["scene-1"]).holds() is None  # another command
+    assert held(home) == "/the/store"
+    assert held(home, ["scene-1"]) is None  # another command
     for path in (tmp_path / "input.yaml", home / "history" / "runs.db", home / "dagster.yaml"):
         bump(path)
-        assert UpToDate(home).holds() is None, path
+        assert held(home) is None, path
         bump(path, -1_000_000_000)
-        assert UpToDate(home).holds() == "/the/store", path
+        assert held(home) == "/the/store", path
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # where hub models are found
-    assert UpToDate(home).holds() is None
+    assert held(home) is None
     monkeypatch.delenv("HF_HOME")
     monkeypatch.chdir(home)  # a relative store would be another folder
-    assert UpToDate(home).holds() is None
+    assert held(home) is None
     monkeypatch.chdir(tmp_path)
     (home / "storage").mkdir()
     (home / "storage" / "run.db").write_text("")  # a new run
-    assert UpToDate(home).holds() is None
+    assert held(home) is None
 
 
 def test_nothing_is_remembered_when_an_input_moved_while_planning(home, tmp_path):
@@ -158,22 +164,22 @@ def test_conceptmine_run_remembers_a_no_change_plan_and_any_change_forgets_it(hi
     )
     store = str(tmp_path / "store")
     assert cli.main(["run"]) == 0  # the full run ends with a plan that finds nothing: remembered
-    assert UpToDate(home).holds() == store
+    assert held(home) == store
     # every input of the plan, changed alone, forgets it; restored, the memo holds again
     for path in (config, REPO_CONFIG, weights, root / "v1.0-mini" / "scene.json", Path(cli.__file__)):
         bump(path)
-        assert UpToDate(home).holds() is None, path
+        assert held(home) is None, path
         bump(path, -1_000_000_000)
-        assert UpToDate(home).holds() == store, path
+        assert held(home) == store, path
 
     # a materialisation by another program (the UI, automation): planned, run, remembered again
     with dg.DagsterInstance.get() as instance:
         instance.report_runless_asset_event(dg.AssetMaterialization("concept_scores", partition=HIGHWAY_SCENES[0]))
-    assert UpToDate(home).holds() is None
+    assert held(home) is None
     capsys.readouterr()
     assert cli.main(["run"]) == 0
     assert "mining_global_job" in capsys.readouterr().out
-    assert UpToDate(home).holds() == store
+    assert held(home) == store
 
     # as a user runs it: the first command in this interpreter set-up plans (another sys.path), the
     # second is answered by the memo without importing Dagster or pandas

@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.lib.watched import watch
 
 GROUPS = ("common", "rare", "target")
 DEFAULT_VOCABULARY = "concepts_v1.yaml"
@@ -240,6 +241,7 @@ def load_vocabulary(path: str | Path | None = None, extra: Iterable[str] = ()) -
     Raises :class:`VocabularyError` naming the file on any problem.
     """
     source = str(path) if path else default_vocabulary_path()
+    watch(source)
     try:
         content = Path(source).read_bytes()
     except OSError as exc:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from conceptmine_assets.errors import DatasetError
+from conceptmine_assets.lib.watched import watch
 
 if TYPE_CHECKING:
     from nuscenes.nuscenes import NuScenes
@@ -87,6 +88,7 @@ class NuScenesResource(dg.ConfigurableResource):
 
     def check(self) -> None:
         """Fail with a message that names the missing dataroot, version folder or tables."""
+        watch(self.table_dir)  # its scenes are the partitions, its tables what the stages read
         root = Path(self.dataroot)
         if not root.is_dir():
             raise DatasetError(f"nuScenes dataroot {root} does not exist (set NUSCENES_DATAROOT)")
