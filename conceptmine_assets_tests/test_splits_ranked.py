@@ -176,3 +176,22 @@ def test_tier_strategies_ignore_the_evidence_score():
 def test_bad_evidence_settings_are_refused(fields, match):
     with pytest.raises(ValidationError, match=match):
         SplitParams(**fields)
+
+
+@pytest.mark.parametrize("penalty, expected", [(0.1, ["s00", "s01", "s02"]), (1.0, ["s00", "s02", "s03"])])
+def test_a_strong_rare_duplicate_may_beat_a_weak_new_candidate(penalty, expected):
+    """Two views of one cat (rare, strong) and a common-ish truck: with a small penalty the second
+    cat still outranks the truck; with penalty 1 it waits until the new candidates of both tiers run out."""
+    cat = unit(0)
+    rows = [row("s00", "rare", "animal_on_road", True, unit(1, near=cat), evidence=0.99),
+            row("s01", "rare", "animal_on_road", True, unit(2, near=cat), evidence=0.98),
+            row("s02", "target", "truck", True, unit(3), evidence=0.6)]
+    rows += [row(f"s{3 + i:02d}", "target", "truck", False, unit(10 + i)) for i in range(3)]
+    rows += [row(f"s{6 + i:02d}", "common", "car", False, unit(20 + i)) for i in range(14)]
+    params = SplitParams(target_frac=0.15, random_frac=0.0, duplicate_penalty=penalty)  # 20 samples: 3 slots
+    with store(rows) as con:
+        con.execute(f"CREATE VIEW evidence AS {evidence_sql(params)}")
+        split, _ = select_ranked(con, universe(20), params)
+    assert split["sample_token"].tolist() == expected
+    if "s01" in expected:
+        assert split.set_index("sample_token").loc["s01", "duplicate_of"] == "s00/0"

@@ -24,16 +24,20 @@ crops, best first, are its *evidence* (at most ``max_evidence_crops``).
 **Ranked selection** (``strategy: ranked``, the default): samples with a target or rare crop
 that is an outlier (tier 0) come before samples with only a target or rare crop (tier 1); within
 a tier, by score (ties: sample token). A sample whose every evidence crop has an embedding cosine
-of at least ``duplicate_cosine`` with an evidence crop already chosen adds nothing new (six
-augmented copies of one truck, the same cone in consecutive frames): it is deferred, and taken,
-in its order, only if the budget is not filled once the candidates are exhausted (its
-``duplicate_of`` names the crop it repeats). Memory is bounded: candidates stream from DuckDB
-in score order (at most ``max_evidence_crops`` vectors per sample) and the chosen crops'
-vectors are the only matrix held (budget x evidence crops).
+of at least ``duplicate_cosine`` with an evidence crop already chosen is a near-duplicate (six
+augmented copies of one truck, the same cone in consecutive frames): it waits with its score
+lowered by ``duplicate_penalty`` and is taken once that beats the next new candidate, or when the
+new candidates run out (its ``duplicate_of`` names the crop it repeats). So a second view of a
+strong rare object (0.9 - 0.25) still comes before a fresh frequent one (0.6), while copies of
+the frequent one (0.6 - 0.25) wait behind every new candidate. A waiting duplicate loses its
+tier: it competes with the later candidates of either tier by its lowered score. Memory is bounded: candidates stream from DuckDB
+in score order (at most ``max_evidence_crops`` vectors per sample); the chosen crops' vectors
+(budget x evidence crops) and the waiting duplicates (tokens only) are all that is held.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -60,8 +64,11 @@ class EvidenceParams(BaseModel):
     target_weight: float = Field(0.9, ge=0.0, le=1.0, description="Multiplier of a target-group crop's score "
                                  "(below rare: at equal evidence the rare concept is mined first).")
     duplicate_cosine: float = Field(0.92, gt=0.0, le=1.0, description="A sample whose evidence crops all have an "
-                                    "embedding cosine at least this with crops already chosen is a near-duplicate: "
-                                    "deferred behind every new candidate. 1.0: only exact copies.")
+                                    "embedding cosine at least this with crops already chosen is a near-duplicate. "
+                                    "1.0: only exact copies.")
+    duplicate_penalty: float = Field(0.25, ge=0.0, le=1.0, description="A near-duplicate competes with its score "
+                                     "minus this: a strong rare object may still be taken twice, a copy of a "
+                                     "frequent one waits behind every new candidate. 1.0: duplicates always last.")
     max_evidence_crops: int = Field(3, ge=1, le=16, description="Evidence crops per sample (best first) that the "
                                     "split lists and the diversity rule compares.")
 
@@ -225,31 +232,42 @@ class DiversePicker:
         self._ids += cand.vector_ids
         self._n += m
 
-    def pick(self, stream: Iterable[Candidate], limit: int) -> int:
-        """Take up to ``limit`` new samples from ``stream`` (deferring near-duplicates, then taking
-        them in order if slots are left); returns the slots left."""
-        if limit <= 0:
-            return 0
-        deferred: list[Pick] = []
+    def pick(self, stream: Iterable[Candidate], limit: int, penalty: float = 1.0) -> int:
+        """Take up to ``limit`` new samples from ``stream`` (best score first): a near-duplicate of
+        a chosen crop waits with ``score - penalty`` and is taken when that still beats the next
+        new candidate (or when the new candidates run out); returns the slots left."""
+        waiting: list[tuple[float, int, Pick]] = []  # (-(score - penalty), arrival, pick): a heap
+        arrival = 0
+
+        def take_waiting() -> None:
+            nonlocal limit
+            _, _, pick = heapq.heappop(waiting)
+            self._take(pick)
+            limit -= 1
+
         for cand in stream:
+            if limit <= 0:
+                return 0
             if cand.sample_token in self.taken:
                 continue
-            sims, nearest = self._nearest(cand.vectors)
-            if len(sims) and (sims >= self.threshold).all():
-                deferred.append(Pick(cand.sample_token, cand.reason, cand.score, self._ids[int(nearest[0])]))
-                continue
-            self._take(Pick(cand.sample_token, cand.reason, cand.score))
-            self._remember(cand)
-            limit -= 1
-            if limit == 0:
-                return 0
-        for pick in deferred:
-            if limit == 0:
-                break
-            if pick.sample_token not in self.taken:
-                self._take(pick)
+            while True:
+                while waiting and limit > 0 and -waiting[0][0] > cand.score:
+                    take_waiting()  # a penalised duplicate still beats this candidate
+                if limit <= 0:
+                    return 0
+                sims, nearest = self._nearest(cand.vectors)
+                if len(sims) and (sims >= self.threshold).all():
+                    pick = Pick(cand.sample_token, cand.reason, cand.score, self._ids[int(nearest[0])])
+                    heapq.heappush(waiting, (-(cand.score - penalty), arrival, pick))
+                    arrival += 1
+                    break
+                self._take(Pick(cand.sample_token, cand.reason, cand.score))
+                self._remember(cand)
                 limit -= 1
-        return limit
+                break
+        while waiting and limit > 0:
+            take_waiting()
+        return max(limit, 0)
 
     def _take(self, pick: Pick) -> None:
         self.chosen.append(pick)

@@ -222,7 +222,7 @@ def select_ranked(con: Any, universe: pd.DataFrame, params: SplitParams,
             return max(limit, 0)
         with con.cursor() as cur:
             reader = cur.sql(candidates_sql(params, groups)).to_arrow_reader(batch_rows)
-            return picker.pick(candidates(batch.to_pandas() for batch in reader), limit)
+            return picker.pick(candidates(batch.to_pandas() for batch in reader), limit, params.duplicate_penalty)
 
     left = pick(("rare",), caps["rare"])
     left = pick(("target", "rare"), caps["target"] + left)
