@@ -180,6 +180,7 @@ MINED_SPLIT = pa.schema(
         ("crop_outlier", pa.list_(_f64)),
         ("crop_rarity", pa.list_(_f64)),
         ("crop_confidence", pa.list_(_f64)),
+        ("crop_detector_confidence", pa.list_(_f64)),
     ]
 )
 

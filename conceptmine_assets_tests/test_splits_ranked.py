@@ -35,6 +35,7 @@ def store(rows: list[dict]) -> duckdb.DuckDBPyConnection:
     con.execute("CREATE TABLE concept_scores AS SELECT * FROM cs")
     con.execute("CREATE TABLE outlier_flags AS SELECT * FROM of")
     con.execute("CREATE TABLE embeddings AS SELECT detection_id, embedding::FLOAT[] AS embedding FROM emb")
+    con.execute("CREATE TABLE detections AS SELECT detection_id, 1.0::FLOAT AS confidence FROM cs")
     return con
 
 
@@ -55,6 +56,7 @@ def test_evidence_score_parts_follow_the_documented_formula():
     rows.append(row("s08", "rare", "animal_on_road", True, unit(1), evidence=0.99))
     rows.append(row("s09", "common", "car", False, truck, top=1.4))  # a cosine above 1 is clipped
     with store(rows) as con:
+        con.execute("UPDATE detections SET confidence = 0.5 WHERE detection_id = 's07/0'")
         ev = con.execute(evidence_sql(EvidenceParams())).df().set_index("detection_id")
     n = len(rows)
     cat = ev.loc["s08/0"]
@@ -66,6 +68,9 @@ def test_evidence_score_parts_follow_the_documented_formula():
     assert truck0["rarity"] == pytest.approx(np.log(n / 8) / np.log(n))
     assert truck0["score"] == pytest.approx(0.9 * (0.4 * truck0["outlier"] + 0.4 * truck0["rarity"] + 0.2 * 0.8))
     assert ev.loc["s09/0", "confidence"] == 1.0 and ev.loc["s09/0", "score"] == 0.0  # common: weight 0
+    s07 = ev.loc["s07/0"]  # the detector's confidence scales the whole score
+    assert s07["confidence"] == pytest.approx(0.8) and s07["detector_confidence"] == pytest.approx(0.5)
+    assert s07["score"] == pytest.approx(0.5 * truck0["score"], rel=1e-6)
     assert cat["score"] > truck0["score"]  # the rare concept outranks the frequent target class
 
 

@@ -3,10 +3,11 @@
 **Per crop** (every concept-scored crop; columns of :data:`EVIDENCE_COLUMNS`, all kept so the split
 rows, the gallery and ``conceptmine sql`` can say why)::
 
-    outlier    = (outlier_evidence + fired / D) / 2          calibrated outlier evidence, 0..1
-    rarity     = ln(N / n_concept) / ln(N)                   how rare the top concept is, 0..1
-    confidence = clip(top_score, 0, 1)                       how sure the concept score is
-    score      = group_weight * (w_o*outlier + w_r*rarity + w_c*confidence) / (w_o + w_r + w_c)
+    outlier    = (outlier_evidence + fired / D) / 2      calibrated outlier evidence, 0..1
+    rarity     = ln(N / n_concept) / ln(N)               how rare the top concept is, 0..1
+    confidence = clip(top_score, 0, 1)                   how well the top concept fits
+    score      = group_weight * detector_confidence
+                 * (w_o*outlier + w_r*rarity + w_c*confidence) / (w_o + w_r + w_c)
 
 - ``outlier_evidence`` is the mean, over the D outlier detectors, of the crop's score as a
   percentile of the reference's own scores (``outlier_flags``; comparable across detectors whose
@@ -15,6 +16,10 @@ rows, the gallery and ``conceptmine sql`` can say why)::
 - ``N`` is the number of concept-scored crops in the whole store and ``n_concept`` how many of
   them share this crop's top concept (inverse document frequency, normalised to 0..1): the only
   cat among 1.4M crops scores ~0.95, a concept on a third of them ~0.08.
+- ``detector_confidence`` is the detection's confidence (1 for dataset annotations or a crop
+  without a detections row). It scales everything: a detection the detector half-believes has a
+  doubtful class, so its concept's rarity is doubtful too (seen on real pixels: a highway barrier
+  detected as a 0.46 "train", the only train in the store, outranked a 0.95 cat until then).
 - ``group_weight``: ``rare_weight`` (1.0) for group rare, ``target_weight`` (0.9) for group
   target, 0 for common, so at equal evidence a rare concept ranks first.
 
@@ -47,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from conceptmine_assets.lib.outliers import DETECTORS
 
-EVIDENCE_COLUMNS = ["outlier", "rarity", "confidence", "score"]
+EVIDENCE_COLUMNS = ["outlier", "rarity", "confidence", "detector_confidence", "group_weight", "score"]
 
 
 class EvidenceParams(BaseModel):
@@ -59,7 +64,8 @@ class EvidenceParams(BaseModel):
                                   "(detector percentiles on the reference, and how many detectors fired).")
     weight_rarity: float = Field(0.4, ge=0.0, le=1.0, description="Weight of the top concept's rarity across the "
                                  "whole store (normalised inverse frequency).")
-    weight_confidence: float = Field(0.2, ge=0.0, le=1.0, description="Weight of the concept score itself (top_score).")
+    weight_confidence: float = Field(0.2, ge=0.0, le=1.0, description="Weight of the concept score itself (top_score). "
+                                     "(The detector's confidence scales the whole score.)")
     rare_weight: float = Field(1.0, ge=0.0, le=1.0, description="Multiplier of a rare-group crop's score.")
     target_weight: float = Field(0.9, ge=0.0, le=1.0, description="Multiplier of a target-group crop's score "
                                  "(below rare: at equal evidence the rare concept is mined first).")
@@ -84,8 +90,9 @@ def _lit(x: float) -> str:
 
 
 def evidence_sql(params: EvidenceParams) -> str:
-    """One row per concept-scored crop (views ``concept_scores`` and ``outlier_flags``) with its
-    group, concept, caption, outlier facts and the score's parts (:data:`EVIDENCE_COLUMNS`)."""
+    """One row per concept-scored crop (views ``concept_scores``, ``outlier_flags`` and
+    ``detections``) with its group, concept, caption, outlier facts and the score's parts
+    (:data:`EVIDENCE_COLUMNS`)."""
     total = params.weight_outlier + params.weight_rarity + params.weight_confidence
     fired = "len(coalesce(o.outlier_detectors, []::VARCHAR[]))"
     return f"""
@@ -99,15 +106,17 @@ parts AS (
          (coalesce(o.outlier_evidence, 0.0) + {fired} / {len(DETECTORS)}.0) / 2.0 AS outlier,
          greatest(ln(total.n / coalesce(freq.n, 1)) / ln(total.n), 0.0) AS rarity,
          least(greatest(coalesce(c.top_score, 0.0), 0.0), 1.0) AS confidence,
+         least(greatest(coalesce(d.confidence, 1.0), 0.0), 1.0) AS detector_confidence,
          CASE c."group" WHEN 'rare' THEN {_lit(params.rare_weight)} WHEN 'target' THEN {_lit(params.target_weight)}
               ELSE 0.0 END AS group_weight
   FROM concept_scores c
   LEFT JOIN outlier_flags o ON o.detection_id = c.detection_id
+  LEFT JOIN detections d ON d.detection_id = c.detection_id
   LEFT JOIN freq ON freq.top_concept IS NOT DISTINCT FROM c.top_concept
   CROSS JOIN total
 )
-SELECT *, group_weight * ({_lit(params.weight_outlier)} * outlier + {_lit(params.weight_rarity)} * rarity
-       + {_lit(params.weight_confidence)} * confidence) / {_lit(total)} AS score
+SELECT *, group_weight * detector_confidence * ({_lit(params.weight_outlier)} * outlier
+       + {_lit(params.weight_rarity)} * rarity + {_lit(params.weight_confidence)} * confidence) / {_lit(total)} AS score
 FROM parts
 """
 
