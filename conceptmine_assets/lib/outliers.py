@@ -261,6 +261,26 @@ def combine(
     return is_outlier, fired
 
 
+def flag_columns(reference: OutlierReference, X: np.ndarray, ids: np.ndarray, rule: Literal["union", "vote"] = "union",
+                 min_votes: int = 2) -> dict[str, object]:
+    """The detector columns of ``outlier_flags`` for rows ``X``: per detector its score, flag and
+    percentile, ``outlier_evidence`` (the percentiles' mean), ``is_outlier`` and which fired."""
+    scores = score(reference, X, ids)
+    flags = apply_thresholds(scores, reference.thresholds)
+    pct = percentiles(reference, scores)
+    is_outlier, fired = combine(flags, rule, min_votes)
+    columns: dict[str, object] = {}
+    for d in DETECTORS:
+        columns[f"{d}_score"] = np.asarray(scores[d]).astype(np.float32)
+        columns[f"{d}_flag"] = np.asarray(flags[d], dtype=bool)
+    for d in DETECTORS:
+        columns[f"{d}_pct"] = pct[d].astype(np.float32)
+    columns["outlier_evidence"] = (np.mean([pct[d] for d in DETECTORS], axis=0) if len(X) else np.zeros(0)).astype(np.float32)
+    columns["is_outlier"] = is_outlier.astype(bool)
+    columns["outlier_detectors"] = fired
+    return columns
+
+
 class QualityThresholds(BaseModel):
     """Image-quality limits on a crop (columns of ``crops``); ``outlier_flags``' ``dg.Config`` inherits them."""
 
@@ -301,6 +321,7 @@ __all__ = [
     "combine",
     "effective_k",
     "fit_reference",
+    "flag_columns",
     "knn_distance",
     "knn_distances",
     "percentiles",
