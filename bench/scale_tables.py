@@ -106,7 +106,7 @@ def _flags(c: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
         out[f"{d}_flag"] = [d in f for f in fired]
     for d in DETECTORS:
         out[f"{d}_pct"] = np.where(out[f"{d}_flag"], rng.uniform(0.9, 1.0, n), rng.uniform(0.0, 0.9, n)).astype(np.float32)
-    out["outlier_evidence"] = out[[f"{d}_pct" for d in DETECTORS]].mean(axis=1).astype(np.float32)
+    out["outlier_evidence"] = out[[f"{d}_pct" for d in DETECTORS]].max(axis=1).astype(np.float32)
     out["is_outlier"] = c["is_outlier"].astype(bool)
     out["outlier_detectors"], out["quality_flags"], out["is_quality_outlier"] = fired, [[]] * n, False
     return out[OUTLIER_FLAGS.names]

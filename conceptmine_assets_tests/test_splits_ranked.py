@@ -61,7 +61,7 @@ def test_evidence_score_parts_follow_the_documented_formula():
     n = len(rows)
     cat = ev.loc["s08/0"]
     assert cat["rarity"] == pytest.approx(np.log(n / 1) / np.log(n))
-    assert cat["outlier"] == pytest.approx((0.99 + 3 / len(DETECTORS)) / 2)
+    assert cat["outlier"] == pytest.approx(0.99)
     assert cat["confidence"] == pytest.approx(0.8)
     assert cat["score"] == pytest.approx(1.0 * (0.4 * cat["outlier"] + 0.4 * cat["rarity"] + 0.2 * 0.8))
     truck0 = ev.loc["s00/0"]
@@ -70,7 +70,7 @@ def test_evidence_score_parts_follow_the_documented_formula():
     assert ev.loc["s09/0", "confidence"] == 1.0 and ev.loc["s09/0", "score"] == 0.0  # common: weight 0
     s07 = ev.loc["s07/0"]  # the detector's confidence scales the whole score
     assert s07["confidence"] == pytest.approx(0.8) and s07["detector_confidence"] == pytest.approx(0.5)
-    assert s07["score"] == pytest.approx(0.5 * truck0["score"], rel=1e-6)
+    assert s07["score"] == pytest.approx(np.sqrt(0.5) * truck0["score"], rel=1e-6)
     assert cat["score"] > truck0["score"]  # the rare concept outranks the frequent target class
 
 

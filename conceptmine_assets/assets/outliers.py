@@ -165,7 +165,7 @@ def outlier_flags(
     IsolationForest, LOF, kNN-distance and small-cluster (wide kNN) scores against the global
     `outlier_reference` (higher = more anomalous; no refit), each detector's flag from the
     reference's threshold and its percentile among the reference's own scores (``*_pct``, 0..1;
-    ``outlier_evidence`` = their mean, the calibrated evidence the mining score uses),
+    ``outlier_evidence`` = the highest, the calibrated evidence the mining score uses),
     ``is_outlier`` (union, or ``vote``) with the detectors that fired, and separately the
     image-quality flags glare / dark / blur with ``is_quality_outlier``."""
     started = time.perf_counter()
