@@ -40,6 +40,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "imports.py": ([], ["--images", "8", "--video-frames", "12", "--repeats", "1"]),
     "scale.py": ([], ["--quick"]),
     "pipeline.py": ([], ["--quick"]),
+    "mining_quality.py": ([], ["--scenes", "2"]),
 }
 
 
