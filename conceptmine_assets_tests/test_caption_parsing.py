@@ -3,7 +3,8 @@ template captioner."""
 
 import pytest
 
-from conceptmine_assets.lib.captioning import CaptionRequest, match_class, parse_answer, template_caption
+from conceptmine_assets.lib.captioning import CaptionRequest, match_class, parse_answer
+from conceptmine_assets.lib.templates import template_caption
 from conceptmine_assets.resources.captioner import TemplateCaptioner
 
 

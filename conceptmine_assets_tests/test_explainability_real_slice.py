@@ -35,12 +35,14 @@ def test_explain_assets_on_the_real_slice(real_run):
 def test_gallery_on_the_real_slice_is_idempotent(real_run):
     store, result = real_run["store"], real_run["result"]
     split = pd.read_parquet(store / "mined_split.parquet")
-    assert len(split) == 1 and split["reason"].iloc[0].startswith("target")  # the one sample, for its target crops
+    # the one sample, for its best evidence: target or rare crops that are outliers (ranked, rare first)
+    assert len(split) == 1 and split["reason"].iloc[0] in ("target_outlier", "rare_outlier")
     items = pd.read_parquet(store / "gallery.parquet")
     assert list(items.columns) == ITEM_COLUMNS
     mined = items[items["section"] == "mined"]
     assert sorted(mined["detection_id"]) == sorted(split["detection_ids"].iloc[0])
-    assert (mined["group"] == "target").all() and "truck" in set(mined["class_name"]) and items["has_image"].all()
+    assert mined["group"].isin(["target", "rare"]).all() and len(mined) <= 3 and items["has_image"].all()
+    assert split["crop_scores"].iloc[0].tolist() == sorted(split["crop_scores"].iloc[0], reverse=True)
     page = real_run["gallery"].read_text()
     assert page.count('<figure class="item"') == len(items) and page.count("data:image/jpeg;base64,") == len(items)
     md = result.asset_materializations_for_node("gallery")[0].metadata

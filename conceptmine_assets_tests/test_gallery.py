@@ -6,7 +6,8 @@ import base64
 import numpy as np
 import pandas as pd
 
-from conceptmine_assets.lib.gallery import ITEM_COLUMNS, gallery_items, render_gallery, top_concepts, why_selected
+from conceptmine_assets.lib.gallery import ITEM_COLUMNS, gallery_items, render_gallery, top_concepts
+from conceptmine_assets.lib.reasons import why_selected
 
 
 def crop_row(det: str, sample: str, group: str, score: float, cls: str = "car", **extra) -> dict:

@@ -8,7 +8,7 @@ import pytest
 
 from conceptmine_assets.assets.mining_quality_report import mining_quality_report
 from conceptmine_assets.errors import ConceptmineError
-from conceptmine_assets.lib.splits import coverage
+from conceptmine_assets.lib.coverage import coverage
 from conceptmine_assets.lib.tables import markdown_table
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import ParquetIOManager

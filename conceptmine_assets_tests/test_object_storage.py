@@ -70,7 +70,8 @@ def test_split_and_gallery_side_files_live_under_an_s3_store(instance, s3_option
         fs.put_file(str(path), f"{base}/{path.parent.name}/{path.name}")
     instance.add_dynamic_partitions(SCENE_PARTITIONS_NAME, ["scene-0", "scene-1"])
     result = dg.materialize(
-        [mined_split, *upstream_specs(["frames", "concept_scores", "outlier_flags"])], selection=[mined_split],
+        [mined_split, *upstream_specs(["frames", "detections", "concept_scores", "outlier_flags", "embeddings"])],
+        selection=[mined_split],
         instance=instance, resources={"io_manager": ParquetIOManager(base_path=base, storage_options=s3_options)},
         run_config={"ops": {"mined_split": {"config": {"target_frac": 0.1, "random_frac": 0.1}}}},
     )

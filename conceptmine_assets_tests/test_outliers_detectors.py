@@ -7,15 +7,14 @@ import pytest
 from pydantic import ValidationError
 
 from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.lib.quality import QualityThresholds, quality_flags
 from conceptmine_assets.lib.outliers import (
     DETECTORS,
     OutlierParams,
-    QualityThresholds,
     apply_thresholds,
     combine,
     effective_k,
     fit_reference,
-    quality_flags,
     score,
 )
 from conceptmine_assets_tests.helpers import planted_outliers, unit_blobs

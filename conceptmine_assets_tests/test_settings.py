@@ -133,7 +133,7 @@ def test_the_deployed_launchpad_defaults_are_the_config_file(monkeypatch):
     [
         ("splits", "SplitConfig", "conceptmine_assets.lib.splits:SplitParams"),
         ("outliers", "OutlierReferenceConfig", "conceptmine_assets.lib.outliers:OutlierParams"),
-        ("outliers", "OutlierFlagsConfig", "conceptmine_assets.lib.outliers:QualityThresholds"),
+        ("outliers", "OutlierFlagsConfig", "conceptmine_assets.lib.quality:QualityThresholds"),
         ("search_index", "SearchIndexConfig", "conceptmine_assets.lib.search:IndexParams"),
     ],
 )

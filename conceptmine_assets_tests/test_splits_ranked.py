@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from conceptmine_assets.lib.evidence import DiversePicker, EvidenceParams, candidates, evidence_sql
+from conceptmine_assets.lib.diverse import DiversePicker, candidates
+from conceptmine_assets.lib.evidence import EvidenceParams, evidence_sql
 from conceptmine_assets.lib.outliers import DETECTORS
 from conceptmine_assets.lib.splits import SplitParams, select_from_tiers, select_ranked
 

@@ -7,7 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from conceptmine_assets.errors import ConceptmineError
-from conceptmine_assets.lib.splits import SPLIT_COLUMNS, SplitParams, add_why, budget, filter_mmdet3d_infos, select_split
+from conceptmine_assets.lib.mmdet3d import filter_mmdet3d_infos
+from conceptmine_assets.lib.splits import SPLIT_COLUMNS, SplitParams, add_why, budget, select_split
 from conceptmine_assets_tests.store_helpers import crop, planted_crops, reasons_of, universe_of
 
 

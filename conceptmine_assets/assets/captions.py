@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from conceptmine_assets.lib.captioning import OTHERS, object_noun
+from conceptmine_assets.lib.captioning import OTHERS
+from conceptmine_assets.lib.templates import object_noun
 from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, by_scene
 from conceptmine_assets.lib.vocabulary import Vocabulary, humanize
 from conceptmine_assets.lib.outliers import outlier_or_false

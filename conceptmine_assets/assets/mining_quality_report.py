@@ -16,7 +16,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from conceptmine_assets.lib.plots import class_counts_plot, png_markdown
-from conceptmine_assets.lib.splits import coverage
+from conceptmine_assets.lib.coverage import coverage
 from conceptmine_assets.lib.tables import markdown_table
 from conceptmine_assets.partitions import all_scenes
 from conceptmine_assets.resources.nuscenes import NuScenesResource

@@ -10,16 +10,15 @@ import pandas as pd
 from pydantic import Field
 
 from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.lib.quality import QualityThresholds, quality_flags
 from conceptmine_assets.lib.outliers import (
     DETECTORS,
     MIN_REFERENCE_ROWS,
     OutlierParams,
     OutlierReference,
-    QualityThresholds,
     apply_thresholds,
     fit_reference,
     flag_columns,
-    quality_flags,
 )
 from conceptmine_assets.lib.model_guard import check_embedding_model
 from conceptmine_assets.lib.scenes import SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes

@@ -16,17 +16,8 @@ from upath import UPath
 
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.evidence import evidence_sql
-from conceptmine_assets.lib.splits import (
-    REASONS,
-    TIERS_SQL,
-    SplitParams,
-    add_why,
-    filter_mmdet3d_infos,
-    filtered_infos_name,
-    load_pickle,
-    select_from_tiers,
-    select_ranked,
-)
+from conceptmine_assets.lib.mmdet3d import filter_mmdet3d_infos, filtered_infos_name, load_pickle
+from conceptmine_assets.lib.splits import REASONS, TIERS_SQL, SplitParams, add_why, select_from_tiers, select_ranked
 from conceptmine_assets.partitions import all_scenes
 from conceptmine_assets.resources.storage import StoredTable, atomic_write, location_metadata, side_path
 from conceptmine_assets.resources.store_sql import connect
@@ -97,6 +88,22 @@ def _zero_budget_notes(config: SplitConfig, caps: dict[str, int], n: int) -> lis
     return [f"{k}_frac {f} of {n} samples rounds down to a budget of 0" for k, f in fracs.items() if f > 0 and caps[k] == 0]
 
 
+def _select(con: duckdb.DuckDBPyConnection, config: SplitConfig, store: str):
+    """(split with its why-lists, budgets, the training set, (crops, without flags, outside frames))."""
+    con.execute(f"CREATE VIEW evidence AS {evidence_sql(config)}")
+    universe = con.execute(UNIVERSE_SQL).df()
+    if universe.empty:
+        raise ConceptmineError(f"`frames` under {store} has no samples; nothing to split")
+    counts = con.execute(COUNTS_SQL).fetchall()[0]
+    if config.strategy == "ranked":
+        split, caps = select_ranked(con, universe, config)
+    else:
+        split, caps = select_from_tiers(universe, con.execute(TIERS_SQL).df(), config)
+    split = add_why(split, qualifying_crops(con, split), config.strategy,
+                    config.max_evidence_crops if config.strategy == "ranked" else None)
+    return split, caps, universe, counts
+
+
 @dg.asset(
     ins={"frames": all_scenes, "detections": all_scenes, "concept_scores": all_scenes, "outlier_flags": all_scenes,
          "embeddings": all_scenes},
@@ -128,17 +135,7 @@ def mined_split(
     if config.strategy == "ranked":
         embeddings.require("mined_split (strategy ranked compares the evidence crops' embeddings)")
     with connect(frames, detections, concept_scores, outlier_flags, embeddings) as con:
-        con.execute(f"CREATE VIEW evidence AS {evidence_sql(config)}")
-        universe = con.execute(UNIVERSE_SQL).df()
-        if universe.empty:
-            raise ConceptmineError(f"`frames` under {frames.store} has no samples; nothing to split")
-        num_crops, without_flags, outside = con.execute(COUNTS_SQL).fetchall()[0]
-        if config.strategy == "ranked":
-            split, caps = select_ranked(con, universe, config)
-        else:
-            split, caps = select_from_tiers(universe, con.execute(TIERS_SQL).df(), config)
-        split = add_why(split, qualifying_crops(con, split), config.strategy,
-                        config.max_evidence_crops if config.strategy == "ranked" else None)
+        split, caps, universe, (num_crops, without_flags, outside) = _select(con, config, frames.store)
     if without_flags:
         context.log.warning(f"{without_flags} concept-scored crops have no outlier_flags row; counted as non-outliers")
     if outside:
@@ -161,13 +158,9 @@ def mined_split(
             "strategy": config.strategy,
             "budgets": dg.MetadataValue.json(caps),
             "zero_budgets": dg.MetadataValue.md("\n".join(f"- {n}" for n in notes) or "none"),
-            "num_crops": int(num_crops),
-            "num_crops_without_outlier_flags": int(without_flags),
-            "num_crops_outside_frames": int(outside),
-            "num_scenes_without_frames": len(frames.missing),
-            **files,
-            **infos_md,
-            "seconds": round(time.perf_counter() - started, 3),
+            "num_crops": int(num_crops), "num_crops_without_outlier_flags": int(without_flags),
+            "num_crops_outside_frames": int(outside), "num_scenes_without_frames": len(frames.missing),
+            **files, **infos_md, "seconds": round(time.perf_counter() - started, 3),
         }
     )
     return split

@@ -20,7 +20,8 @@ import pandas as pd
 
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.concepts import cosine, max_logit
-from conceptmine_assets.lib.outliers import OutlierReference, tsne_map
+from conceptmine_assets.lib.outliers import OutlierReference
+from conceptmine_assets.lib.plots import tsne_map
 
 MIN_CLUSTER_ROWS = 3  # Calinski–Harabasz and Davies–Bouldin need 2 <= clusters <= rows - 1
 

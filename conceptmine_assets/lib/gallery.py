@@ -12,13 +12,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
 
 from conceptmine_assets.lib.outliers import outlier_or_false
+from conceptmine_assets.lib.reasons import as_list, evidence_of, fmt, is_missing, why_selected
 
 GROUP_RANK = {"target": 0, "rare": 1, "common": 2}
 SECTIONS = {"mined": "Mined split", "all": "All crops by group"}
@@ -26,65 +26,6 @@ ITEM_COLUMNS = [
     "section", "page", "position", "sample_token", "scene_name", "detection_id", "channel", "class_name", "group",
     "top_concept", "top_score", "reason", "why", "is_outlier", "has_image",
 ]
-_REASON_TEXT = {
-    "target_outlier": "target concept and an embedding outlier",
-    "target": "target concept",
-    "rare_outlier": "rare concept and an embedding outlier",
-    "rare": "rare concept",
-    "random": "random fill (the sample was drawn at random, not for this crop)",
-    "random_fill": "random leftover of the target budget (drawn at random, not for this crop)",
-}
-
-
-def _as_list(value: object) -> list:
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return list(value)
-    return []
-
-
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
-
-
-def why_selected(reason: str | None, row: pd.Series | dict, section: str = "mined") -> str:
-    """Why an item is in the gallery, in words: for the mined section the split's reason plus this
-    crop's evidence; for the all-crops section its group and whether its sample was mined."""
-    if section == "all":
-        mined = f"its sample is in the mined split ({reason})" if reason else "its sample is not in the mined split"
-        return f"group {row.get('group') or 'unscored'}; {mined}"
-    text = f"{reason}: {_REASON_TEXT.get(reason, reason)}"
-    if reason.startswith("random"):
-        return text
-    detectors = [str(d) for d in _as_list(row.get("outlier_detectors"))]
-    evidence = f"top concept {row.get('top_concept')} ({_fmt(row.get('top_score'))}) in group {row.get('group')}"
-    if detectors:
-        evidence += f", outlier by {'+'.join(detectors)}"
-    parts = row.get("evidence")
-    if isinstance(parts, dict):  # the mining score and its parts (lib/evidence.py)
-        evidence += (f"; evidence score {_fmt(parts['score'])} = outlier {_fmt(parts['outlier'], 2)}, "
-                     f"rarity {_fmt(parts['rarity'], 2)}, concept {_fmt(parts['confidence'], 2)}, "
-                     f"x detector confidence {_fmt(parts['detector_confidence'], 2)}")
-    if row.get("duplicate_of"):
-        evidence += f"; repeats chosen crop {row['duplicate_of']} (taken once nothing stronger was left)"
-    return f"{text}; {evidence}"
-
-
-EVIDENCE_LISTS = {"score": "crop_scores", "outlier": "crop_outlier", "rarity": "crop_rarity",
-                  "confidence": "crop_confidence", "detector_confidence": "crop_detector_confidence"}
-
-
-def _evidence_of(split_row: object, ids: list[str]) -> dict[str, dict]:
-    """Per detection_id of a split row, its evidence score's parts (empty for old split files)."""
-    lists = {part: _as_list(getattr(split_row, column, None)) for part, column in EVIDENCE_LISTS.items()}
-    if any(len(v) != len(ids) for v in lists.values()):
-        return {}
-    return {d: {part: lists[part][i] for part in EVIDENCE_LISTS} for i, d in enumerate(ids)}
-
-
-def _fmt(value: object, digits: int = 3) -> str:
-    return "n/a" if _missing(value) else f"{float(value):.{digits}f}"
-
-
 def _crop_order(crops: pd.DataFrame) -> pd.DataFrame:
     """Target before rare before common, then by descending top score, then detection_id."""
     key = crops.assign(
@@ -114,14 +55,14 @@ def gallery_items(
     missing = 0
     for i, split_row in enumerate(split.sort_values("rank").itertuples(index=False)):
         page = 1 + (i // samples_per_page if samples_per_page > 0 else 0)
-        ids = [str(d) for d in _as_list(split_row.detection_ids)]
+        ids = [str(d) for d in as_list(split_row.detection_ids)]
         if ids:
             present = [d for d in ids if d in by_id.index]
             missing += len(ids) - len(present)
             chosen = by_id.loc[present] if present else crops.iloc[0:0]
         else:
             chosen = _crop_order(by_sample.get(split_row.sample_token, crops.iloc[0:0]))
-        evidence = _evidence_of(split_row, ids)
+        evidence = evidence_of(split_row, ids)
         repeats = getattr(split_row, "duplicate_of", None)
         for crop in chosen.head(max_crops_per_sample).to_dict("records"):
             crop = {**crop, "evidence": evidence.get(crop["detection_id"]),
@@ -159,16 +100,16 @@ def attach_images(items: pd.DataFrame, jpegs: dict[str, bytes]) -> pd.DataFrame:
 
 def top_concepts(names: Iterable[str], scores: Iterable[float], n: int = 3) -> list[tuple[str, float]]:
     """The ``n`` best (concept, score) pairs, best first (ties by name)."""
-    pairs = [(str(a), float(b)) for a, b in zip(_as_list(names), _as_list(scores))]
+    pairs = [(str(a), float(b)) for a, b in zip(as_list(names), as_list(scores))]
     return sorted(pairs, key=lambda p: (-p[1], p[0]))[:n]
 
 
 def _lidar_text(points: object, depth: object) -> str:
-    if _missing(points):
+    if is_missing(points):
         return "LiDAR: no sweep for this frame"
     if int(points) == 0:
         return "LiDAR: no points in the box"
-    return f"LiDAR: {int(points)} points, median depth {_fmt(depth, 1)} m"
+    return f"LiDAR: {int(points)} points, median depth {fmt(depth, 1)} m"
 
 
 _E = html.escape
@@ -187,8 +128,8 @@ def _item_html(item: dict) -> str:
         f"<li>{_E(name)} <span class=num>{score:.3f}</span></li>"
         for name, score in top_concepts(item.get("concept_names"), item.get("concept_scores"))
     )
-    detectors = [str(d) for d in _as_list(item.get("outlier_detectors"))]
-    quality = [str(q) for q in _as_list(item.get("quality_flags"))]
+    detectors = [str(d) for d in as_list(item.get("outlier_detectors"))]
+    quality = [str(q) for q in as_list(item.get("quality_flags"))]
     flags = []
     if detectors:
         flags.append(f"outlier: {'+'.join(detectors)}")
@@ -201,8 +142,8 @@ def _item_html(item: dict) -> str:
         f"{img}<figcaption>"
         f'<div class="head"><span class="badge g-{_E(group)}">{_E(group)}</span> <b>{_E(cls)}</b>'
         f' <span class="dim">{_E(str(item.get("channel") or ""))}</span></div>'
-        f'<div class="caption">{_E(str(caption)) if not _missing(caption) else "<i>no caption</i>"}'
-        f'{f" <span class=dim>({_E(str(status))})</span>" if not _missing(status) else ""}</div>'
+        f'<div class="caption">{_E(str(caption)) if not is_missing(caption) else "<i>no caption</i>"}'
+        f'{f" <span class=dim>({_E(str(status))})</span>" if not is_missing(status) else ""}</div>'
         f'<ol class="concepts">{concepts}</ol>'
         f'<div class="why">{_E(str(item["why"]))}</div>'
         f'<div class="flags">{_E("; ".join(flags) or "not an outlier")}</div>'

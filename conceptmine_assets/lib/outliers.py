@@ -1,7 +1,8 @@
-"""Embedding-space outlier detection against a reference fitted once, and image-quality flags.
+"""Embedding-space outlier detection against a reference fitted once (image-quality flags:
+``lib/quality.py``).
 
-Three detectors, as in the paper (arXiv 2512.05482), all oriented so that a higher score is
-more anomalous:
+Three detectors as in the paper (arXiv 2512.05482) and one of ours, all oriented so that a
+higher score is more anomalous:
 
 - ``iforest``: ``IsolationForest`` (``contamination`` 0.1 by default, the paper uses 0.1-0.2);
   score ``-score_samples``, threshold ``-offset_`` (exactly ``predict``'s decision).
@@ -17,13 +18,9 @@ more anomalous:
   flagged above its ``small_cluster_percentile`` (90). LOF and kNN with k = 10-20 see a tight
   group of more than k look-alikes (ten frames of one cat, a batch of cargo bikes) as dense, so
   they cannot flag it; the k-th neighbour of a member of a group smaller than k lies outside the
-  group. (The *mean* over 100 neighbours does not work: a third of them inside
-  the group pull it back to ordinary.) On the planted benchmark (``bench/mining_quality.py``,
-  40 scenes, 50,000-row reference, planted clusters of ~33 reference rows) at an equal flag
-  budget of 10 %: kNN (k = 10) and LOF recall 0-18 % of the planted crops, IsolationForest 44 %,
-  k-means small-cluster mass 28 %, distance to the class centroid 29 %, the mean distance to
-  100 neighbours 0-4 %, the 50th to 200th neighbour's distance 100 %. knn and small_cluster
-  share one neighbour query.
+  group (the *mean* over 100 neighbours does not: those inside pull it back). At an equal flag
+  budget on the planted benchmark it recalls 100 % of the planted crops, the others 0-44 %
+  (``bench/mining_quality.py``; README "Mining"). knn and small_cluster share one query.
 
 Every detector's score is also given as a **percentile** of the reference members' own scores
 (:func:`percentiles`, 0..1): the calibrated outlier evidence that the mining score combines
@@ -55,6 +52,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.lib.plots import tsne_map
 
 if TYPE_CHECKING:  # scikit-learn is imported where a detector is fitted, not with the code location
     from sklearn.ensemble import IsolationForest
@@ -70,7 +68,6 @@ def outlier_or_false(values: pd.Series) -> np.ndarray:
     """:data:`IS_OUTLIER_SQL` for a left-joined pandas column: a missing flag is not an outlier."""
     return values.astype("boolean").fillna(False).astype(bool).to_numpy()
 MIN_REFERENCE_ROWS = 3
-QUALITY_FLAGS: tuple[str, ...] = ("glare", "dark", "blur")
 
 
 class OutlierParams(BaseModel):
@@ -157,20 +154,6 @@ def percentiles(reference: OutlierReference, scores: dict[str, np.ndarray]) -> d
         ranked = np.sort(np.asarray(reference.member_scores[d], dtype=np.float64))
         out[d] = np.searchsorted(ranked, np.asarray(scores[d], dtype=np.float64), side="right") / max(len(ranked), 1)
     return out
-
-
-def tsne_map(X: np.ndarray, max_points: int, perplexity: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """2-D t-SNE of at most ``max_points`` seeded-random rows of ``X`` (for plots); None if too few."""
-    n = len(X)
-    m = min(n, max_points)
-    if m < 4:
-        return None
-    from sklearn.manifold import TSNE
-
-    index = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
-    perplexity = min(perplexity, (m - 1) / 3)
-    coords = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(X[index])
-    return coords.astype(np.float32), index
 
 
 def fit_reference(
@@ -297,34 +280,6 @@ def flag_columns(reference: OutlierReference, X: np.ndarray, ids: np.ndarray, ru
     return columns
 
 
-class QualityThresholds(BaseModel):
-    """Image-quality limits on a crop (columns of ``crops``); ``outlier_flags``' ``dg.Config`` inherits them."""
-
-    model_config = ConfigDict(frozen=True)
-
-    glare_overexposed_frac: float = Field(0.10, ge=0.0, le=1.0, description="Glare if the crop's overexposed_frac is above this.")
-    dark_frac: float = Field(0.50, ge=0.0, le=1.0, description="Dark if the crop's dark_frac is above this.")
-    blur_laplacian_var: float = Field(50.0, ge=0.0, description="Blur if the crop's Laplacian variance is below this (resolution-dependent).")
-
-
-def quality_flags(crops: pd.DataFrame, limits: QualityThresholds = QualityThresholds()) -> tuple[list[list[str]], int]:
-    """Per row the quality flags that apply, and how many rows had a null quality value.
-
-    A null value raises no flag for that measure; the count lets the caller report it.
-    """
-    over = crops["overexposed_frac"].to_numpy(dtype=float)
-    dark = crops["dark_frac"].to_numpy(dtype=float)
-    blur = crops["blur_laplacian_var"].to_numpy(dtype=float)
-    checks = {
-        "glare": over > limits.glare_overexposed_frac,
-        "dark": dark > limits.dark_frac,
-        "blur": blur < limits.blur_laplacian_var,
-    }
-    unknown = int((np.isnan(over) | np.isnan(dark) | np.isnan(blur)).sum())
-    flags = [[name for name in QUALITY_FLAGS if checks[name][i]] for i in range(len(crops))]
-    return flags, unknown
-
-
 __all__ = [
     "DETECTORS",
     "IS_OUTLIER_SQL",
@@ -332,7 +287,6 @@ __all__ = [
     "MIN_REFERENCE_ROWS",
     "OutlierParams",
     "OutlierReference",
-    "QualityThresholds",
     "apply_thresholds",
     "combine",
     "effective_k",
@@ -341,7 +295,5 @@ __all__ = [
     "knn_distance",
     "knn_distances",
     "percentiles",
-    "quality_flags",
     "score",
-    "tsne_map",
 ]

@@ -134,3 +134,17 @@ def class_counts_plot(report: pd.DataFrame) -> Figure:
     ax.set_title("Per-class instances: mined split vs random", fontsize=9)
     ax.legend(fontsize=7)
     return fig
+
+
+def tsne_map(X: np.ndarray, max_points: int, perplexity: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """2-D t-SNE of at most ``max_points`` seeded-random rows of ``X`` (for plots); None if too few."""
+    n = len(X)
+    m = min(n, max_points)
+    if m < 4:
+        return None
+    from sklearn.manifold import TSNE
+
+    index = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
+    perplexity = min(perplexity, (m - 1) / 3)
+    coords = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(X[index])
+    return coords.astype(np.float32), index

@@ -1,10 +1,15 @@
-"""Image quality measures of a crop: brightness, glare, darkness and blur (pure functions)."""
+"""Image quality measures of a crop (brightness, glare, darkness, blur) and the flags they raise
+(pure functions)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+QUALITY_FLAGS: tuple[str, ...] = ("glare", "dark", "blur")
 
 OVEREXPOSED_LUMA = 250  # luma >= this counts as blown out (glare)
 DARK_LUMA = 5  # luma <= this counts as black
@@ -43,3 +48,31 @@ def image_quality(rgb: np.ndarray) -> Quality:
         dark_frac=float(np.mean(gray <= DARK_LUMA)),
         blur_laplacian_var=blur_laplacian_var(gray),
     )
+
+
+class QualityThresholds(BaseModel):
+    """Image-quality limits on a crop (columns of ``crops``); ``outlier_flags``' ``dg.Config`` inherits them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    glare_overexposed_frac: float = Field(0.10, ge=0.0, le=1.0, description="Glare if the crop's overexposed_frac is above this.")
+    dark_frac: float = Field(0.50, ge=0.0, le=1.0, description="Dark if the crop's dark_frac is above this.")
+    blur_laplacian_var: float = Field(50.0, ge=0.0, description="Blur if the crop's Laplacian variance is below this (resolution-dependent).")
+
+
+def quality_flags(crops: pd.DataFrame, limits: QualityThresholds = QualityThresholds()) -> tuple[list[list[str]], int]:
+    """Per row the quality flags that apply, and how many rows had a null quality value.
+
+    A null value raises no flag for that measure; the count lets the caller report it.
+    """
+    over = crops["overexposed_frac"].to_numpy(dtype=float)
+    dark = crops["dark_frac"].to_numpy(dtype=float)
+    blur = crops["blur_laplacian_var"].to_numpy(dtype=float)
+    checks = {
+        "glare": over > limits.glare_overexposed_frac,
+        "dark": dark > limits.dark_frac,
+        "blur": blur < limits.blur_laplacian_var,
+    }
+    unknown = int((np.isnan(over) | np.isnan(dark) | np.isnan(blur)).sum())
+    flags = [[name for name in QUALITY_FLAGS if checks[name][i]] for i in range(len(crops))]
+    return flags, unknown

@@ -6,7 +6,8 @@ samples that had crops, which shrinks the budget as detection gets pickier; we f
 Each budget is ``floor(frac * N)`` (a 1e-9 tolerance keeps ``0.29 * 100`` at 29), so a
 split never exceeds its fractions. Three strategies:
 
-``ranked`` (default; :mod:`conceptmine_assets.lib.evidence` defines the score):
+``ranked`` (default; :mod:`conceptmine_assets.lib.evidence` defines the score,
+:mod:`conceptmine_assets.lib.diverse` the picking):
 
 1. rare reserve (``rare_frac``): rare-group candidates only, ranked and diverse;
 2. mined budget (``target_frac`` plus what the rare reserve left): every target or rare
@@ -40,8 +41,6 @@ table. ``ranked`` streams its candidates from DuckDB (:func:`select_ranked`).
 from __future__ import annotations
 
 import math
-import pickle
-from pathlib import PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
@@ -49,7 +48,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from conceptmine_assets.errors import ConceptmineError
-from conceptmine_assets.lib.evidence import DiversePicker, EvidenceParams, candidates, candidates_sql
+from conceptmine_assets.lib.diverse import DiversePicker, candidates
+from conceptmine_assets.lib.evidence import EvidenceParams, candidates_sql
 from conceptmine_assets.lib.outliers import IS_OUTLIER_SQL
 from conceptmine_assets.lib.sampling import unit_hash
 
@@ -273,87 +273,3 @@ def add_why(split: pd.DataFrame, crops: pd.DataFrame, strategy: str = "priority"
     for column, values in why.items():
         out[column] = pd.Series(values, index=out.index, dtype=object)
     return out[SPLIT_COLUMNS]
-
-
-def filter_mmdet3d_infos(infos: Any, tokens: set[str], where: str) -> tuple[Any, int]:
-    """A copy of an mmdetection3d info dict with only the samples in ``tokens``, and how many kept.
-
-    mmdet3d >= 1.1: ``{"metainfo": ..., "data_list": [{"token": ...}, ...]}``; older:
-    ``{"infos": [{"token": ...}, ...], "metadata": ...}``. Other keys are kept as they are.
-    """
-    if isinstance(infos, dict) and isinstance(infos.get("data_list"), list):
-        key = "data_list"
-    elif isinstance(infos, dict) and isinstance(infos.get("infos"), list):
-        key = "infos"
-    else:
-        keys = sorted(infos) if isinstance(infos, dict) else type(infos).__name__
-        raise ConceptmineError(
-            f"{where}: not an mmdetection3d nuScenes info file (expected a dict with a 'data_list' "
-            f"(mmdet3d >= 1.1) or 'infos' list; found {keys})"
-        )
-    items = infos[key]
-    missing = sum(1 for item in items if not isinstance(item, dict) or "token" not in item)
-    if missing:
-        raise ConceptmineError(f"{where}: {missing} of {len(items)} entries in {key!r} have no 'token'")
-    kept = [item for item in items if item["token"] in tokens]
-    return {**infos, key: kept}, len(kept)
-
-
-def load_pickle(path: Any) -> Any:
-    """Unpickle ``path`` (a pathlib/UPath), naming the file on failure."""
-    try:
-        with path.open("rb") as fh:
-            return pickle.load(fh)
-    except FileNotFoundError as exc:
-        raise ConceptmineError(f"mmdet3d info file {path} does not exist") from exc
-    except (pickle.UnpicklingError, EOFError, AttributeError, ModuleNotFoundError) as exc:
-        raise ConceptmineError(f"mmdet3d info file {path} could not be unpickled: {exc}") from exc
-
-
-def filtered_infos_name(split_name: str, infos_path: str) -> str:
-    """``<split>_<original file name>``, e.g. ``mined_nuscenes_infos_train.pkl``."""
-    return f"{split_name}_{PurePosixPath(str(infos_path)).name}"
-
-
-def coverage(
-    gt: pd.DataFrame, universe: list[str], split: list[str], n_random: int = 20, seed: int = 0
-) -> pd.DataFrame:
-    """Per class: GT instances in the training set, in the split, and over ``n_random`` random
-    splits of the same size drawn without replacement from ``universe`` (mean, population std),
-    and ``ratio = mined / random_mean`` (NaN when ``random_mean`` is 0).
-
-    ``gt`` has one row per annotation (``sample_token, class_name``) or, with a column ``n``,
-    one row per (sample, class) with its number of annotations.
-    """
-    columns = ["class_name", "gt_total", "mined", "random_mean", "random_std", "ratio"]
-    universe_index = pd.Index(pd.unique(pd.Series(universe, dtype=object)))
-    outside = sorted(set(split) - set(universe_index))
-    if outside:
-        raise ConceptmineError(f"{len(outside)} split samples are not in the training set, e.g. {outside[:3]}")
-    if n_random < 1:
-        raise ConceptmineError(f"n_random must be >= 1, got {n_random}")
-    gt = gt[gt["sample_token"].isin(universe_index)]
-    if gt.empty:
-        return pd.DataFrame({c: pd.Series(dtype=object if c == "class_name" else float) for c in columns})
-    weights = gt["n"] if "n" in gt else pd.Series(1, index=gt.index)
-    counts = pd.crosstab(gt["sample_token"], gt["class_name"], values=weights, aggfunc="sum")
-    counts = counts.fillna(0).reindex(universe_index, fill_value=0)
-    matrix = counts.to_numpy(dtype=np.int64)
-    in_split = universe_index.isin(pd.Index(split))
-    k = int(in_split.sum())
-    rng = np.random.default_rng(seed)
-    draws = np.stack([matrix[rng.choice(len(universe_index), size=k, replace=False)].sum(axis=0) for _ in range(n_random)])
-    mined = matrix[in_split].sum(axis=0)
-    random_mean = draws.mean(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(random_mean > 0, mined / np.where(random_mean > 0, random_mean, 1), np.nan)
-    return pd.DataFrame(
-        {
-            "class_name": counts.columns.astype(str),
-            "gt_total": matrix.sum(axis=0),
-            "mined": mined,
-            "random_mean": random_mean,
-            "random_std": draws.std(axis=0),
-            "ratio": ratio,
-        }
-    ).sort_values("class_name", ignore_index=True)

@@ -31,8 +31,8 @@ from conceptmine_assets.lib.captioning import (
     PromptStyle,
     class_name_result,
     prompt_text,
-    template_caption,
 )
+from conceptmine_assets.lib.templates import template_caption
 from conceptmine_assets.lib.identity import ModelIdentity, model_identity
 
 __all__ = ["CaptionRequest", "CaptionResult", "CaptionerResource", "TemplateCaptioner", "VLMCaptioner"]
