@@ -89,7 +89,8 @@ def sql_command(query: str) -> int:
     if not views:
         raise UsageError(f"nothing is stored under {store} yet: run `conceptmine run` first")
     try:
-        df = open_store_views(store).execute(query).df()
+        with open_store_views(store) as views_con:  # read-only: resources/store_query.py
+            df = views_con.execute(query).df()
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]
         raise UsageError(f"SQL error: {first} (views: {', '.join(sorted(views))})") from None
