@@ -64,9 +64,11 @@ def concept_scores_in_range(store_views: StoreViews) -> dg.AssetCheckResult:
     return _result(bad.sum() == 0, **{k: int(v) for k, v in bad.items()})
 
 
-def split_violations(split: pd.DataFrame, budgets: dict[str, int], num_samples: int, strategy: str = "priority") -> list[str]:
+def split_violations(split: pd.DataFrame, budgets: dict[str, int], num_samples: int, strategy: str = "ranked") -> list[str]:
     """Why ``split`` breaks its budgets (empty when it holds them).
 
+    ranked: the target and rare budgets together are filled exactly (candidates, then
+    ``random_fill``) unless fewer samples exist, then the random share exactly unless fewer remain.
     priority: target and rare shares may fall short (too few candidates) but never exceed their
     budget; the random share is exactly its budget unless fewer samples remain. paper: the
     random share is exactly ``min(B_rand, N)`` and the target budget is filled exactly (random
@@ -77,6 +79,11 @@ def split_violations(split: pd.DataFrame, budgets: dict[str, int], num_samples: 
         problems.append("duplicate sample tokens")
     reasons = split["reason"].value_counts()
     count = lambda *names: int(sum(reasons.get(n, 0) for n in names))  # noqa: E731
+    if strategy == "ranked":
+        mined = min(budgets.get("target", 0) + budgets.get("rare", 0), num_samples)
+        checks = [("target+rare", len(split) - count("random"), mined),
+                  ("random", count("random"), min(budgets.get("random", 0), num_samples - mined))]
+        return problems + [f"{name}: {got} selected, budget {want}" for name, got, want in checks if got != want]
     if strategy == "paper":
         random = min(budgets.get("random", 0), num_samples)
         checks = [("random", count("random"), random),

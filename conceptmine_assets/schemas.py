@@ -111,6 +111,13 @@ OUTLIER_FLAGS = pa.schema(
         ("lof_flag", pa.bool_()),
         ("knn_score", _f32),
         ("knn_flag", pa.bool_()),
+        ("small_cluster_score", _f32),
+        ("small_cluster_flag", pa.bool_()),
+        ("iforest_pct", _f32),  # each score's percentile among the reference members' (0..1)
+        ("lof_pct", _f32),
+        ("knn_pct", _f32),
+        ("small_cluster_pct", _f32),
+        ("outlier_evidence", _f32),  # mean of the four percentiles: calibrated evidence (lib/evidence.py)
         ("is_outlier", pa.bool_()),
         ("outlier_detectors", _strs),  # which detectors fired
         ("quality_flags", _strs),  # glare / dark / blur
@@ -160,13 +167,19 @@ MINED_SPLIT = pa.schema(
     [
         ("sample_token", _str),
         ("scene_name", _str),
-        ("reason", _str),  # target_outlier | target | rare_outlier | rare | random
+        ("reason", _str),  # target_outlier | target | rare_outlier | rare | random | random_fill
         ("rank", _i64),
-        ("detection_ids", _strs),  # the crops that qualified the sample, and why:
+        ("score", _f64),  # ranked: the sample's evidence score (its best crop's); null otherwise
+        ("duplicate_of", _str),  # ranked: the chosen crop this sample's evidence repeats (taken last)
+        ("detection_ids", _strs),  # the crops that qualified the sample, best evidence first, and why:
         ("top_concepts", _strs),
         ("top_scores", pa.list_(_f64)),
         ("captions", _strs),
         ("outlier_detectors", _strs),
+        ("crop_scores", pa.list_(_f64)),  # each crop's evidence score and its parts (lib/evidence.py)
+        ("crop_outlier", pa.list_(_f64)),
+        ("crop_rarity", pa.list_(_f64)),
+        ("crop_confidence", pa.list_(_f64)),
     ]
 )
 

@@ -8,6 +8,7 @@ The mined split's tests share synthetic crops with known tiers and a two-scene s
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,7 +17,7 @@ from upath import UPath
 from conceptmine_assets.assets.splits import mined_split
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME, scene_partitions
 from conceptmine_assets.resources.storage import ParquetIOManager, atomic_write, to_arrow
-from conceptmine_assets.schemas import CONCEPT_SCORES, FRAMES, OUTLIER_FLAGS
+from conceptmine_assets.schemas import CONCEPT_SCORES, EMBEDDINGS, FRAMES, OUTLIER_FLAGS
 
 GLOBAL_TABLES = {"mined_split"}
 
@@ -51,7 +52,8 @@ def universe_of(n: int, scenes: int = 2) -> pd.DataFrame:
 
 
 def crop(token: str, group: str, outlier: bool, i: int = 0, score: float = 0.5) -> dict:
-    """One crop of sample ``token`` (its ``i``-th) in ``group``, an outlier by iforest and knn or not."""
+    """One crop of sample ``token`` (its ``i``-th) in ``group``, an outlier by iforest and knn or
+    not; its evidence score (lib/evidence.py) is its concept score here."""
     return {
         "detection_id": f"{token}/d{i}",
         "sample_token": token,
@@ -61,6 +63,10 @@ def crop(token: str, group: str, outlier: bool, i: int = 0, score: float = 0.5) 
         "top_score": score,
         "caption": f"a {group} thing",
         "outlier_detectors": ["iforest", "knn"] if outlier else [],
+        "outlier": 0.9 if outlier else 0.3,
+        "rarity": 0.5,
+        "confidence": score,
+        "score": score,
     }
 
 
@@ -93,7 +99,7 @@ def reasons_of(split: pd.DataFrame) -> dict[str, int]:
 def write_stored(store: Path, asset: str, df: pd.DataFrame, scene: str | None = None) -> None:
     """Store a hand-made table atomically: conformed to its schema for frames, concept_scores,
     outlier_flags and detections, as plain Arrow otherwise (e.g. a mined_split of a few columns)."""
-    table = to_arrow(df, asset, f"test {asset}") if asset in ("frames", "concept_scores", "outlier_flags", "detections") else pa.Table.from_pandas(df, preserve_index=False)
+    table = to_arrow(df, asset, f"test {asset}") if asset in ("frames", "concept_scores", "outlier_flags", "detections", "embeddings") else pa.Table.from_pandas(df, preserve_index=False)
     path = UPath(store) / asset / f"{scene}.parquet" if scene else UPath(store) / f"{asset}.parquet"
     atomic_write(path, lambda fh: pq.write_table(table, fh))
 
@@ -128,6 +134,22 @@ def scored_df(scene: str, rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]
     return cs, of
 
 
+def embeddings_of(scored: pd.DataFrame, dim: int = 8, seed: int = 0, vectors: dict | None = None) -> pd.DataFrame:
+    """An embeddings table for the crops of a concept_scores table: seeded random unit vectors
+    (nearly orthogonal: no two crops are near-duplicates) unless ``vectors`` gives one by id."""
+    rng = np.random.default_rng(seed)
+    emb = scored[[c for c in EMBEDDINGS.names if c in scored.columns]].copy()
+    emb["model_id"] = "test"
+    rows = []
+    for det in emb["detection_id"]:
+        v = np.asarray(vectors[det], dtype=np.float32) if vectors and det in vectors else rng.standard_normal(dim)
+        rows.append((v / np.linalg.norm(v)).astype(np.float32))
+    emb["embedding"] = pd.Series(rows, index=emb.index, dtype=object)
+    emb = emb[EMBEDDINGS.names]
+    emb.attrs["vector_dims"] = {"embedding": dim}
+    return emb
+
+
 def seed_store(store: Path) -> None:
     """Two scenes, 20 samples each; crops as in planted_crops on scene-0's samples."""
     crops = planted_crops().to_dict("records")
@@ -139,12 +161,13 @@ def seed_store(store: Path) -> None:
         cs, of = scored_df(scene, rows)
         write_stored(store, "concept_scores", cs, scene)
         write_stored(store, "outlier_flags", of.iloc[: max(len(of) - 1, 0)] if s == 0 else of, scene)
+        write_stored(store, "embeddings", embeddings_of(cs, seed=s), scene)
 
 
 def run_split(store: Path, instance, **config):
     """Materialise ``mined_split`` over ``store`` with ``config``."""
     return materialize_global(
         [mined_split], store, instance, {"io_manager": ParquetIOManager(base_path=str(store))},
-        upstream=["frames", "concept_scores", "outlier_flags"], run_config={"ops": {"mined_split": {"config": config}}},
+        upstream=["frames", "concept_scores", "outlier_flags", "embeddings"], run_config={"ops": {"mined_split": {"config": config}}},
     )
 

@@ -75,6 +75,24 @@ def test_template_caption(class_name, category, attributes, expected):
     assert template_caption(class_name, category, attributes) == expected
 
 
+@pytest.mark.parametrize(
+    "class_name, source_class, expected",
+    [
+        ("animal", "cat", "a cat (animal)"),  # the detector's word, the mapped class where it helps
+        ("others", "boat", "a boat"),  # "others" says nothing: the detector's word alone
+        ("others", None, "an unidentified object"),  # never "an others"
+        ("others", "airplane", "an airplane"),
+        ("car", "car", "a car"),
+        ("pedestrian", "person", "a person (pedestrian)"),
+        ("traffic_light", "traffic light", "a traffic light"),
+        ("car", "vehicle.car", "a car"),  # a nuScenes category name is not a word
+        ("static_object", "fire hydrant", "a fire hydrant (static object)"),
+    ],
+)
+def test_template_caption_keeps_the_detectors_word(class_name, source_class, expected):
+    assert template_caption(class_name, None, [], source_class) == expected
+
+
 def test_template_backend_is_offline_and_deterministic():
     cap = TemplateCaptioner()
     reqs = [CaptionRequest("d1", None, "truck", "vehicle.truck", ("vehicle.parked",)), CaptionRequest("d2", None, "car")]

@@ -174,7 +174,23 @@ BUDGETS = {"target": 2, "rare": 1, "random": 2}
     ],
 )
 def test_split_violations(reasons, tokens, num_samples, problem):
-    problems = split_violations(split(reasons, tokens), BUDGETS, num_samples)
+    problems = split_violations(split(reasons, tokens), BUDGETS, num_samples, "priority")
+    assert problems == ([problem] if problem else [])
+
+
+@pytest.mark.parametrize(
+    ("reasons", "num_samples", "problem"),
+    [
+        (["rare_outlier", "target_outlier", "random_fill", "random", "random"], 10, None),
+        (["rare", "target", "target"], 3, None),  # no sample left for random
+        (["rare_outlier", "target"], 2, None),
+        (["target", "target", "random", "random"], 10, "target+rare: 2 selected, budget 3"),
+        (["target", "target", "target", "target", "random", "random"], 10, "target+rare: 4 selected, budget 3"),
+        (["target", "target", "rare", "random"], 10, "random: 1 selected, budget 2"),
+    ],
+)
+def test_split_violations_ranked(reasons, num_samples, problem):
+    problems = split_violations(split(reasons), BUDGETS, num_samples, "ranked")
     assert problems == ([problem] if problem else [])
 
 
@@ -186,10 +202,10 @@ def test_split_check_reads_the_budgets_of_the_config(store, instance):
     frames = pd.DataFrame({c: pd.Series([None] * 10, dtype=object) for c in SCHEMAS["frames"].names})
     frames["scene_name"], frames["sample_token"], frames["image_ok"] = SCENES[0], tokens, True
     write_table(store, "frames", frames, SCENES[0])
-    write_table(store, "mined_split", split(["target", "target", "target"]))
+    write_table(store, "mined_split", split(["target", "target", "target", "target"]))
     instance.report_runless_asset_event(dg.AssetMaterialization(  # metadata that would pass: ignored
         "mined_split", metadata={"budgets": dg.MetadataValue.json({"target": 3, "rare": 0, "random": 0})}))
     passed, md = run_check(store, "split_size_matches_budget", instance)
     target = int(SplitConfig().target_frac * 10 + 1e-9)
-    assert not passed and md["problems"].startswith(f"target: 3 selected > budget {target}")
+    assert not passed and md["problems"].startswith(f"target+rare: 4 selected, budget {target}")
     assert md["num_training_samples"] == 10 and md["budgets"]["target"] == target

@@ -118,6 +118,24 @@ def test_concept_scores_offline_text_only(store, instance, offline_embedder):
     assert md["num_vlm_overrides"].value == 1 and md["shared_space"].value is False
 
 
+def test_a_detection_mapped_to_others_is_rare_never_common(store, instance, offline_embedder):
+    """The detector rejected every class it maps (a rocket seen as a "boat" → others): a caption
+    that happens to score a common concept highest ("a person") does not make it common."""
+    caps = _captions([
+        ("d1", "others", "a person", None),  # best concept: pedestrian (common) → "others", rare
+        ("d2", "others", "an orange traffic cone on the road", None),  # a rare concept stays
+        ("d3", "pedestrian", "a person", None),  # the same caption from a pedestrian detection: common
+    ])
+    _write_table(store, "captions", caps)
+    _write_table(store, "embeddings", _embeddings(["d1", "d2", "d3"], ["x"] * 3, np.eye(3, 8), "some-image-model"))
+    _, table = _run(store, instance, offline_embedder)
+    df = table.to_pandas().set_index("detection_id")
+    assert df.loc["d1", "top_concept"] == "others" and df.loc["d1", "group"] == "rare"
+    assert df.loc["d1", "second_concept"] == "pedestrian"  # the best concept is still said
+    assert df.loc["d2", "top_concept"] == "traffic_cone" and df.loc["d2", "group"] == "rare"
+    assert df.loc["d3", "top_concept"] == "pedestrian" and df.loc["d3", "group"] == "common"
+
+
 def _jpeg(color: tuple[int, int, int]) -> Image.Image:
     buf = io.BytesIO()
     Image.new("RGB", (48, 32), color).save(buf, format="JPEG")

@@ -38,7 +38,7 @@ def test_each_detector_finds_planted_outliers_in_new_data(fitted, centers, detec
     flags = apply_thresholds(score(reference, X, ids), reference.thresholds)[detector]
     assert flags[200:].all(), f"{detector} missed planted outliers"
     # inliers of the same distribution are flagged at about the reference rate, not wholesale
-    rate = {"iforest": 0.1, "lof": 0.1, "knn": 0.2}[detector]
+    rate = {"iforest": 0.1, "lof": 0.1, "knn": 0.2, "small_cluster": 0.1}[detector]
     assert flags[:200].mean() < rate + 0.1
 
 
@@ -86,21 +86,23 @@ def test_thresholds_are_strictly_greater(scores, threshold, expected):
         assert flags[d].tolist() == expected
 
 
-FLAG_ROWS = {  # iforest, lof, knn
-    "none": (False, False, False),
-    "iforest": (True, False, False),
-    "lof+knn": (False, True, True),
-    "all": (True, True, True),
+FLAG_ROWS = {  # iforest, lof, knn, small_cluster
+    "none": (False, False, False, False),
+    "iforest": (True, False, False, False),
+    "lof+knn": (False, True, True, False),
+    "all but one": (True, True, False, True),
+    "all": (True, True, True, True),
 }
 
 
 @pytest.mark.parametrize(
     "rule, min_votes, expected",
     [
-        ("union", 2, [False, True, True, True]),
-        ("vote", 1, [False, True, True, True]),
-        ("vote", 2, [False, False, True, True]),
-        ("vote", 3, [False, False, False, True]),
+        ("union", 2, [False, True, True, True, True]),
+        ("vote", 1, [False, True, True, True, True]),
+        ("vote", 2, [False, False, True, True, True]),
+        ("vote", 3, [False, False, False, True, True]),
+        ("vote", 4, [False, False, False, False, True]),
     ],
 )
 def test_combine_union_and_vote(rule, min_votes, expected):
@@ -108,10 +110,11 @@ def test_combine_union_and_vote(rule, min_votes, expected):
     flags = {d: np.array([r[i] for r in rows]) for i, d in enumerate(DETECTORS)}
     is_outlier, fired = combine(flags, rule, min_votes)
     assert is_outlier.tolist() == expected
-    assert fired == [[], ["iforest"], ["lof", "knn"], ["iforest", "lof", "knn"]]
+    assert fired == [[], ["iforest"], ["lof", "knn"], ["iforest", "lof", "small_cluster"],
+                     ["iforest", "lof", "knn", "small_cluster"]]
 
 
-@pytest.mark.parametrize("rule, min_votes", [("majority", 2), ("vote", 0), ("vote", 4)])
+@pytest.mark.parametrize("rule, min_votes", [("majority", 2), ("vote", 0), ("vote", 5)])
 def test_combine_rejects_bad_rules(rule, min_votes):
     flags = {d: np.array([True]) for d in DETECTORS}
     with pytest.raises(ConceptmineError):
@@ -138,8 +141,8 @@ def test_small_reference_fits_with_reduced_k_and_scores(centers):
     rng = np.random.default_rng(4)
     X = unit_blobs(rng, 8, centers)
     reference = fit_reference(X, np.array([f"s{i}" for i in range(8)], dtype=object), "m")
-    assert (reference.lof_k, reference.knn_k) == (7, 7)
-    assert len(reference.warnings) == 2 and "reduced from 20 to 7" in reference.warnings[0]
+    assert (reference.lof_k, reference.knn_k, reference.small_cluster_k) == (7, 7, 7)
+    assert len(reference.warnings) == 3 and "reduced from 20 to 7" in reference.warnings[0]
     s = score(reference, planted_outliers(rng, 2), np.array(["x", "y"], dtype=object))
     assert all(np.isfinite(s[d]).all() for d in DETECTORS)
 

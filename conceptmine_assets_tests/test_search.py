@@ -213,3 +213,45 @@ def test_cli_search_prints_mode_and_table(real_store, monkeypatch, capsys):
     assert out[0].startswith("mode: caption_text")
     assert out[1].split() == HIT_COLUMNS
     assert len(out) == 4 and " r1 " in out[2] and "shopping cart" in out[2]
+
+
+def test_caption_mode_also_matches_class_and_top_concept_words(store):
+    """A crop is listed under its caption and its class / top-concept words: it ranks by its best
+    text, and appears once."""
+    words = {"caption 0": [1.0, 0.0, 0.0], "caption 1": [0.0, 1.0, 0.0], "truck": [0.6, 0.0, 0.8],
+             "car": [0.0, 0.6, 0.8]}
+    crops = [("scene-00", "d1", "truck", "caption 0", [1.0, 0.0, 0.0], words["caption 0"]),
+             ("scene-00", "d2", "car", "caption 1", [0.0, 1.0, 0.0], words["caption 1"]),
+             ("scene-00", "d3", "car", "car", [0.0, 1.0, 0.0], words["car"])]
+    seed(store, crops)
+    embedder = FakeEmbedder(False, {**words, "q": [0.0, 0.0, 1.0]}, dim=3)
+    resource = SearchIndexResource(base_path=str(store))
+    resource.publish(build(*tables(store), False, SearchIndexConfig(), embedder))
+    assert sorted(embedder.encoded) == ["truck"]  # "car" is d3's caption already: its stored vector serves
+    result, _ = search_crops(resource, embedder, "q", k=3)
+    # d1 and d2 match "q" only through their class word (0.8), d3 through its caption "car" (0.8)
+    assert sorted(result.hits["detection_id"]) == ["d1", "d2", "d3"]
+    assert result.hits["score"].tolist() == pytest.approx([0.8, 0.8, 0.8])
+    result, _ = search_crops(resource, FakeEmbedder(False, {"q": [1.0, 0.0, 0.0]}, dim=3), "q", k=3)
+    # d1 matches by its caption (1.0) and its class word (0.6): listed once, with its best text
+    assert result.hits["detection_id"].iloc[0] == "d1" and result.hits["score"].iloc[0] == pytest.approx(1.0)
+    assert result.hits["detection_id"].is_unique and len(result.hits) == 3
+
+
+@pytest.mark.real_model
+def test_offline_search_finds_a_crop_by_its_detector_class_and_concept(store, offline_embedder):
+    """A VLM caption that never says "cat": the class and top-concept words still rank it first."""
+    rows = [("c1", "animal", "animal_on_road", "a small furry creature sitting on the asphalt"),
+            ("t1", "traffic_light", "traffic_light", "traffic light"),
+            ("p1", "pedestrian", "pedestrian", "a person walking on the road"),
+            ("k1", "car", "car", "a dark car on the road")]
+    texts = offline_embedder.encode_texts([r[3] for r in rows])
+    seed(store, [("scene-r", d, cls, cap, [1.0, 0.0], vec) for (d, cls, _, cap), vec in zip(rows, texts)],
+         image_model=offline_embedder.image_model_id, text_model=offline_embedder.text_model_id)
+    frame = pd.read_parquet(store / "concept_scores" / "scene-r.parquet")
+    frame["top_concept"] = [r[2] for r in rows]
+    write_table(store, "concept_scores", frame, "scene-r")
+    resource = SearchIndexResource(base_path=str(store))
+    resource.publish(build(*tables(store), False, SearchIndexConfig(), offline_embedder))
+    result, _ = search_crops(resource, offline_embedder, "a cat on the road", k=4)
+    assert result.hits["detection_id"].iloc[0] == "c1"

@@ -5,11 +5,13 @@ import pickle
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
 from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.lib.evidence import EVIDENCE_COLUMNS, evidence_sql
 from conceptmine_assets.lib.splits import SPLIT_COLUMNS, SplitParams, add_why, sample_tiers, select_split
 from conceptmine_assets_tests.store_helpers import frames_df, reasons_of, run_split, seed_store, write_stored
 
@@ -21,7 +23,7 @@ def test_mined_split_asset_writes_split_and_side_files(store, instance, tmp_path
     infos_path.write_bytes(pickle.dumps(infos))
     out = tmp_path / "splits"
     result = run_split(
-        store, instance, target_frac=0.1, rare_frac=0.05, random_frac=0.1, seed=7,
+        store, instance, target_frac=0.1, rare_frac=0.05, random_frac=0.1, seed=7, strategy="priority",
         output_dir=str(out), name="run1", mmdet3d_infos_path=str(infos_path),
     )
     split = pd.read_parquet(store / "mined_split.parquet")
@@ -37,11 +39,13 @@ def test_mined_split_asset_writes_split_and_side_files(store, instance, tmp_path
     assert filtered["metainfo"] == infos["metainfo"]
     assert md["num_in_mmdet3d_infos"].value == 10
     # reproducible: same seed gives the same split and files; no temporary files are left
-    run_split(store, instance, target_frac=0.1, rare_frac=0.05, random_frac=0.1, seed=7, output_dir=str(out), name="run1")
+    run_split(store, instance, target_frac=0.1, rare_frac=0.05, random_frac=0.1, seed=7, strategy="priority",
+              output_dir=str(out), name="run1")
     pd.testing.assert_frame_equal(split, pd.read_parquet(store / "mined_split.parquet"))
     assert sorted(p.name for p in out.iterdir()) == ["run1.txt", "run1_nuscenes_infos_train.pkl"]
     # another seed changes the random fill, not the target/rare tiers (all their candidates fit)
-    run_split(store, instance, target_frac=0.1, rare_frac=0.05, random_frac=0.1, seed=8, output_dir=str(out), name="run2")
+    run_split(store, instance, target_frac=0.1, rare_frac=0.05, random_frac=0.1, seed=8, strategy="priority",
+              output_dir=str(out), name="run2")
     other = pd.read_parquet(store / "mined_split.parquet")
     assert len(other) == 10 and set(other["sample_token"]) != set(split["sample_token"])
 
@@ -82,7 +86,12 @@ def _exact_crops(store: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     crops = cs.merge(of[["detection_id", "is_outlier", "outlier_detectors"]], on="detection_id", how="left")
     crops["is_outlier"] = crops["is_outlier"].astype("boolean").fillna(False).astype(bool)
     crops["outlier_detectors"] = [list(d) if isinstance(d, (list, np.ndarray)) else [] for d in crops["outlier_detectors"]]
-    return universe.reset_index(drop=True), crops
+    # the evidence score's parts, as the asset computes them (lib/evidence.py has its own tests)
+    with duckdb.connect() as con:
+        con.register("concept_scores", cs)
+        con.register("outlier_flags", of)
+        parts = con.execute(evidence_sql(SplitParams())).df()[["detection_id", *EVIDENCE_COLUMNS]]
+    return universe.reset_index(drop=True), crops.merge(parts, on="detection_id", how="left")
 
 
 @pytest.mark.parametrize("strategy, rare", [("priority", 0.05), ("paper", 0.0)])
@@ -99,8 +108,10 @@ def test_streamed_split_equals_the_whole_table_path(store, instance, tmp_path, s
     run_split(store, instance, target_frac=0.15, rare_frac=rare, random_frac=0.1, seed=5, strategy=strategy,
               output_dir=str(tmp_path / "s"))
     params = SplitParams(random_frac=0.1, target_frac=0.15, rare_frac=rare, seed=5, strategy=strategy)
-    exact = add_why(select_split(universe, crops, params)[0], crops)
-    pd.testing.assert_frame_equal(pd.read_parquet(store / "mined_split.parquet"), exact, check_dtype=False)
+    exact = add_why(select_split(universe, crops, params)[0], crops, strategy)
+    stored = pd.read_parquet(store / "mined_split.parquet").astype({"duplicate_of": object})
+    stored["duplicate_of"] = stored["duplicate_of"].where(stored["duplicate_of"].notna(), None)
+    pd.testing.assert_frame_equal(stored, exact, check_dtype=False)
 
 
 def test_side_files_default_to_the_store_and_zero_budgets_are_explained(store, instance, tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ def test_bad_fractions_are_refused_by_the_params(fracs, match):
     ],
 )
 def test_priority_and_exact_budgets(target, rare, rand, expected):
-    params = SplitParams(random_frac=rand, target_frac=target, rare_frac=rare, seed=3)
+    params = SplitParams(random_frac=rand, target_frac=target, rare_frac=rare, seed=3, strategy="priority")
     split, caps = select_split(universe_of(20), planted_crops(), params)
     assert reasons_of(split) == expected
     n_target = min(caps["target"], 7)
@@ -55,7 +55,7 @@ def test_priority_and_exact_budgets(target, rare, rand, expected):
 
 def test_target_and_outlier_must_be_the_same_crop():
     crops = pd.DataFrame([crop("tok000", "target", False, 0), crop("tok000", "common", True, 1)])
-    split, _ = select_split(universe_of(10), crops, SplitParams(random_frac=0.0, target_frac=0.1, rare_frac=0.0))
+    split, _ = select_split(universe_of(10), crops, SplitParams(random_frac=0.0, target_frac=0.1, rare_frac=0.0, strategy="priority"))
     assert split["reason"].tolist() == ["target"]
 
 
@@ -63,18 +63,18 @@ def test_split_is_seeded_and_independent_of_input_order():
     universe = universe_of(200)
     rng = np.random.default_rng(0)
     crops = pd.DataFrame([crop(f"tok{i:03d}", "target", bool(rng.random() < 0.3)) for i in range(0, 200, 4)])
-    params = SplitParams(random_frac=0.1, target_frac=0.1, rare_frac=0.0, seed=1)
+    params = SplitParams(random_frac=0.1, target_frac=0.1, rare_frac=0.0, seed=1, strategy="priority")
     a, _ = select_split(universe, crops, params)
     b, _ = select_split(universe.sample(frac=1, random_state=5), crops.sample(frac=1, random_state=6), params)
     pd.testing.assert_frame_equal(a, b)
-    c, _ = select_split(universe, crops, SplitParams(random_frac=0.1, target_frac=0.1, rare_frac=0.0, seed=2))
+    c, _ = select_split(universe, crops, SplitParams(random_frac=0.1, target_frac=0.1, rare_frac=0.0, seed=2, strategy="priority"))
     assert len(c) == len(a) == 40
     assert set(c["sample_token"]) != set(a["sample_token"])
 
 
 def test_crops_outside_the_training_set_are_ignored():
     crops = pd.DataFrame([crop("elsewhere", "target", True), crop("tok001", "target", False)])
-    split, _ = select_split(universe_of(20), crops, SplitParams(random_frac=0.0, target_frac=0.5, rare_frac=0.0))
+    split, _ = select_split(universe_of(20), crops, SplitParams(random_frac=0.0, target_frac=0.5, rare_frac=0.0, strategy="priority"))
     assert split["sample_token"].tolist() == ["tok001"]
 
 
@@ -87,8 +87,8 @@ def test_add_why_lists_the_qualifying_crops():
             crop("tok000", "common", True, 3),
         ]
     )
-    split, _ = select_split(universe_of(10), crops, SplitParams(random_frac=0.1, target_frac=0.1, rare_frac=0.0))
-    why = add_why(split, crops)
+    split, _ = select_split(universe_of(10), crops, SplitParams(random_frac=0.1, target_frac=0.1, rare_frac=0.0, strategy="priority"))
+    why = add_why(split, crops, "priority")
     assert list(why.columns) == SPLIT_COLUMNS
     row = why[why["reason"] == "target_outlier"].iloc[0]
     assert row["detection_ids"] == ["tok000/d1", "tok000/d0"]  # best score first

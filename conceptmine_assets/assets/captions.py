@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from conceptmine_assets.lib.captioning import OTHERS, object_noun
 from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, by_scene
 from conceptmine_assets.lib.vocabulary import Vocabulary, humanize
 from conceptmine_assets.lib.outliers import outlier_or_false
@@ -46,7 +47,7 @@ def _as_list(value: object) -> list[str]:
 def crop_table(crops: pd.DataFrame, detections: pd.DataFrame, outlier_flags: pd.DataFrame) -> pd.DataFrame:
     """Crops joined (by detection_id) with their nuScenes category/attributes and outlier flags;
     a crop without a flags row counts as not an outlier."""
-    det = detections[["detection_id", "category", "attributes"]].drop_duplicates("detection_id")
+    det = detections[["detection_id", "source_class", "category", "attributes"]].drop_duplicates("detection_id")
     flags = outlier_flags[["detection_id", "is_outlier", "outlier_detectors"]].drop_duplicates("detection_id")
     table = crops.merge(det, on="detection_id", how="left").merge(flags, on="detection_id", how="left")
     table["has_flags"] = table["is_outlier"].notna()
@@ -83,6 +84,8 @@ def select_for_vlm(
 
 
 def _class_name_row(row: pd.Series) -> dict:
+    source = row["source_class"] if isinstance(row["source_class"], str) else None
+    category = row["category"] if isinstance(row["category"], str) else None
     return {
         "status": "class_name",
         "backend": None,
@@ -90,7 +93,8 @@ def _class_name_row(row: pd.Series) -> dict:
         "raw_answer": None,
         "vlm_class": None,
         "description": None,
-        "caption": humanize(row["class_name"]),
+        # the class name; for a detection mapped to "others", what the category or detector calls it
+        "caption": object_noun(OTHERS, category, source) if row["class_name"] == OTHERS else humanize(row["class_name"]),
         "error": None,
         "attempts": 0,
     }
@@ -118,6 +122,7 @@ def _request(row: pd.Series) -> CaptionRequest:
         class_name=row["class_name"],
         category=category,
         attributes=tuple(row["attributes"]),
+        source_class=row["source_class"] if isinstance(row["source_class"], str) else None,
     )
 
 
@@ -227,7 +232,7 @@ def _metadata(run: CaptionPass, df: pd.DataFrame, captioner: CaptionerResource, 
 @dg.asset(
     deps=["captioner_model", "embedding_model"],
     partitions_def=scene_partitions,
-    code_version="2",
+    code_version="3",  # 3: the detector's own class word in captions (source_class)
     kinds={"transformers", "parquet"},
     group_name="mining_scene",
     metadata=column_schema("captions"),

@@ -100,6 +100,11 @@ def score_rows(
     for i, cap in enumerate(captions.itertuples(index=False)):
         forced = _vlm_concept(vocabulary, cap.vlm_class)
         rank = rank_concepts(scores[i], names, forced, config.joint_margin)
+        if forced is None and cap.class_name == OTHERS and vocabulary.group_of(rank.top) == "common":
+            # the detector rejected every class it maps to ("others", as a rocket seen as a boat):
+            # Rare, as in the original, never a common concept that merely scored highest
+            forced = OTHERS
+            rank = rank_concepts(scores[i], names, forced, config.joint_margin)
         rows.append(
             {
                 "caption": cap.caption,
@@ -171,7 +176,7 @@ def _counts(scored: Scored, captions: pd.DataFrame, vocabulary: Vocabulary) -> d
 @dg.asset(
     deps=["vocabulary", "embedding_model"],
     partitions_def=scene_partitions,
-    code_version="1",
+    code_version="2",  # 2: a detection mapped to "others" is never a common concept
     kinds={"pytorch", "parquet"},
     group_name="mining_scene",
     metadata=column_schema("concept_scores"),
@@ -191,7 +196,8 @@ def concept_scores(
     without a description. When the embedder's image and text spaces differ (offline profile), or
     a crop has no embedding, only the caption counts (``w_t = 1``, ``score_mode = "text_only"``).
     A VLM class that names a concept is the top concept; a VLM "others" makes the crop Rare
-    (unless its detector class is a target)."""
+    (unless its detector class is a target), and so does a detection the detector mapped to
+    "others" whose best concept is a common one (top concept "others")."""
     scene = ", ".join(context.partition_keys)  # several scenes per run in a backfill
     captions, embeddings = concat_scenes(captions), concat_scenes(embeddings)
     started = time.perf_counter()

@@ -19,6 +19,7 @@ from conceptmine_assets.lib.outliers import (
     apply_thresholds,
     combine,
     fit_reference,
+    percentiles,
     quality_flags,
     score,
 )
@@ -71,7 +72,7 @@ def _check_one_model(con: duckdb.DuckDBPyConnection, store: str) -> EmbeddingSta
 @dg.asset(
     ins={"embeddings": all_scenes},
     io_manager_key="pickle_io_manager",
-    code_version="2",  # 2: the pickled params are a pydantic model (a v1 pickle loads them empty)
+    code_version="3",  # 3: the small_cluster detector; 2: the pickled params are a pydantic model
     kinds={"scikit-learn", "duckdb"},
     group_name="mining_global",
 )
@@ -110,6 +111,7 @@ def outlier_reference(
             "num_reference": reference.size,
             "lof_k": reference.lof_k,
             "knn_k": reference.knn_k,
+            "small_cluster_k": reference.small_cluster_k,
             "thresholds": dg.MetadataValue.json({k: round(v, 6) for k, v in reference.thresholds.items()}),
             "reference_flag_rates": dg.MetadataValue.json(
                 {d: round(float(member_flags[d].mean()), 4) for d in DETECTORS}
@@ -126,7 +128,7 @@ def outlier_reference(
 class OutlierFlagsConfig(QualityThresholds, dg.Config):
     """How detector flags combine, and the image-quality limits (:class:`QualityThresholds`' fields)."""
 
-    combine: Literal["union", "vote"] = Field("union", description="union: any detector fires; vote: at least min_votes of the 3.")
+    combine: Literal["union", "vote"] = Field("union", description=f"union: any detector fires; vote: at least min_votes of the {len(DETECTORS)}.")
     min_votes: int = Field(2, ge=1, le=len(DETECTORS), description="Detectors that must agree under the vote rule.")
 
 
@@ -151,7 +153,7 @@ def _join_quality(embeddings: pd.DataFrame, crops: pd.DataFrame, scene: str) -> 
 
 @dg.asset(
     partitions_def=scene_partitions,
-    code_version="1",
+    code_version="2",  # 2: small_cluster detector, per-detector percentiles and outlier_evidence
     kinds={"scikit-learn", "parquet"},
     group_name="mining_scene",
     metadata=column_schema("outlier_flags"),
@@ -162,8 +164,10 @@ def outlier_flags(
     outlier_reference: OutlierReference,
 ) -> SceneTables:
     """One row per embedded crop of the scene (detection_id, sample_token, class_name): the
-    IsolationForest, LOF and kNN-distance scores against the global `outlier_reference`
-    (higher = more anomalous; no refit), each detector's flag from the reference's threshold,
+    IsolationForest, LOF, kNN-distance and small-cluster (wide kNN) scores against the global
+    `outlier_reference` (higher = more anomalous; no refit), each detector's flag from the
+    reference's threshold and its percentile among the reference's own scores (``*_pct``, 0..1;
+    ``outlier_evidence`` = their mean, the calibrated evidence the mining score uses),
     ``is_outlier`` (union, or ``vote``) with the detectors that fired, and separately the
     image-quality flags glare / dark / blur with ``is_quality_outlier``."""
     started = time.perf_counter()
@@ -176,12 +180,16 @@ def outlier_flags(
     X = stack_vectors(df["embedding"], outlier_reference.dim)
     scores = score(outlier_reference, X, df["detection_id"].to_numpy(dtype=object))
     flags = apply_thresholds(scores, outlier_reference.thresholds)
+    pct = percentiles(outlier_reference, scores)
     is_outlier, fired = combine(flags, config.combine, config.min_votes)
     qflags, unknown_quality = quality_flags(df, config)
     out = df[KEY_COLUMNS].copy()
     for d in DETECTORS:
         out[f"{d}_score"] = scores[d].astype(np.float32)
         out[f"{d}_flag"] = flags[d]
+    for d in DETECTORS:
+        out[f"{d}_pct"] = pct[d].astype(np.float32)
+    out["outlier_evidence"] = (np.mean([pct[d] for d in DETECTORS], axis=0) if len(out) else np.zeros(0)).astype(np.float32)
     out["is_outlier"] = is_outlier.astype(bool)
     out["outlier_detectors"] = pd.Series(fired, index=out.index, dtype=object)
     out["quality_flags"] = pd.Series(qflags, index=out.index, dtype=object)

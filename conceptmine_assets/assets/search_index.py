@@ -114,11 +114,32 @@ def build_image_index(con, files: StoredTable, scores: StoredTable, params: Inde
     return index, pa.concat_tables(metas), entry
 
 
-def build_caption_index(con, files: StoredTable, scores: StoredTable, params: IndexParams, per_read: int):
-    """(index over distinct captions, caption table, crop table, manifest entry).
+def label_rows(crops: pa.Table) -> pa.Table:
+    """Extra (crop, text) rows so that caption mode also matches what the detector and the concept
+    scoring called a crop: its class and its top concept, humanised ("animal", "animal on road"),
+    where they say something its caption does not (a common crop captioned "car" adds nothing)."""
+    words = {c: pc.replace_substring(crops.column(c), "_", " ") for c in ("class_name", "top_concept")}
+    parts = []
+    for column, others in (("class_name", [crops.column("caption")]),
+                           ("top_concept", [crops.column("caption"), words["class_name"]])):
+        text = words[column]
+        keep = pc.and_(pc.is_valid(text), pc.not_equal(text, pa.scalar("others")))
+        for other in others:  # not a text the crop is already listed under
+            keep = pc.and_(keep, pc.fill_null(pc.not_equal(text, other), True))
+        keep = pc.fill_null(keep, False)
+        parts.append(crops.filter(keep).append_column("text", pc.filter(text, keep)))
+    return pa.concat_tables(parts)
 
-    Crops are sorted by (caption id, detection_id), captions by text; ``offset`` in the caption
-    table is where each caption's crops start in the crop table."""
+
+def build_caption_index(con, files: StoredTable, scores: StoredTable, params: IndexParams, per_read: int,
+                        embedder: EmbedderResource | None = None):
+    """(index over distinct texts, text table, crop table, manifest entry).
+
+    The texts are the distinct captions and, with ``embedder`` (which must be the text model the
+    captions were encoded with), the crops' class and top-concept words (:func:`label_rows`); a
+    crop is listed under each of its texts, so its best text ranks it. Crops are sorted by (text
+    id, detection_id), texts alphabetically; ``offset`` in the text table is where each text's
+    crops start in the crop table."""
     vectors: dict[str, np.ndarray] = {}
     crops, models = [], set()
     for table in _chunks(con, _CAPTION_SQL, files, scores, per_read):
@@ -129,23 +150,33 @@ def build_caption_index(con, files: StoredTable, scores: StoredTable, params: In
         for row in firsts.to_pylist():
             vectors.setdefault(table.column("caption")[row].as_py(), vec[row])
         models.update(pc.unique(table.column("model_id")).to_pylist())
-        crops.append(_own(table.select(META)))
+        own = _own(table.select(META))
+        crops.append(own.append_column("text", own.column("caption")))
+        if embedder is not None:
+            crops.append(label_rows(own))
     if not vectors:
         raise ConceptmineError("`captions` has no captioned crops; nothing to index")
+    model_id = _one_model(models, "stored caption embeddings")
+    crop_table = pa.concat_tables(crops)
+    labels = sorted(set(pc.unique(crop_table.column("text")).to_pylist()) - set(vectors))
+    if labels:
+        if embedder.text_model_id != model_id:
+            raise ConceptmineError(f"the captions were encoded with {model_id}, the embedder is "
+                                   f"{embedder.text_model_id}; re-materialise `captions` with this embedder")
+        vectors.update(zip(labels, embedder.encode_texts(labels)))
     texts = sorted(vectors)
     matrix = np.stack([vectors[t] for t in texts])
     index, spec = new_index(matrix.shape[1], len(texts), params, matrix[: params.train_rows])
     index.add(normalised(matrix))
-    crop_table = pa.concat_tables(crops)
-    caption_id = pc.index_in(crop_table.column("caption"), pa.array(texts))
-    crop_table = crop_table.append_column("caption_id", caption_id).sort_by([("caption_id", "ascending"),
-                                                                             ("detection_id", "ascending")])
-    counts = np.bincount(crop_table.column("caption_id").to_numpy(), minlength=len(texts))
+    text_id = pc.index_in(crop_table.column("text"), pa.array(texts))
+    crop_table = crop_table.append_column("text_id", text_id).sort_by([("text_id", "ascending"),
+                                                                       ("detection_id", "ascending")])
+    counts = np.bincount(crop_table.column("text_id").to_numpy(), minlength=len(texts))
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     caption_table = pa.table({"caption": texts + [None], "offset": offsets})
-    entry = {"model_id": _one_model(models, "stored caption embeddings"), "dim": index.d, "rows": index.ntotal,
-             "crops": len(crop_table), "index": spec, "nprobe": params.nprobe}
-    return index, caption_table, crop_table.drop_columns(["caption_id"]), entry
+    entry = {"model_id": model_id, "dim": index.d, "rows": index.ntotal, "crops": len(crop_table),
+             "labels": len(labels), "index": spec, "nprobe": params.nprobe}
+    return index, caption_table, crop_table.drop_columns(["text_id", "text"]), entry
 
 
 def _count(con, table: StoredTable) -> int:
@@ -153,7 +184,7 @@ def _count(con, table: StoredTable) -> int:
 
 
 def build(embeddings: StoredTable, captions: StoredTable, concept_scores: StoredTable, shared_space: bool,
-          config: SearchIndexConfig) -> IndexBuild:
+          config: SearchIndexConfig, embedder: EmbedderResource | None = None) -> IndexBuild:
     """Both indexes that apply (image mode only where text and image share a space)."""
     params = IndexParams(**config.model_dump(include=set(IndexParams.model_fields)))  # the manifest's settings
     sources = [captions, concept_scores] + ([embeddings] if shared_space else [])
@@ -167,7 +198,7 @@ def build(embeddings: StoredTable, captions: StoredTable, concept_scores: Stored
             out.manifest["modes"]["image_embedding"] = entry
         captions.require("search_index")
         index, caption_table, crops, entry = build_caption_index(con, captions, concept_scores, params,
-                                                                 config.scenes_per_read)
+                                                                 config.scenes_per_read, embedder)
         out.indexes["caption_text"], out.tables["caption_text"] = index, caption_table
         out.tables["caption_text_crops"] = crops
         out.manifest["modes"]["caption_text"] = entry
@@ -176,7 +207,7 @@ def build(embeddings: StoredTable, captions: StoredTable, concept_scores: Stored
 
 @dg.asset(
     ins={"embeddings": all_scenes, "captions": all_scenes, "concept_scores": all_scenes},
-    code_version="1",
+    code_version="2",  # 2: caption mode also indexes each crop's class and top-concept words
     kinds={"faiss", "duckdb"},
     group_name="mining_global",
 )
@@ -192,13 +223,14 @@ def search_index(
     """The vector indexes `conceptmine search` loads, under ``<store>/search_index/``: grain one
     row per crop (key detection_id) in ``image_embedding`` mode (every crop's image embedding;
     built only when the embedder's text and image share one space) and one row per distinct
-    caption text in ``caption_text`` mode (the caption embeddings stored in `captions`, each
-    caption's crops listed by detection_id). Exact (flat inner product) up to
+    text in ``caption_text`` mode: the captions (their embeddings stored in `captions`) and the
+    crops' class and top-concept words, each text's crops listed by detection_id, so a query
+    matches what the caption, the detector and the concept scoring called a crop. Exact (flat inner product) up to
     ``exact_max_rows`` vectors, faiss IVF above; read scene by scene through DuckDB, so memory
     is bounded by the index, not the store. The manifest records every source scene file's
     size and mtime: search says when the store has changed since."""
     started = time.perf_counter()
-    result = build(embeddings, captions, concept_scores, embedder.shared_space, config)
+    result = build(embeddings, captions, concept_scores, embedder.shared_space, config, embedder)
     build_id = search_index_store.publish(result)
     modes = result.manifest["modes"]
     return dg.MaterializeResult(

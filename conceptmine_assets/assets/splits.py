@@ -15,7 +15,7 @@ from pydantic import Field
 from upath import UPath
 
 from conceptmine_assets.errors import ConceptmineError
-from conceptmine_assets.lib.outliers import IS_OUTLIER_SQL
+from conceptmine_assets.lib.evidence import evidence_sql
 from conceptmine_assets.lib.splits import (
     REASONS,
     TIERS_SQL,
@@ -25,6 +25,7 @@ from conceptmine_assets.lib.splits import (
     filtered_infos_name,
     load_pickle,
     select_from_tiers,
+    select_ranked,
 )
 from conceptmine_assets.partitions import all_scenes
 from conceptmine_assets.resources.storage import StoredTable, atomic_write, location_metadata, side_path
@@ -55,18 +56,18 @@ SELECT count(*) AS num_crops,
        count(*) FILTER (WHERE c.sample_token NOT IN (SELECT sample_token FROM frames)) AS outside
 FROM concept_scores c LEFT JOIN outlier_flags o ON o.detection_id = c.detection_id
 """
-QUALIFYING_SQL = f"""
-SELECT c.detection_id, c.sample_token, c."group" AS "group", c.top_concept, c.top_score, c.caption,
-       {IS_OUTLIER_SQL} AS is_outlier, coalesce(o.outlier_detectors, []::VARCHAR[]) AS outlier_detectors
-FROM concept_scores c JOIN chosen USING (sample_token)
-LEFT JOIN outlier_flags o ON o.detection_id = c.detection_id
-WHERE c."group" IN ('target', 'rare')
-ORDER BY c.detection_id
+QUALIFYING_SQL = """
+SELECT e.detection_id, e.sample_token, e."group", e.top_concept, e.top_score, e.caption, e.is_outlier,
+       e.outlier_detectors, e.outlier, e.rarity, e.confidence, e.score
+FROM evidence e SEMI JOIN chosen c ON c.sample_token = e.sample_token
+WHERE e."group" IN ('target', 'rare')
+ORDER BY e.detection_id
 """
 
 
 def qualifying_crops(con: duckdb.DuckDBPyConnection, split: pd.DataFrame) -> pd.DataFrame:
-    """Target and rare crops of the split's non-random samples: all that :func:`add_why` reads."""
+    """Target and rare crops of the split's non-random samples with their evidence (view
+    ``evidence``): all that :func:`add_why` reads."""
     tokens = split.loc[~split["reason"].str.startswith("random"), "sample_token"]
     con.register("chosen", pa.table({"sample_token": pa.array(tokens.tolist(), pa.string())}))
     crops = con.execute(QUALIFYING_SQL).df()
@@ -97,35 +98,46 @@ def _zero_budget_notes(config: SplitConfig, caps: dict[str, int], n: int) -> lis
 
 
 @dg.asset(
-    ins={"frames": all_scenes, "concept_scores": all_scenes, "outlier_flags": all_scenes},
-    code_version="2",
+    ins={"frames": all_scenes, "concept_scores": all_scenes, "outlier_flags": all_scenes, "embeddings": all_scenes},
+    code_version="3",  # 3: ranked strategy (evidence score, diversity), score columns
     kinds={"duckdb", "parquet"},
     group_name="mining_global",
 )
 def mined_split(
     context: dg.AssetExecutionContext, config: SplitConfig, frames: StoredTable, concept_scores: StoredTable,
-    outlier_flags: StoredTable,
+    outlier_flags: StoredTable, embeddings: StoredTable,
 ) -> pd.DataFrame:
     """One row per selected nuScenes **sample token** (the grain 3D training uses): scene_name,
     reason (target_outlier | target | rare_outlier | rare | random | random_fill), rank
-    (selection order) and why: the detection_ids, top concepts, scores, captions and outlier
-    detectors of the crops that qualified the sample. Budgets are fractions of all distinct
-    sample tokens in `frames` (the whole training set), each ``floor(frac * N)``; ``priority``:
-    targets fill first (target∧outlier before target), then rare, then a seeded random fill;
-    ``paper``: random first, then the target budget (see :mod:`conceptmine_assets.lib.splits`).
+    (selection order), score (ranked: the sample's evidence score), duplicate_of (ranked: the
+    chosen crop its evidence repeats) and why: the detection_ids, top concepts, scores, captions,
+    outlier detectors and evidence-score parts (crop_scores, crop_outlier, crop_rarity,
+    crop_confidence) of the crops that qualified the sample, best first. Budgets are fractions of
+    all distinct sample tokens in `frames` (the whole training set), each ``floor(frac * N)``.
+    ``ranked`` (default): rare reserve, then the target budget from every target/rare candidate,
+    outliers first, by evidence score, near-duplicates (embedding cosine ≥ duplicate_cosine)
+    deferred, then random; ``priority`` and ``paper``: tier order, hash order within a tier (see
+    :mod:`conceptmine_assets.lib.splits` and :mod:`conceptmine_assets.lib.evidence`).
     A crop without an outlier_flags row is not an outlier. Side files (``<store>/splits`` by
     default): ``<name>.txt`` (one token per line) and, with ``mmdet3d_infos_path``, a filtered
     copy of that mmdetection3d info pickle."""
     started = time.perf_counter()
     for table in (frames, concept_scores, outlier_flags):
         table.require("mined_split")
-    with connect(frames, concept_scores, outlier_flags) as con:
+    if config.strategy == "ranked":
+        embeddings.require("mined_split (strategy ranked compares the evidence crops' embeddings)")
+    with connect(frames, concept_scores, outlier_flags, embeddings) as con:
+        con.execute(f"CREATE VIEW evidence AS {evidence_sql(config)}")
         universe = con.execute(UNIVERSE_SQL).df()
         if universe.empty:
             raise ConceptmineError(f"`frames` under {frames.store} has no samples; nothing to split")
-        num_crops, without_flags, outside = con.execute(COUNTS_SQL).fetchone()
-        split, caps = select_from_tiers(universe, con.execute(TIERS_SQL).df(), config)
-        split = add_why(split, qualifying_crops(con, split))
+        num_crops, without_flags, outside = con.execute(COUNTS_SQL).fetchall()[0]
+        if config.strategy == "ranked":
+            split, caps = select_ranked(con, universe, config)
+        else:
+            split, caps = select_from_tiers(universe, con.execute(TIERS_SQL).df(), config)
+        split = add_why(split, qualifying_crops(con, split), config.strategy,
+                        config.max_evidence_crops if config.strategy == "ranked" else None)
     if without_flags:
         context.log.warning(f"{without_flags} concept-scored crops have no outlier_flags row; counted as non-outliers")
     if outside:
@@ -141,6 +153,8 @@ def mined_split(
     context.add_output_metadata(
         {
             "num_selected": len(split),
+            "num_duplicates_taken_last": int(split["duplicate_of"].notna().sum()),
+            "score_min_mined": float(split["score"].min()) if split["score"].notna().any() else None,
             "num_training_samples": len(universe),
             **{f"num_{r}": int(counts.get(r, 0)) for r in REASONS},
             "strategy": config.strategy,

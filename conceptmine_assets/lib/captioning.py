@@ -224,10 +224,31 @@ _CATEGORY_NOUNS = {
 }
 
 
-def template_caption(class_name: str, category: str | None = None, attributes: Sequence[str] | None = None) -> str:
-    """``"a parked truck"``, ``"a moving pedestrian"``, ``"a bicycle with a rider"``: the class (or the
-    more specific nuScenes category) with its nuScenes attributes, deterministic."""
-    noun = _CATEGORY_NOUNS.get(category or "", class_name.replace("_", " "))
+UNKNOWN_NOUN = "unidentified object"  # a detection mapped to "others" with no word of the detector's
+
+
+def detector_noun(class_name: str, source_class: str | None = None) -> str:
+    """The detector's own word for the object when it says more than the mapped class ("cat" for
+    animal, "boat" for others), with the mapped class in brackets where that helps ("cat
+    (animal)"); the class alone otherwise. A nuScenes category name ("vehicle.car") is no word."""
+    mapped = class_name.replace("_", " ")
+    own = (source_class or "").strip().replace("_", " ")
+    if not own or "." in own or own.lower() == mapped.lower():
+        return UNKNOWN_NOUN if class_name == OTHERS else mapped
+    return own if class_name == OTHERS else f"{own} ({mapped})"
+
+
+def object_noun(class_name: str, category: str | None = None, source_class: str | None = None) -> str:
+    """The nuScenes category's noun ("ambulance"), else :func:`detector_noun`."""
+    return _CATEGORY_NOUNS.get(category or "") or detector_noun(class_name, source_class)
+
+
+def template_caption(class_name: str, category: str | None = None, attributes: Sequence[str] | None = None,
+                     source_class: str | None = None) -> str:
+    """``"a parked truck"``, ``"a moving pedestrian"``, ``"a bicycle with a rider"``, ``"a cat
+    (animal)"``: the nuScenes category's noun, else the detector's own word
+    (:func:`detector_noun`), with the nuScenes attributes; deterministic."""
+    noun = object_noun(class_name, category, source_class)
     before, after = [], []
     for attr in attributes if attributes is not None else ():
         adj, tail = _ATTRIBUTE_WORDS.get(attr, (None, None))
@@ -247,6 +268,7 @@ class CaptionRequest:
     class_name: str
     category: str | None = None
     attributes: tuple[str, ...] = ()
+    source_class: str | None = None  # the detector's own class name ("cat" for class_name "animal")
 
 
 @dataclass(frozen=True)

@@ -83,19 +83,20 @@ class CaptionerResource(dg.ConfigurableResource, ABC):
 
 
 class TemplateCaptioner(CaptionerResource):
-    """``"a parked truck"``: the class (or nuScenes category) with its nuScenes attributes; no model."""
+    """``"a parked truck"``, ``"a cat (animal)"``: the nuScenes category, else the detector's own
+    class word, with its nuScenes attributes; no model."""
 
     backend: ClassVar[str] = "template"
     is_vlm: ClassVar[bool] = False
 
     def identity(self) -> ModelIdentity:
-        return model_identity("template", {})
+        return model_identity("template", {"version": 2})  # 2: the detector's own class word
 
     def caption(self, requests: Sequence[CaptionRequest]) -> list[CaptionResult]:
         results = []
         for r in requests:
             started = time.perf_counter()
-            text = template_caption(r.class_name, r.category, r.attributes)
+            text = template_caption(r.class_name, r.category, r.attributes, r.source_class)
             results.append(CaptionResult("ok", text, None, text, text, None, 0, time.perf_counter() - started))
         return results
 

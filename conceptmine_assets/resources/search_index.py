@@ -118,11 +118,13 @@ class LoadedIndex:
             return hits_frame(self.rows(mode, rows), scores)
         offsets = self.table(mode).column("offset").to_numpy()
         wanted = k
-        while True:  # enough captions to cover k crops (most captions hold many crops)
+        while True:  # enough texts to cover k distinct crops (a crop is listed under each of its texts)
             rows, caption_scores = top_rows(index, query, wanted, entry["nprobe"])
-            positions, scores = expand_captions(rows, caption_scores, offsets, k)
-            if len(positions) >= k or wanted >= index.ntotal:
-                return hits_frame(self.rows("caption_text_crops", positions), scores)
+            positions, scores = expand_captions(rows, caption_scores, offsets, 3 * k)
+            hits = self.rows("caption_text_crops", positions).assign(_score=scores)
+            hits = hits.drop_duplicates("detection_id", keep="first").iloc[:k]  # a crop's best text
+            if len(hits) >= k or wanted >= index.ntotal:
+                return hits_frame(hits.drop(columns="_score"), hits["_score"].to_numpy())
             wanted *= 4
 
     def stale(self, current: dict[str, dict[str, list[int]]]) -> list[str]:

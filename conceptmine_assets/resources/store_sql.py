@@ -104,8 +104,10 @@ def connect(*tables: StoredTable) -> duckdb.DuckDBPyConnection:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise ConceptmineError(f"`{table.name}` cannot be read: {first}") from None
         elif table.name in SCHEMAS:
+            # a table, not a view over the registered Arrow object: cursors (con.cursor()) see it too
             con.register(f"_empty_{table.name}", SCHEMAS[table.name].empty_table())
-            con.execute(f'CREATE VIEW "{table.name}" AS SELECT * FROM "_empty_{table.name}"')
+            con.execute(f'CREATE TABLE "{table.name}" AS SELECT * FROM "_empty_{table.name}"')
+            con.unregister(f"_empty_{table.name}")
         else:
             raise ConceptmineError(f"nothing is stored for `{table.name}` under {table.store}; materialise it first")
     return con
