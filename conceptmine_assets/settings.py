@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     executor: Literal["multiprocess", "dask", "k8s"] = Field("multiprocess", description="run executor (scaling.py)")
     dask_scheduler: str | None = Field(None, description="scheduler address for the dask executor, e.g. tcp://127.0.0.1:8786")
     gpu_routing: bool = Field(False, description="model steps run only on GPU workers")
+    min_free_mb: float = Field(
+        64.0, ge=0.0, description="`conceptmine run` stops before any work when the store or DAGSTER_HOME has less free space (MB)"
+    )
     stages: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="dg.Config defaults per asset name (file only), e.g. frames: {cameras: [...]}"
     )

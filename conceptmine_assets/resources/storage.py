@@ -17,6 +17,7 @@ reading only the columns and rows it needs. Any other input is loaded as a DataF
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import time
@@ -30,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
-from conceptmine_assets.errors import SchemaError
+from conceptmine_assets.errors import SchemaError, StoreWriteError
 from conceptmine_assets.lib.tables import to_arrow
 from conceptmine_assets.resources.store_sql import StoredTable, StoreViews, is_local, open_store_views
 
@@ -59,20 +60,24 @@ def _remove_stale_temps(final: str) -> None:
 
 def atomic_write(path: UPath, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` so that readers see either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     if not is_local(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as fh:  # an object-store PUT is published only when complete
             write(fh)
         return
     final = os.fspath(path.path if hasattr(path, "path") else path)
-    _remove_stale_temps(final)
     tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex}")
     try:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        _remove_stale_temps(final)
         with open(tmp, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+    except OSError as exc:  # full disk, read-only store, permissions: one line naming the file
+        name = errno.errorcode.get(exc.errno or 0, "")
+        raise StoreWriteError(f"cannot write {final}: {exc.strerror or exc}{f' ({name})' if name else ''}") from exc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
