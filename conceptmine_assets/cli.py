@@ -4,6 +4,7 @@
     conceptmine run [--force]       # materialise what is missing or stale (alias: demo)
     conceptmine sql "SELECT ..."    # SQL over the DuckDB views of the store
     conceptmine search "a person pushing a cart" [-k 10]   # free-text search over the crops
+    conceptmine verify              # every stored file against its content record
     conceptmine synth-dataroot --out DIR SRC [SRC ...]   # merge (and replicate) nuScenes dataroots
     conceptmine import-images SRC --out DIR   # a folder of images or videos as a nuScenes dataroot
 
@@ -203,6 +204,7 @@ def parser() -> argparse.ArgumentParser:
     synth.add_argument("--copies", type=int, default=1, help="copies of every scene (default 1)")
     sql = sub.add_parser("sql", help="run SQL over the DuckDB views of the store")
     sql.add_argument("query")
+    sub.add_parser("verify", help="check every stored file against its content record (exit 1 on a mismatch)")
     search = sub.add_parser("search", help="rank the stored crops by a free-text query")
     search.add_argument("text", help='e.g. "a person pushing a cart"')
     search.add_argument("-k", type=int, default=10, help="number of crops to list (default 10)")
@@ -239,6 +241,11 @@ def dispatch(args: argparse.Namespace, memo: UpToDate | None = None) -> int:
         return import_command(args)
     if args.command == "search":
         return search_command(args.text, args.k)
+    if args.command == "verify":
+        from conceptmine_assets.settings import load_settings
+        from conceptmine_assets.verify import verify
+
+        return verify(load_settings().store, use_instance=bool(os.environ.get("DAGSTER_HOME")))
     if args.command == "synth-dataroot":
         return synth_command(args.sources, args.out, args.copies)
     if args.command == "register-scenes":

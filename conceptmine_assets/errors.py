@@ -20,3 +20,7 @@ class SchemaError(ConceptmineError):
 class StoreWriteError(ConceptmineError):
     """A stored file could not be written (full disk, read-only store, no permission); the
     message names the file and the reason, e.g. ``No space left on device (ENOSPC)``."""
+
+
+class IntegrityError(ConceptmineError):
+    """A stored file does not match the record written with it (missing, truncated, altered)."""

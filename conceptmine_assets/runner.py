@@ -17,6 +17,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,7 @@ import dagster as dg
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.interrupts import Interrupted
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
-from conceptmine_assets.staleness import Records, graph_nodes, plan_stage
+from conceptmine_assets.staleness import Records, StoreFiles, graph_nodes, plan_stage
 
 if TYPE_CHECKING:
     from conceptmine_assets.definitions import Stage
@@ -293,6 +294,7 @@ def _run(
     run_config, progress = run_config_for(settings), Progress(out)
     stages = _stages(defs, nodes)
     work = [s for s, _ in stages if not s.observe]
+    files = store_files(settings.store, instance)
     for stage, names in stages:
         if stage.observe:
             if signals is not None:
@@ -300,7 +302,8 @@ def _run(
             if force or _observations_changed(defs, Records(instance), names):
                 execute(instance, Run(stage.job, tuple(names), ()), run_config, out=out, signals=signals)
             continue
-        planned = plan_stage(Records(instance), nodes, names, order, force)
+        planned = plan_stage(Records(instance), nodes, names, order, force, files)
+        report_damaged(files, out)
         runs = batch(stage.job, planned, partitions, scenes_per_run(defs, names))
         progress.plan(runs, len(work) - 1 - work.index(stage))
         for item in runs:
@@ -312,17 +315,42 @@ def _run(
             progress.step(item, time.perf_counter() - started)
 
 
+def store_files(store: str, instance: dg.DagsterInstance) -> StoreFiles | None:
+    """The integrity check of a local store's files (digests cached under ``$DAGSTER_HOME``)."""
+    from conceptmine_assets.lib.integrity import DigestCache
+    from conceptmine_assets.preflight import watch_store
+    from conceptmine_assets.runlock import is_local, local_path
+
+    if not is_local(store):
+        return None
+    watch_store(store)  # the no-change memo stamps the store's files too
+    return StoreFiles(str(local_path(store)), DigestCache(Path(instance.root_directory) / "conceptmine" / "digests.json"))
+
+
+def report_damaged(files: StoreFiles | None, out: Callable[[str], object]) -> None:
+    """One line per damaged stored file found so far (each once); the digest cache saved."""
+    if files is None:
+        return
+    for path, why in sorted(files.found.items()):
+        out(f"stale: {path} does not match its record ({why}); recomputing it\n")
+    files.found.clear()
+    files.cache.save()
+
+
 def pending(instance: dg.DagsterInstance, scenes: list[str] | None = None) -> list[str]:
     """What :func:`run` would do now, without doing it: the stale assets' names (stage order)."""
     from conceptmine_assets.settings import load_settings
 
-    defs = definitions_for(load_settings())
+    settings = load_settings()
+    defs = definitions_for(settings)
     nodes = graph_nodes(defs)
     order = [s for s in instance.get_dynamic_partitions(SCENE_PARTITIONS_NAME) if scenes is None or s in scenes]
-    records, stale = Records(instance), []
+    records, stale, files = Records(instance), [], store_files(settings.store, instance)
     for stage, names in _stages(defs, nodes):
         if stage.observe:
             stale += names if _observations_changed(defs, Records(instance), names) else []
         else:
-            stale += list(plan_stage(records, nodes, names, order))
+            stale += list(plan_stage(records, nodes, names, order, files=files))
+    if files is not None:
+        files.cache.save()
     return stale

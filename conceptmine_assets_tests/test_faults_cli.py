@@ -5,7 +5,8 @@ files that are not byte-stable between two clean runs).
 
 Faults: SIGINT / SIGTERM / SIGKILL at three points of a run, two runs at once, a run lock held,
 a full disk, a read-only store (before and during a run), a read-only DAGSTER_HOME, too little
-free space. The full disk and read-only cases mount a small tmpfs (they skip, saying why, where
+free space, and stored files truncated, filled with garbage, bit-flipped, deleted or replaced
+together with their record (`conceptmine verify` names each; `run` recomputes it). The full disk and read-only cases mount a small tmpfs (they skip, saying why, where
 mounting is not permitted).
 """
 
@@ -59,11 +60,14 @@ def runs_by_status(dep: Deployment) -> dict[str, list[str]]:
 
 
 def assert_recovers(dep: Deployment, clean: Deployment) -> subprocess.CompletedProcess:
-    """A plain re-run succeeds, nothing is left in progress, and the store equals the clean run's."""
+    """A plain re-run succeeds, nothing is left in progress, `verify` accepts the store, and the
+    store equals the clean run's."""
     proc = dep.cli("run")
     assert proc.returncode == 0, proc.stderr[-3000:]
     statuses = runs_by_status(dep)
     assert not set(statuses) & {"STARTED", "STARTING", "NOT_STARTED", "CANCELING"}, statuses
+    verified = dep.cli("verify")
+    assert verified.returncode == 0 and "match their records" in verified.stdout, verified.stdout + verified.stderr
     assert outputs(dep.store) == outputs(clean.store)
     return proc
 
@@ -224,3 +228,63 @@ def test_too_little_free_space_stops_before_any_work(dataroot, tmp_path):
     line = one_line_error(dep.cli("run", CONCEPTMINE_MIN_FREE_MB=str(10**12)))
     assert f"the store {dep.store} has" in line and "MB free, under the" in line, line
     assert not (dep.home / "storage").exists()
+
+
+# ---------------------------------------------------------------- damaged stored files
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:3000])
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"garbage!" * 100)
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    for offset in range(len(data) // 3, len(data) // 3 + 4):  # 4 bytes inside the data pages
+        data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _delete(path: Path) -> None:
+    path.unlink()
+
+
+def _forge(path: Path) -> None:
+    """Replace the file and rewrite its record beside it to match (only the instance's record differs)."""
+    import hashlib
+    import json
+
+    from conceptmine_assets.lib.integrity import record_path
+
+    data = path.read_bytes()[:-8] + b"PAR1PAR1"
+    path.write_bytes(data)
+    record_path(path).write_text(json.dumps({"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}))
+
+
+DAMAGE = {
+    "truncated": ("embeddings/scene-0061.parquet", _truncate, "truncated"),
+    "garbage": ("detections/scene-0061.parquet", _garbage, "truncated"),
+    "bit_flip": ("concept_scores/scene-0061.parquet", _flip, "altered"),
+    "deleted": ("crops/scene-udacity-0001.parquet", _delete, "missing"),
+    "split_list": ("splits/mined.txt", _garbage, "grown"),
+    "forged_with_record": ("outlier_flags/scene-0061.parquet", _forge, "altered"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_a_damaged_file_is_named_by_verify_and_recomputed_by_run(clean, tmp_path, case):
+    relative, spoil, said = DAMAGE[case]
+    dep = clean.copy_to(tmp_path / "dep")
+    path = dep.store / relative
+    spoil(path)
+    verified = dep.cli("verify")
+    assert verified.returncode == 1, verified.stdout
+    assert any(str(path) in line and said in line for line in verified.stdout.splitlines()), verified.stdout
+    ran = dep.cli("run")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert f"stale: {path} does not match its record ({said}" in ran.stdout, ran.stdout
+    assert_recovers(dep, clean)
