@@ -126,6 +126,9 @@ def measure(scenes: int, args: argparse.Namespace, log) -> dict[str, Measure]:
         for label, cmd in stages(work, scenes):
             if (reuse and label.startswith("setup: synthetic")) or (args.setup_only and label != "setup: synthetic dataroot + store"):
                 continue
+            if args.stages and not (label.startswith("setup") or label == "register-scenes"
+                                    or any(name in label for name in args.stages)):
+                continue
             m = run(cmd, env, args.limit_s)
             results[label] = m
             log(f"[{scenes} scenes] {label}: {m.cell()} {json.dumps(m.figures) if m.figures else ''}")
@@ -164,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
     parser.add_argument("--work", help="use (and keep) <work>/scenes-N; a store generated there before is reused")
     parser.add_argument("--setup-only", action="store_true", help="only generate the synthetic data (with --work)")
+    parser.add_argument("--stages", nargs="+", help="only the stages whose label contains one of these words "
+                        "(setup and register-scenes always run), e.g. --stages outlier_reference mined_split")
     parser.add_argument("--out", help="also write the Markdown table and figures here")
     args = parser.parse_args(argv)
     sizes = [1] if args.quick else (args.scenes or [round(TRAINVAL * f) for f in (0.10, 0.25, 1.0)])

@@ -5,8 +5,11 @@ annotated instances) replicated N times by the project's own :func:`synth_dataro
 holds every per-scene table of that dataroot in the project's schemas, written through the
 project's Parquet IO manager: per frame ~7 crops (Poisson) with 512-d embeddings drawn from a
 seeded mixture of 16 broad common clusters and 4 small, tight **planted rare clusters**
-(~0.3% of crops), whose concept scores, groups (target / rare), captions and outlier flags are
-consistent with them. The planted crops are listed in ``planted.parquet`` beside the store.
+(~0.3% of new objects), whose concept scores, groups (target / rare), captions and outlier flags
+are consistent with them. 30% of each keyframe's crops are objects of the previous keyframe of
+the same camera seen again, with a near-identical embedding (cosine ~0.97): the near-duplicates
+of real drives. The planted crops are listed in ``planted.parquet`` beside the store, each with
+its object (the detection_id of its first sighting).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ PLANTED = [
     ("pedestrian", "kick_scooter", "rare", "a person riding a kick scooter"),
 ]
 PLANTED_RATE = 0.003
+TRACK_RATE = 0.3  # share of a keyframe's crops that are objects of the previous keyframe seen again
+TRACK_NOISE = 0.25  # their embedding: the previous one plus this much noise (cosine ~0.97)
 SCENE_ASSETS = ["frames", "detections", "crops", "embeddings", "outlier_flags", "captions", "concept_scores"]
 CATEGORIES = {"car": "vehicle.car", "pedestrian": "human.pedestrian.adult", "truck": "vehicle.truck",
               "barrier": "movable_object.barrier", "construction_vehicle": "vehicle.construction",

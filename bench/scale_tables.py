@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bench.scale_data import BASE_SCENE, COMMON, CROPS_PER_FRAME, GROUPS, PLANTED, PLANTED_RATE, scene_frames
+from bench.scale_data import (
+    BASE_SCENE, COMMON, CROPS_PER_FRAME, DIM, GROUPS, PLANTED, PLANTED_RATE, TRACK_NOISE, TRACK_RATE, scene_frames,
+)
+from conceptmine_assets.lib.outliers import DETECTORS
 from conceptmine_assets.lib.synth import copy_name
 from conceptmine_assets.lib.vocabulary import humanize
 from conceptmine_assets.schemas import CAPTIONS, CONCEPT_SCORES, CROPS, DETECTIONS, EMBEDDINGS, OUTLIER_FLAGS
@@ -29,7 +32,44 @@ def _crops(frames: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     rows["group"] = np.where(planted, [PLANTED[c][2] for c in cluster % len(PLANTED)], [GROUPS[c] for c in common])
     rows["caption"] = np.where(planted, [PLANTED[c][3] for c in cluster % len(PLANTED)], [humanize(c) for c in common])
     rows["is_outlier"] = np.where(planted, rng.random(n) < 0.9, rng.random(n) < 0.08)
+    return _tracks(rows, rng)
+
+
+_COPIED = ["planted", "cluster", "class_name", "top_concept", "group", "caption", "is_outlier"]
+
+
+def _tracks(rows: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Objects seen again in the next keyframe of the same camera (the near-duplicates of real
+    drives): a share TRACK_RATE of each frame's crops copies a crop of the previous keyframe
+    (``source``: its row; -1 for a new object; ``object``: the first sighting's row)."""
+    n = len(rows)
+    source = np.full(n, -1, dtype=np.int64)
+    frame_rows = {k: np.asarray(v) for k, v in rows.groupby("sample_data_token", sort=False).indices.items()}
+    previous = {}  # channel -> rows of its last keyframe
+    for sd, idx in frame_rows.items():
+        channel = rows["channel"].iat[int(idx[0])]
+        before = previous.get(channel)
+        if before is not None and len(before):
+            copy = rng.random(len(idx)) < TRACK_RATE
+            source[idx[copy]] = before[rng.integers(0, len(before), int(copy.sum()))]
+        previous[channel] = idx
+    obj = np.arange(n)
+    for i in range(n):  # rows are in keyframe order: a source comes before its copies
+        if source[i] >= 0:
+            obj[i] = obj[source[i]]
+            for column in _COPIED:
+                rows.iat[i, rows.columns.get_loc(column)] = rows.iat[int(source[i]), rows.columns.get_loc(column)]
+    rows["source"], rows["object"] = source, obj
     return rows
+
+
+def track_embeddings(x: np.ndarray, source: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A copy's embedding is its source's plus a little noise (cosine ~0.97), in keyframe order."""
+    x = x.copy()
+    for i in np.flatnonzero(source >= 0):
+        v = x[source[i]] + TRACK_NOISE * rng.standard_normal(DIM) / np.sqrt(DIM)
+        x[i] = v / np.linalg.norm(v)
+    return x.astype(np.float32)
 
 
 def _detections(c: pd.DataFrame, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -56,12 +96,17 @@ def _crops_table(crops: pd.DataFrame, c: pd.DataFrame, jpegs: list[bytes], rng: 
 
 
 def _flags(c: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Synthetic flags (the real ones need the fitted reference: bench/mining_quality.py scores
+    every crop with it); the shape of the real table, percentiles high where a detector fired."""
     n, out = len(c), c[KEYS].copy()
-    fired = [[d for d in ("iforest", "lof", "knn") if o and (d == "knn" or r < 0.5)]
+    fired = [[d for d in DETECTORS if o and (d in ("knn", "small_cluster") or r < 0.5)]
              for o, r in zip(c["is_outlier"], rng.random(n))]
-    for d in ("iforest", "lof", "knn"):
+    for d in DETECTORS:
         out[f"{d}_score"] = rng.random(n).astype(np.float32) + np.float32(0.5) * c["is_outlier"].to_numpy()
         out[f"{d}_flag"] = [d in f for f in fired]
+    for d in DETECTORS:
+        out[f"{d}_pct"] = np.where(out[f"{d}_flag"], rng.uniform(0.9, 1.0, n), rng.uniform(0.0, 0.9, n)).astype(np.float32)
+    out["outlier_evidence"] = out[[f"{d}_pct" for d in DETECTORS]].max(axis=1).astype(np.float32)
     out["is_outlier"] = c["is_outlier"].astype(bool)
     out["outlier_detectors"], out["quality_flags"], out["is_quality_outlier"] = fired, [[]] * n, False
     return out[OUTLIER_FLAGS.names]
@@ -97,11 +142,13 @@ def scene_tables(writer, k: int, rng: np.random.Generator, planted_only: bool = 
     frames = scene_frames(writer.base, k)
     c = _crops(frames, rng)
     planted = c.loc[c["planted"], ["detection_id", "sample_token", "cluster"]].assign(scene_name=copy_name(BASE_SCENE, k))
+    planted["object"] = c["detection_id"].to_numpy()[c.loc[c["planted"], "object"].to_numpy()]
     if planted_only:
         return {}, planted
     det, crops = _detections(c, rng)
     emb = c[KEYS].assign(model_id=writer.image_model_id)
-    emb["embedding"] = list(writer.mixture.draw(rng, c["cluster"].to_numpy(), c["planted"].to_numpy()))
+    drawn = writer.mixture.draw(rng, c["cluster"].to_numpy(), c["planted"].to_numpy())
+    emb["embedding"] = list(track_embeddings(drawn, c["source"].to_numpy(), rng))
     tables = {
         "frames": frames, "detections": det, "crops": _crops_table(crops, c, writer.jpegs, rng),
         "embeddings": emb[EMBEDDINGS.names], "outlier_flags": _flags(c, rng), "captions": _captions(c, writer),

@@ -117,7 +117,7 @@ OUTLIER_FLAGS = pa.schema(
         ("lof_pct", _f32),
         ("knn_pct", _f32),
         ("small_cluster_pct", _f32),
-        ("outlier_evidence", _f32),  # mean of the four percentiles: calibrated evidence (lib/evidence.py)
+        ("outlier_evidence", _f32),  # the highest of the four percentiles: calibrated evidence (lib/evidence.py)
         ("is_outlier", pa.bool_()),
         ("outlier_detectors", _strs),  # which detectors fired
         ("quality_flags", _strs),  # glare / dark / blur
@@ -180,6 +180,7 @@ MINED_SPLIT = pa.schema(
         ("crop_outlier", pa.list_(_f64)),
         ("crop_rarity", pa.list_(_f64)),
         ("crop_confidence", pa.list_(_f64)),
+        ("crop_detector_confidence", pa.list_(_f64)),
     ]
 )
 

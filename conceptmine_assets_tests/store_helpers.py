@@ -66,6 +66,7 @@ def crop(token: str, group: str, outlier: bool, i: int = 0, score: float = 0.5) 
         "outlier": 0.9 if outlier else 0.3,
         "rarity": 0.5,
         "confidence": score,
+        "detector_confidence": 1.0,
         "score": score,
     }
 
@@ -168,6 +169,6 @@ def run_split(store: Path, instance, **config):
     """Materialise ``mined_split`` over ``store`` with ``config``."""
     return materialize_global(
         [mined_split], store, instance, {"io_manager": ParquetIOManager(base_path=str(store))},
-        upstream=["frames", "concept_scores", "outlier_flags", "embeddings"], run_config={"ops": {"mined_split": {"config": config}}},
+        upstream=["frames", "detections", "concept_scores", "outlier_flags", "embeddings"], run_config={"ops": {"mined_split": {"config": config}}},
     )
 

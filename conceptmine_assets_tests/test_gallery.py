@@ -100,3 +100,17 @@ def test_gallery_candidates_pick_the_same_items_as_the_whole_store(store, instan
     assert len(found) < len(everything)
     pd.testing.assert_frame_equal(fast[ITEM_COLUMNS], exact[ITEM_COLUMNS])
     assert set(fast["page"]) == set(range(1, 4)) and (fast.loc[fast["section"] == "all", "page"] == 1).all()
+
+
+def test_gallery_says_each_mined_crops_evidence_score_and_parts():
+    split, crops = hand_made()
+    split["detection_ids"] = [["a1"], []]
+    split["duplicate_of"] = ["zz9", None]
+    for column, values in (("crop_scores", [[0.812], []]), ("crop_outlier", [[0.97], []]), ("crop_rarity", [[0.85], []]),
+                           ("crop_confidence", [[0.7], []]), ("crop_detector_confidence", [[0.95], []])):
+        split[column] = values
+    items, _ = gallery_items(split, crops)
+    why = items.loc[items["detection_id"] == "a1", "why"].iloc[0]
+    assert ("evidence score 0.812 = outlier 0.97, rarity 0.85, concept 0.70, x detector confidence 0.95" in why
+            and "repeats chosen crop zz9" in why), why
+    assert "evidence score 0.812" in render_gallery(items)  # the page shows it

@@ -90,6 +90,7 @@ def _exact_crops(store: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     with duckdb.connect() as con:
         con.register("concept_scores", cs)
         con.register("outlier_flags", of)
+        con.execute("CREATE TABLE detections (detection_id VARCHAR, confidence FLOAT)")
         parts = con.execute(evidence_sql(SplitParams())).df()[["detection_id", *EVIDENCE_COLUMNS]]
     return universe.reset_index(drop=True), crops.merge(parts, on="detection_id", how="left")
 
@@ -135,7 +136,7 @@ def test_split_check_errors_on_broken_budgets_and_warns_on_zero_budgets():
     assert ok.passed and ok.metadata["budgets"].value == {"target": 2, "rare": 0, "random": 1}
     broken = evaluate_split(split, SplitConfig(target_frac=0.1, random_frac=0.1), 10)
     assert not broken.passed and broken.severity == dg.AssetCheckSeverity.ERROR
-    assert "target: 2 selected > budget 1" in broken.description
+    assert "target+rare: 2 selected, budget 1" in broken.description
     empty = evaluate_split(split.iloc[0:0], SplitConfig(target_frac=0.1, random_frac=0.1), 5)
     assert not empty.passed and empty.severity == dg.AssetCheckSeverity.WARN
     assert empty.description == ("random_frac 0.1 of 5 samples rounds down to a budget of 0; "

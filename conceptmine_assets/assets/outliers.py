@@ -17,11 +17,9 @@ from conceptmine_assets.lib.outliers import (
     OutlierReference,
     QualityThresholds,
     apply_thresholds,
-    combine,
     fit_reference,
-    percentiles,
+    flag_columns,
     quality_flags,
-    score,
 )
 from conceptmine_assets.lib.model_guard import check_embedding_model
 from conceptmine_assets.lib.scenes import SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
@@ -167,7 +165,7 @@ def outlier_flags(
     IsolationForest, LOF, kNN-distance and small-cluster (wide kNN) scores against the global
     `outlier_reference` (higher = more anomalous; no refit), each detector's flag from the
     reference's threshold and its percentile among the reference's own scores (``*_pct``, 0..1;
-    ``outlier_evidence`` = their mean, the calibrated evidence the mining score uses),
+    ``outlier_evidence`` = the highest, the calibrated evidence the mining score uses),
     ``is_outlier`` (union, or ``vote``) with the detectors that fired, and separately the
     image-quality flags glare / dark / blur with ``is_quality_outlier``."""
     started = time.perf_counter()
@@ -178,20 +176,12 @@ def outlier_flags(
                           "`outlier_reference` (and embeddings of all scenes)")
     df = _join_quality(embeddings, crops, scene)
     X = stack_vectors(df["embedding"], outlier_reference.dim)
-    scores = score(outlier_reference, X, df["detection_id"].to_numpy(dtype=object))
-    flags = apply_thresholds(scores, outlier_reference.thresholds)
-    pct = percentiles(outlier_reference, scores)
-    is_outlier, fired = combine(flags, config.combine, config.min_votes)
+    columns = flag_columns(outlier_reference, X, df["detection_id"].to_numpy(dtype=object), config.combine,
+                           config.min_votes)
     qflags, unknown_quality = quality_flags(df, config)
     out = df[KEY_COLUMNS].copy()
-    for d in DETECTORS:
-        out[f"{d}_score"] = scores[d].astype(np.float32)
-        out[f"{d}_flag"] = flags[d]
-    for d in DETECTORS:
-        out[f"{d}_pct"] = pct[d].astype(np.float32)
-    out["outlier_evidence"] = (np.mean([pct[d] for d in DETECTORS], axis=0) if len(out) else np.zeros(0)).astype(np.float32)
-    out["is_outlier"] = is_outlier.astype(bool)
-    out["outlier_detectors"] = pd.Series(fired, index=out.index, dtype=object)
+    for name, values in columns.items():
+        out[name] = pd.Series(values, index=out.index, dtype=object) if name == "outlier_detectors" else values
     out["quality_flags"] = pd.Series(qflags, index=out.index, dtype=object)
     out["is_quality_outlier"] = np.array([bool(q) for q in qflags], dtype=bool)
     out = out[OUTLIER_FLAGS.names].reset_index(drop=True)
@@ -203,7 +193,7 @@ def outlier_flags(
         {
             "num_crops": len(out),
             "num_outliers": int(out["is_outlier"].sum()),
-            **{f"num_{d}": int(flags[d].sum()) for d in DETECTORS},
+            **{f"num_{d}": int(out[f"{d}_flag"].sum()) for d in DETECTORS},
             "num_quality_outliers": int(out["is_quality_outlier"].sum()),
             **{f"num_{q}": int(sum(q in f for f in qflags)) for q in ("glare", "dark", "blur")},
             "num_null_quality": unknown_quality,

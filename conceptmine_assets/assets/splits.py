@@ -58,7 +58,7 @@ FROM concept_scores c LEFT JOIN outlier_flags o ON o.detection_id = c.detection_
 """
 QUALIFYING_SQL = """
 SELECT e.detection_id, e.sample_token, e."group", e.top_concept, e.top_score, e.caption, e.is_outlier,
-       e.outlier_detectors, e.outlier, e.rarity, e.confidence, e.score
+       e.outlier_detectors, e.outlier, e.rarity, e.confidence, e.detector_confidence, e.score
 FROM evidence e SEMI JOIN chosen c ON c.sample_token = e.sample_token
 WHERE e."group" IN ('target', 'rare')
 ORDER BY e.detection_id
@@ -98,21 +98,22 @@ def _zero_budget_notes(config: SplitConfig, caps: dict[str, int], n: int) -> lis
 
 
 @dg.asset(
-    ins={"frames": all_scenes, "concept_scores": all_scenes, "outlier_flags": all_scenes, "embeddings": all_scenes},
+    ins={"frames": all_scenes, "detections": all_scenes, "concept_scores": all_scenes, "outlier_flags": all_scenes,
+         "embeddings": all_scenes},
     code_version="3",  # 3: ranked strategy (evidence score, diversity), score columns
     kinds={"duckdb", "parquet"},
     group_name="mining_global",
 )
 def mined_split(
-    context: dg.AssetExecutionContext, config: SplitConfig, frames: StoredTable, concept_scores: StoredTable,
-    outlier_flags: StoredTable, embeddings: StoredTable,
+    context: dg.AssetExecutionContext, config: SplitConfig, frames: StoredTable, detections: StoredTable,
+    concept_scores: StoredTable, outlier_flags: StoredTable, embeddings: StoredTable,
 ) -> pd.DataFrame:
     """One row per selected nuScenes **sample token** (the grain 3D training uses): scene_name,
     reason (target_outlier | target | rare_outlier | rare | random | random_fill), rank
     (selection order), score (ranked: the sample's evidence score), duplicate_of (ranked: the
     chosen crop its evidence repeats) and why: the detection_ids, top concepts, scores, captions,
     outlier detectors and evidence-score parts (crop_scores, crop_outlier, crop_rarity,
-    crop_confidence) of the crops that qualified the sample, best first. Budgets are fractions of
+    crop_confidence, crop_detector_confidence) of the crops that qualified the sample, best first. Budgets are fractions of
     all distinct sample tokens in `frames` (the whole training set), each ``floor(frac * N)``.
     ``ranked`` (default): rare reserve, then the target budget from every target/rare candidate,
     outliers first, by evidence score, near-duplicates (embedding cosine ≥ duplicate_cosine)
@@ -126,7 +127,7 @@ def mined_split(
         table.require("mined_split")
     if config.strategy == "ranked":
         embeddings.require("mined_split (strategy ranked compares the evidence crops' embeddings)")
-    with connect(frames, concept_scores, outlier_flags, embeddings) as con:
+    with connect(frames, detections, concept_scores, outlier_flags, embeddings) as con:
         con.execute(f"CREATE VIEW evidence AS {evidence_sql(config)}")
         universe = con.execute(UNIVERSE_SQL).df()
         if universe.empty:

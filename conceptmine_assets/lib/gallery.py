@@ -59,7 +59,26 @@ def why_selected(reason: str | None, row: pd.Series | dict, section: str = "mine
     evidence = f"top concept {row.get('top_concept')} ({_fmt(row.get('top_score'))}) in group {row.get('group')}"
     if detectors:
         evidence += f", outlier by {'+'.join(detectors)}"
+    parts = row.get("evidence")
+    if isinstance(parts, dict):  # the mining score and its parts (lib/evidence.py)
+        evidence += (f"; evidence score {_fmt(parts['score'])} = outlier {_fmt(parts['outlier'], 2)}, "
+                     f"rarity {_fmt(parts['rarity'], 2)}, concept {_fmt(parts['confidence'], 2)}, "
+                     f"x detector confidence {_fmt(parts['detector_confidence'], 2)}")
+    if row.get("duplicate_of"):
+        evidence += f"; repeats chosen crop {row['duplicate_of']} (taken once nothing stronger was left)"
     return f"{text}; {evidence}"
+
+
+EVIDENCE_LISTS = {"score": "crop_scores", "outlier": "crop_outlier", "rarity": "crop_rarity",
+                  "confidence": "crop_confidence", "detector_confidence": "crop_detector_confidence"}
+
+
+def _evidence_of(split_row: object, ids: list[str]) -> dict[str, dict]:
+    """Per detection_id of a split row, its evidence score's parts (empty for old split files)."""
+    lists = {part: _as_list(getattr(split_row, column, None)) for part, column in EVIDENCE_LISTS.items()}
+    if any(len(v) != len(ids) for v in lists.values()):
+        return {}
+    return {d: {part: lists[part][i] for part in EVIDENCE_LISTS} for i, d in enumerate(ids)}
 
 
 def _fmt(value: object, digits: int = 3) -> str:
@@ -102,7 +121,11 @@ def gallery_items(
             chosen = by_id.loc[present] if present else crops.iloc[0:0]
         else:
             chosen = _crop_order(by_sample.get(split_row.sample_token, crops.iloc[0:0]))
+        evidence = _evidence_of(split_row, ids)
+        repeats = getattr(split_row, "duplicate_of", None)
         for crop in chosen.head(max_crops_per_sample).to_dict("records"):
+            crop = {**crop, "evidence": evidence.get(crop["detection_id"]),
+                    "duplicate_of": repeats if isinstance(repeats, str) else None}
             rows.append({**crop, "section": "mined", "page": page, "reason": split_row.reason,
                          "why": why_selected(split_row.reason, crop)})
     if all_crops_limit > 0:

@@ -58,12 +58,12 @@ TIERS: tuple[str, ...] = ("target_outlier", "target", "rare_outlier", "rare")
 STRATEGIES: tuple[str, ...] = ("ranked", "priority", "paper")
 # per sample, about the crops that qualified it (best evidence score first):
 WHY_COLUMNS = ["detection_ids", "top_concepts", "top_scores", "captions", "outlier_detectors",
-               "crop_scores", "crop_outlier", "crop_rarity", "crop_confidence"]
+               "crop_scores", "crop_outlier", "crop_rarity", "crop_confidence", "crop_detector_confidence"]
 SPLIT_COLUMNS = ["sample_token", "scene_name", "reason", "rank", "score", "duplicate_of", *WHY_COLUMNS]
 # columns of the per-crop table select_split and add_why read (the last four: lib/evidence.py)
 CROP_COLUMNS = [
     "detection_id", "sample_token", "group", "is_outlier", "top_concept", "top_score", "caption", "outlier_detectors",
-    "outlier", "rarity", "confidence", "score",
+    "outlier", "rarity", "confidence", "detector_confidence", "score",
 ]
 # One row per sample with a concept-scored crop: its tier flags (views concept_scores, outlier_flags).
 TIERS_SQL = f"""
@@ -267,7 +267,7 @@ def add_why(split: pd.DataFrame, crops: pd.DataFrame, strategy: str = "priority"
         why["captions"].append([None if pd.isna(x) else str(x) for x in rows["caption"]])
         why["outlier_detectors"].append(["+".join(d) for d in rows["outlier_detectors"]])
         for column, part in (("crop_scores", "score"), ("crop_outlier", "outlier"), ("crop_rarity", "rarity"),
-                             ("crop_confidence", "confidence")):
+                             ("crop_confidence", "confidence"), ("crop_detector_confidence", "detector_confidence")):
             why[column].append([round(float(x), 6) for x in rows[part]])
     out = split.copy()
     for column, values in why.items():
