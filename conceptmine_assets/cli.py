@@ -4,6 +4,7 @@
     conceptmine run [--force]       # materialise what is missing or stale (alias: demo)
     conceptmine sql "SELECT ..."    # SQL over the DuckDB views of the store
     conceptmine search "a person pushing a cart" [-k 10]   # free-text search over the crops
+    conceptmine verify              # every stored file against its content record
     conceptmine synth-dataroot --out DIR SRC [SRC ...]   # merge (and replicate) nuScenes dataroots
     conceptmine import-images SRC --out DIR   # a folder of images or videos as a nuScenes dataroot
 
@@ -54,7 +55,7 @@ def register_scenes(instance: dg.DagsterInstance, nuscenes=None) -> list[str]:
 
 def run_pipeline(
     instance: dg.DagsterInstance, scenes: list[str] | None = None, force: bool = False, ops: dict | None = None,
-    memo: UpToDate | None = None,
+    memo: UpToDate | None = None, signals=None,
 ):
     """Pre-flight checks, register new scenes, then :func:`conceptmine_assets.runner.run`; with
     ``memo``, a plan that then finds nothing to do is remembered (``uptodate.py``)."""
@@ -62,13 +63,15 @@ def run_pipeline(
     from conceptmine_assets.runner import pending, run
 
     settings, nuscenes = preflight(instance.root_directory)
+    if signals is not None:
+        signals.check()  # a safe point: nothing written yet
     unknown = sorted(set(scenes or []) - set(nuscenes.scene_names()))
     if unknown:
         raise UsageError(f"--scenes {' '.join(unknown)}: not in {nuscenes.table_dir / 'scene.json'}")
     new = register_scenes(instance, nuscenes)
     sys.stdout.write(f"registered {len(new)} new scene partitions\n")
     before = memo.snapshot() if memo is not None else None  # what run()'s plan is computed from
-    executed = run(instance, scenes, force=force, ops=ops)
+    executed = run(instance, scenes, force=force, ops=ops, signals=signals)
     if memo is not None and executed:  # runs wrote to the instance: check their result plans to nothing
         before = memo.snapshot()
         if pending(instance, scenes):
@@ -89,7 +92,8 @@ def sql_command(query: str) -> int:
     if not views:
         raise UsageError(f"nothing is stored under {store} yet: run `conceptmine run` first")
     try:
-        df = open_store_views(store).execute(query).df()
+        with open_store_views(store) as views_con:  # read-only: resources/store_query.py
+            df = views_con.execute(query).df()
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]
         raise UsageError(f"SQL error: {first} (views: {', '.join(sorted(views))})") from None
@@ -123,12 +127,31 @@ def synth_command(sources: list[str], out: str, copies: int) -> int:
     return 0
 
 
-def run_command(scenes: list[str] | None, force: bool, memo: UpToDate | None) -> int:
+def run_command(scenes: list[str] | None, force: bool, memo: UpToDate | None, wait: bool = False) -> int:
+    """Check where the run writes, take the run lock (``runlock.py``), then run; SIGINT and
+    SIGTERM end it with one line, the interrupted run marked CANCELED (``interrupts.py``)."""
+    from conceptmine_assets.interrupts import watch_signals
+    from conceptmine_assets.runlock import preflight_writable, reap_orphaned_runs, run_lock
     from conceptmine_assets.settings import load_settings
 
-    with instance_from_env() as instance:
-        run_pipeline(instance, scenes, force, memo=memo)
-    return done(load_settings().store)
+    settings = load_settings()
+    home = dagster_home()
+    with watch_signals() as signals:
+        preflight_writable(home, settings.store, settings.min_free_mb)
+        with run_lock(home, settings.store, wait), instance_from_env() as instance:
+            reap_orphaned_runs(instance)
+            run_pipeline(instance, scenes, force, memo=memo, signals=signals)
+    return done(settings.store)
+
+
+def dagster_home():
+    """``$DAGSTER_HOME`` as a path, or the UsageError saying what to set."""
+    from pathlib import Path
+
+    instance_home = os.environ.get("DAGSTER_HOME")
+    if not instance_home:
+        instance_from_env()  # raises the UsageError
+    return Path(instance_home).expanduser().absolute()
 
 
 def run_memo(scenes: list[str] | None) -> UpToDate | None:
@@ -174,12 +197,14 @@ def parser() -> argparse.ArgumentParser:
         run = sub.add_parser(name, help="materialise what is missing or stale" + (" (alias of run)" if name == "demo" else ""))
         run.add_argument("--scenes", nargs="+", help="only these scenes (default: all)")
         run.add_argument("--force", action="store_true", help="recompute everything, stale or not")
+        run.add_argument("--wait", action="store_true", help="wait for another run holding the run lock (default: stop)")
     synth = sub.add_parser("synth-dataroot", help="merge and replicate nuScenes dataroots (symlinked files)")
     synth.add_argument("sources", nargs="+", help="source dataroots")
     synth.add_argument("--out", required=True, help="output dataroot (created; re-running refreshes it)")
     synth.add_argument("--copies", type=int, default=1, help="copies of every scene (default 1)")
     sql = sub.add_parser("sql", help="run SQL over the DuckDB views of the store")
     sql.add_argument("query")
+    sub.add_parser("verify", help="check every stored file against its content record (exit 1 on a mismatch)")
     search = sub.add_parser("search", help="rank the stored crops by a free-text query")
     search.add_argument("text", help='e.g. "a person pushing a cart"')
     search.add_argument("-k", type=int, default=10, help="number of crops to list (default 10)")
@@ -216,13 +241,21 @@ def dispatch(args: argparse.Namespace, memo: UpToDate | None = None) -> int:
         return import_command(args)
     if args.command == "search":
         return search_command(args.text, args.k)
+    if args.command == "verify":
+        from conceptmine_assets.settings import load_settings
+        from conceptmine_assets.verify import verify
+
+        return verify(load_settings().store, use_instance=bool(os.environ.get("DAGSTER_HOME")))
     if args.command == "synth-dataroot":
         return synth_command(args.sources, args.out, args.copies)
     if args.command == "register-scenes":
         with instance_from_env() as instance:
             sys.stdout.write(f"registered {len(register_scenes(instance))} new scene partitions\n")
         return 0
-    return run_command(args.scenes, args.force, memo)
+    return run_command(args.scenes, args.force, memo, args.wait)
+
+
+DAGSTER_RUNS = ("run", "demo")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,7 +273,16 @@ def main(argv: list[str] | None = None) -> int:
 
         warnings.filterwarnings("ignore", category=dg.BetaWarning)  # raised where the asset modules load
         warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+        if args.debug and args.command in DAGSTER_RUNS:
+            from conceptmine_assets.runner import CONSOLE_LEVEL
+
+            CONSOLE_LEVEL["level"] = "WARNING"  # Dagster's own console log, stack traces included
         return dispatch(args, memo)
+    except KeyboardInterrupt:  # outside `conceptmine run`'s own handling (e.g. while importing)
+        if args.debug:
+            raise
+        sys.stderr.write(f"conceptmine {args.command}: interrupted\n")
+        return 130
     except Exception as exc:  # one line for the user; the traceback with --debug
         if args.debug:
             raise
@@ -249,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = message.splitlines() or [type(exc).__name__]
         more = "" if known and len(lines) == 1 else " (rerun with --debug for details)"
         sys.stderr.write(f"conceptmine {args.command}: {lines[0][:500]}{more}\n")
-        return 2 if isinstance(exc, UsageError) else 1
+        return 2 if isinstance(exc, UsageError) else getattr(exc, "exit_code", 1)
 
 
 if __name__ == "__main__":

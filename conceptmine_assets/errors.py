@@ -15,3 +15,12 @@ class ModelLoadError(ConceptmineError):
 
 class SchemaError(ConceptmineError):
     """A stage produced a table that does not match its declared schema."""
+
+
+class StoreWriteError(ConceptmineError):
+    """A stored file could not be written (full disk, read-only store, no permission); the
+    message names the file and the reason, e.g. ``No space left on device (ENOSPC)``."""
+
+
+class IntegrityError(ConceptmineError):
+    """A stored file does not match the record written with it (missing, truncated, altered)."""

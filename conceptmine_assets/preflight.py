@@ -119,11 +119,21 @@ def check_dataroot(settings: Settings, record: CheckedRecord):
     return nuscenes
 
 
+def watch_store(store: str) -> None:
+    """Stamp a local store's files in the no-change memo (``uptodate.py``, kind ``store``)."""
+    from conceptmine_assets.lib.watched import watch
+    from conceptmine_assets.runlock import is_local, local_path
+
+    if is_local(store):
+        watch(local_path(store), "store")
+
+
 def preflight(instance_root: str | os.PathLike | None = None, load_models: bool = True) -> tuple[Settings, object]:
     """(settings, nuscenes resource) once everything checks; raises on the first problem.
     ``instance_root``: the Dagster instance's folder, where passed checks are remembered;
     ``load_models=False`` (registering scenes) checks model files exist but loads none."""
     settings = load_settings()
+    watch_store(settings.store)  # a plan depends on the stored files too (their records are checked)
     record = CheckedRecord(instance_root)
     nuscenes = check_dataroot(settings, record)
     check_model_files(settings)

@@ -13,17 +13,20 @@ the values come from the config file, as for a run launched from the UI.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.interrupts import Interrupted
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
-from conceptmine_assets.staleness import Records, graph_nodes, plan_stage
+from conceptmine_assets.staleness import Records, StoreFiles, graph_nodes, plan_stage
 
 if TYPE_CHECKING:
     from conceptmine_assets.definitions import Stage
@@ -36,7 +39,10 @@ LOCATION_NAME = "conceptmine"  # workspace.yaml / pyproject's code_location_name
 REPOSITORY_LABEL_TAG = ".dagster/repository"
 REPOSITORY_LABEL = f"__repository__@{LOCATION_NAME}"
 RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-QUIET = {"console": {"config": {"log_level": "WARNING"}}}
+# The terminal gets one line per problem (cli.py): Dagster's console logger stays silent but for
+# --debug, and the runs' warnings are replayed one line each (:func:`replay_warnings`).
+CONSOLE_LEVEL = {"level": "CRITICAL"}
+WRITE_HINT = "nothing half-written was kept; free space (or fix the mount) and re-run: it resumes"
 
 
 class RunFailed(ConceptmineError):
@@ -72,7 +78,9 @@ class Run:
     scenes: tuple[str, ...]
 
     def tags(self) -> dict[str, str]:
-        tags = {REPOSITORY_LABEL_TAG: REPOSITORY_LABEL, "conceptmine/launched_by": "conceptmine run"}
+        from conceptmine_assets.runlock import run_tags
+
+        tags = {REPOSITORY_LABEL_TAG: REPOSITORY_LABEL, "conceptmine/launched_by": "conceptmine run", **run_tags()}
         if len(self.scenes) == 1:
             tags["dagster/partition"] = self.scenes[0]
         elif self.scenes:
@@ -114,20 +122,63 @@ def scenes_per_run(defs: dg.Definitions, assets: list[str]) -> int:
     return min(sizes, default=1)
 
 
+_WRAPPERS = ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError",
+             "DagsterExecutionHandleOutputError", "DagsterExecutionLoadInputError")
+
+
 def _error_of(result: dg.ExecuteJobResult) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error is not None:
             error = event.step_failure_data.error
-            while error.cause is not None and "ConceptmineError" not in str(error.cls_name) and error.cls_name in (
-                "DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError",
-            ):
+            while error.cause is not None and "ConceptmineError" not in str(error.cls_name) and error.cls_name in _WRAPPERS:
                 error = error.cause
-            return f"{event.step_key}: {error.message.strip().splitlines()[0]}"
+            hint = f"; {WRITE_HINT}" if error.cls_name == "StoreWriteError" else ""
+            message = error.message.strip().splitlines()[0]
+            if error.cls_name and ConceptmineError.__module__.split(".")[0] in message.split(": ", 1)[0]:
+                message = message.split(": ", 1)[1]  # "conceptmine_assets.errors.StoreWriteError: cannot ..."
+            return f"{event.step_key}: {message}{hint}"
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.RUN_FAILURE:
+            return event.message or "the run failed before any step (see the run in the UI)"
     return "the run failed before any step (see the run in the UI)"
 
 
-def execute(instance: dg.DagsterInstance, run: Run, run_config: dict, ops: dict | None = None) -> str:
-    """Execute one run through the instance; its run id, or RunFailed with the first step error.
+def cancel_own_runs(instance: dg.DagsterInstance, why: str) -> list[str]:
+    """Mark CANCELED the runs this process launched that are still in progress or were just
+    failed by an interruption (Dagster marks an interrupted run FAILURE unless a termination
+    was requested first; nothing could request it while its signal handler ran)."""
+    from conceptmine_assets.runlock import HOST_TAG, PID_TAG, run_tags
+
+    mine = run_tags()
+    statuses = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.FAILURE]
+    runs = instance.get_runs(dg.RunsFilter(statuses=statuses, tags={PID_TAG: mine[PID_TAG], HOST_TAG: mine[HOST_TAG]}))
+    canceled = []
+    for run in runs:
+        if run.status == dg.DagsterRunStatus.FAILURE and run.tags.get("dagster/failure_reason") != "UNEXPECTED_TERMINATION":
+            continue  # a real failure stays one
+        instance.report_run_canceled(run, message=why)
+        canceled.append(run.run_id)
+    return canceled
+
+
+def interrupted(instance: dg.DagsterInstance, signals, done: int) -> Interrupted:
+    """The one-line :class:`Interrupted` for a signal received while (or between) runs executed;
+    the runs it stopped are marked CANCELED first."""
+    name = signals.name() if signals is not None else "a signal"
+    runs = cancel_own_runs(instance, f"interrupted by {name} (conceptmine run)")
+    what = f"run {', '.join(r[:8] for r in runs)} cancelled" if runs else "stopped between runs"
+    signum = signals.received() if signals is not None else None
+    return Interrupted(f"interrupted by {name}: {what} ({done} run(s) completed); nothing half-written was kept; "
+                       "re-run resumes", signum or 2)
+
+
+def execute(
+    instance: dg.DagsterInstance, run: Run, run_config: dict, ops: dict | None = None,
+    out: Callable[[str], object] | None = None, signals=None,
+) -> str:
+    """Execute one run through the instance; its run id, RunFailed with the first step error, or
+    (``signals``: a :class:`~conceptmine_assets.interrupts.SignalLog`) Interrupted.
     ``ops``: run config of individual assets (``{asset: {"config": {...}}}``), for tests only."""
     job = dg.build_reconstructable_job(__name__, "job_named", reconstructable_args=(run.job,))
     selected = {a: c for a, c in (ops or {}).items() if a in run.assets}
@@ -135,10 +186,23 @@ def execute(instance: dg.DagsterInstance, run: Run, run_config: dict, ops: dict 
     with dg.execute_job(
         job, instance=instance, run_config=run_config, tags=run.tags(), asset_selection=[dg.AssetKey(a) for a in run.assets]
     ) as result:
+        replay_warnings(instance, result.run_id, out or sys.stdout.write)
         if not result.success:
+            if signals is not None and signals.received():
+                raise Interrupted("interrupted", signals.received())  # run() says which runs it stopped
             where = f" for {', '.join(run.scenes[:3])}{' ...' if len(run.scenes) > 3 else ''}" if run.scenes else ""
             raise RunFailed(f"{run.job}{where} failed (run {result.run_id[:8]}): {_error_of(result)}")
         return result.run_id
+
+
+def replay_warnings(instance: dg.DagsterInstance, run_id: str, out: Callable[[str], object]) -> None:
+    """The run's warnings (a skipped frame, an unmapped class), one line each, as the console
+    logger would have shown them without its stack traces and failure reports."""
+    if CONSOLE_LEVEL["level"] != "CRITICAL":
+        return  # --debug: Dagster's console logger shows everything itself
+    for entry in instance.all_logs(run_id):
+        if entry.level == logging.WARNING and not entry.is_dagster_event and entry.user_message:
+            out(f"warning: {entry.step_key or ''}{': ' if entry.step_key else ''}{entry.user_message.splitlines()[0]}\n")
 
 
 class Progress:
@@ -168,7 +232,7 @@ class Progress:
 
 def run_config_for(settings) -> dict:
     """Logging quiet; steps in this process under the default executor (no process per step)."""
-    config: dict = {"loggers": QUIET}
+    config: dict = {"loggers": {"console": {"config": {"log_level": CONSOLE_LEVEL["level"]}}}}
     if settings.executor == "multiprocess":
         config["execution"] = {"config": {"in_process": {}}}
     return config
@@ -196,51 +260,97 @@ def _stages(defs: dg.Definitions, nodes: dict) -> list[tuple[Stage, list[str]]]:
 
 def run(
     instance: dg.DagsterInstance, scenes: list[str] | None = None, force: bool = False,
-    out: Callable[[str], object] | None = None, ops: dict | None = None,
+    out: Callable[[str], object] | None = None, ops: dict | None = None, signals=None,
 ) -> list[Run]:
     """Materialise what is missing or stale (everything with ``force``) of ``scenes`` (default:
     every registered scene) and the global assets; returns the runs executed. ``ops`` overrides
-    assets' config for this call (tests); a deployment sets its values in the config file."""
+    assets' config for this call (tests); a deployment sets its values in the config file.
+    ``signals`` (:func:`~conceptmine_assets.interrupts.watch_signals`): SIGINT/SIGTERM end the
+    call with Interrupted, the interrupted run marked CANCELED."""
+    out = out or sys.stdout.write
+    executed: list[Run] = []
+    try:
+        _run(instance, scenes, force, out, ops, signals, executed)
+        if signals is not None:
+            signals.check()  # one that arrived during the last run but outside its steps
+    except (Interrupted, KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+        raise interrupted(instance, signals, len(executed)) from None
+    if not executed:
+        out("nothing to do: every asset is up to date (use --force to recompute)\n")
+    return executed
+
+
+def _run(
+    instance: dg.DagsterInstance, scenes: list[str] | None, force: bool, out: Callable[[str], object],
+    ops: dict | None, signals, executed: list[Run],
+) -> None:
     from conceptmine_assets.settings import load_settings
 
-    out = out or sys.stdout.write
     settings = load_settings()
     defs = definitions_for(settings)
     nodes = graph_nodes(defs)
     partitions = instance.get_dynamic_partitions(SCENE_PARTITIONS_NAME)  # a run's range spans these
     order = [s for s in partitions if scenes is None or s in scenes]
-    run_config, executed, progress = run_config_for(settings), [], Progress(out)
+    run_config, progress = run_config_for(settings), Progress(out)
     stages = _stages(defs, nodes)
     work = [s for s, _ in stages if not s.observe]
+    files = store_files(settings.store, instance)
     for stage, names in stages:
         if stage.observe:
+            if signals is not None:
+                signals.check()
             if force or _observations_changed(defs, Records(instance), names):
-                execute(instance, Run(stage.job, tuple(names), ()), run_config)
+                execute(instance, Run(stage.job, tuple(names), ()), run_config, out=out, signals=signals)
             continue
-        planned = plan_stage(Records(instance), nodes, names, order, force)
+        planned = plan_stage(Records(instance), nodes, names, order, force, files)
+        report_damaged(files, out)
         runs = batch(stage.job, planned, partitions, scenes_per_run(defs, names))
         progress.plan(runs, len(work) - 1 - work.index(stage))
         for item in runs:
+            if signals is not None:
+                signals.check()  # a safe point: between runs
             started = time.perf_counter()
-            execute(instance, item, run_config, ops)
+            execute(instance, item, run_config, ops, out, signals)
             executed.append(item)
             progress.step(item, time.perf_counter() - started)
-    if not executed:
-        out("nothing to do: every asset is up to date (use --force to recompute)\n")
-    return executed
+
+
+def store_files(store: str, instance: dg.DagsterInstance) -> StoreFiles | None:
+    """The integrity check of a local store's files (digests cached under ``$DAGSTER_HOME``)."""
+    from conceptmine_assets.lib.integrity import DigestCache
+    from conceptmine_assets.preflight import watch_store
+    from conceptmine_assets.runlock import is_local, local_path
+
+    if not is_local(store):
+        return None
+    watch_store(store)  # the no-change memo stamps the store's files too
+    return StoreFiles(str(local_path(store)), DigestCache(Path(instance.root_directory) / "conceptmine" / "digests.json"))
+
+
+def report_damaged(files: StoreFiles | None, out: Callable[[str], object]) -> None:
+    """One line per damaged stored file found so far (each once); the digest cache saved."""
+    if files is None:
+        return
+    for path, why in sorted(files.found.items()):
+        out(f"stale: {path} does not match its record ({why}); recomputing it\n")
+    files.found.clear()
+    files.cache.save()
 
 
 def pending(instance: dg.DagsterInstance, scenes: list[str] | None = None) -> list[str]:
     """What :func:`run` would do now, without doing it: the stale assets' names (stage order)."""
     from conceptmine_assets.settings import load_settings
 
-    defs = definitions_for(load_settings())
+    settings = load_settings()
+    defs = definitions_for(settings)
     nodes = graph_nodes(defs)
     order = [s for s in instance.get_dynamic_partitions(SCENE_PARTITIONS_NAME) if scenes is None or s in scenes]
-    records, stale = Records(instance), []
+    records, stale, files = Records(instance), [], store_files(settings.store, instance)
     for stage, names in _stages(defs, nodes):
         if stage.observe:
             stale += names if _observations_changed(defs, Records(instance), names) else []
         else:
-            stale += list(plan_stage(records, nodes, names, order))
+            stale += list(plan_stage(records, nodes, names, order, files=files))
+    if files is not None:
+        files.cache.save()
     return stale

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,6 +127,9 @@ class Settings(BaseSettings):
     executor: Literal["multiprocess", "dask", "k8s"] = Field("multiprocess", description="run executor (scaling.py)")
     dask_scheduler: str | None = Field(None, description="scheduler address for the dask executor, e.g. tcp://127.0.0.1:8786")
     gpu_routing: bool = Field(False, description="model steps run only on GPU workers")
+    min_free_mb: float = Field(
+        64.0, ge=0.0, description="`conceptmine run` stops before any work when the store or DAGSTER_HOME has less free space (MB)"
+    )
     stages: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="dg.Config defaults per asset name (file only), e.g. frames: {cameras: [...]}"
     )
@@ -163,9 +167,10 @@ APPLIED_STAGE_VALUES: dict[str, tuple[dict[str, Any], type[pydantic.BaseModel]]]
 def stage_config(asset: str):
     """Class decorator: the config file's ``stages.<asset>`` values become the class's defaults.
 
-    Unknown keys and values the field would reject (one field's bounds, or a check across
-    fields) raise a SettingsError naming the file and key (when the asset module is imported,
-    i.e. before anything runs)."""
+    Unknown keys, values of another YAML type than the field's (``"0.2"`` or ``true`` for a
+    number: no conversion) and values the field would reject (one field's bounds, or a check
+    across fields) raise a SettingsError naming the file and key (when the asset module is
+    imported, i.e. before anything runs)."""
 
     def apply(cls: type[pydantic.BaseModel]) -> type[pydantic.BaseModel]:
         values = (file_values().get("stages") or {}).get(asset) or {}
@@ -174,13 +179,14 @@ def stage_config(asset: str):
             raise SettingsError(
                 f"{config_path()}: stages.{asset} has unknown setting(s) {unknown}; known: {sorted(cls.model_fields)}"
             )
+        for key, value in values.items():  # types first, strictly: no "0.2" or true for a number
+            _check_type(asset, key, value, cls)
         try:
             cls.model_validate(values)  # the fields' own validation, validators included
         except pydantic.ValidationError as exc:
             bad = [e for e in exc.errors() if not e["loc"] or e["loc"][0] in values]  # () : a check across fields
             if bad:
-                name = f".{bad[0]['loc'][0]} = {values[bad[0]['loc'][0]]!r}" if bad[0]["loc"] else ""
-                raise SettingsError(f"{config_path()}: stages.{asset}{name}: {bad[0]['msg']}") from None
+                raise SettingsError(f"{config_path()}: stages.{asset}{_bad_value(bad[0], values, cls)}") from None
         APPLIED_STAGE_VALUES[asset] = (values, cls)
         fields = {
             name: (cls.model_fields[name].annotation, FieldInfo.merge_field_infos(cls.model_fields[name], default=value))
@@ -191,6 +197,50 @@ def stage_config(asset: str):
         return pydantic.create_model(cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **fields)
 
     return apply
+
+
+def _bad_value(error: dict, values: dict[str, Any], cls: type[pydantic.BaseModel]) -> str:
+    """``.key = value: why`` for a field's error, ``: why`` for a check across fields."""
+    if not error["loc"]:
+        return f": {error['msg']}"
+    return f".{error['loc'][0]} = {values[error['loc'][0]]!r}: {error['msg']}"
+
+
+@functools.cache
+def _strict_adapter(annotation: Any) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(annotation, config=pydantic.ConfigDict(strict=True))
+
+
+_EXAMPLES = {float: "as a number without quotes, e.g. 0.2", int: "as a whole number without quotes, e.g. 3",
+             bool: "as true or false without quotes", str: "as text", list: "as a YAML list, e.g. [a, b]"}
+
+
+def _example(annotation: Any) -> str:
+    """How to write a value of ``annotation`` in YAML (``X | None``: as X, or null)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return "as one of " + ", ".join(map(str, args))
+    base = typing.get_origin(annotation) or annotation
+    if args and base not in (list, dict, typing.Literal) and len(args) == 1:
+        return _example(args[0]) + ", or null"
+    return _EXAMPLES.get(base, "as the launchpad describes it")
+
+
+def _check_type(asset: str, key: str, value: Any, cls: type[pydantic.BaseModel]) -> None:
+    """A SettingsError unless the YAML ``value`` has the field's type as it is, not after a
+    conversion: pydantic's strict mode on the field's annotation (an int is a float; a string,
+    a bool or a float are not an int; a string or a bool are not a float). ``dg.Config``
+    classes validate leniently even when asked to be strict, so the type is checked here."""
+    annotation = cls.model_fields[key].annotation
+    try:
+        _strict_adapter(annotation).validate_python(value)
+    except pydantic.ValidationError as exc:
+        wanted = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        raise SettingsError(
+            f"{config_path()}: stages.{asset}.{key} = {json.dumps(value, default=str)} is a YAML "
+            f"{type(value).__name__}, not a {wanted}"
+            f" ({exc.errors()[0]['msg']}); write it {_example(annotation)}"
+        ) from None
 
 
 def stage_values_version(asset: str) -> str | None:

@@ -7,6 +7,9 @@ than the one recorded at its materialisation (``dagster/input_data_version/<dep>
 upstream asset (partition) was materialised after it. A scene partition looks at the same scene
 of its upstream assets; a global asset at every scene.
 
+With :class:`StoreFiles`, a partition whose stored file is missing, truncated or altered (not
+the sha256 its materialisation recorded) is stale too: it is recomputed, never trusted.
+
 ``outlier_reference`` is the exception automation makes too: new scenes are scored against the
 existing reference, so only a change to a scene it was fitted on (a re-embedded scene) stales it.
 """
@@ -14,6 +17,7 @@ existing reference, so only a change to a scene it was fitted on (a re-embedded 
 from __future__ import annotations
 
 import graphlib
+from pathlib import Path
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -28,11 +32,65 @@ REFIT_ON_CHANGE_ONLY = frozenset({"outlier_reference"})
 
 @dataclass
 class Latest:
-    """One asset partition's materialisations: the latest's storage id and tags, the first's id."""
+    """One asset partition's materialisations: the latest's storage id, tags and recorded file
+    contents (``{path relative to the store: (sha256, size)}``), the first's id."""
 
     storage_id: int
     first_storage_id: int
     tags: dict[str, str]
+    content: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+
+
+def _content(metadata) -> dict[str, tuple[str, int | None]]:
+    """The ``content_sha256`` / ``content_size`` output metadata of a materialisation."""
+    from conceptmine_assets.resources.storage import CONTENT_KEY, SIZE_KEY
+
+    digests = metadata.get(CONTENT_KEY)
+    sizes = metadata.get(SIZE_KEY)
+    if digests is None or not isinstance(digests.value, dict):
+        return {}
+    size_of = sizes.value if sizes is not None and isinstance(sizes.value, dict) else {}
+    return {str(k): (str(v), size_of.get(k)) for k, v in digests.value.items()}
+
+
+# Side files a global asset writes under the store (at their default place), with a record each.
+SIDE_FOLDERS = {"mined_split": "splits", "gallery": "gallery"}
+
+
+@dataclass
+class StoreFiles:
+    """Checks a partition's stored files against the digests its materialisation recorded (a
+    local store; hashing only files whose size or mtime changed, ``lib/integrity.DigestCache``).
+    ``found`` collects the damaged files seen, for the caller to report."""
+
+    base: str
+    cache: object  # DigestCache
+    found: dict[str, str] = field(default_factory=dict)
+
+    def damaged(self, asset: str, scene: str | None, latest: Latest) -> str | None:
+        suffix = f"{asset}/{scene}." if scene is not None else None
+        expected = {f"{self.base.rstrip('/')}/{relative}": record for relative, record in latest.content.items()
+                    if suffix is None or relative.startswith(suffix)}  # not another scene of a multi-scene run
+        if scene is None and asset in SIDE_FOLDERS:
+            expected.update(self._side_files(Path(self.base) / SIDE_FOLDERS[asset]))
+        for path, (sha256, size) in sorted(expected.items()):
+            why = self.cache.damage(path, sha256, size) if sha256 else "no record"
+            if why:
+                self.found[path] = why
+                return f"stored file {path} does not match its record ({why})"
+        return None
+
+    @staticmethod
+    def _side_files(folder: Path) -> dict[str, tuple[str, int | None]]:
+        """The side files under ``folder`` with the records written beside them ("" if none)."""
+        from conceptmine_assets.lib.integrity import read_record
+
+        found: dict[str, tuple[str, int | None]] = {}
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+            if path.is_file() and not path.name.startswith("."):
+                record = read_record(path)
+                found[str(path)] = (record.sha256, record.size) if record else ("", None)
+        return found
 
 
 @dataclass
@@ -69,7 +127,8 @@ def _latest_per_partition(instance: dg.DagsterInstance, key: dg.AssetKey) -> dic
             entry = latest.get(record.partition_key)
             if entry is None:
                 tags = dict(record.asset_materialization.tags or {})
-                latest[record.partition_key] = Latest(record.storage_id, record.storage_id, tags)
+                content = _content(record.asset_materialization.metadata or {})
+                latest[record.partition_key] = Latest(record.storage_id, record.storage_id, tags, content)
             else:
                 entry.first_storage_id = min(entry.first_storage_id, record.storage_id)
         if not page.has_more:
@@ -126,12 +185,18 @@ def _dep_changed(records: Records, nodes: dict[str, Node], node: Node, dep: str,
     return f"{dep} newer" if entry and entry.storage_id > mine.storage_id else None
 
 
-def why_stale(records: Records, nodes: dict[str, Node], name: str, scene: str | None) -> str | None:
-    """Why asset ``name`` (partition ``scene``) needs work — missing, code or an input — or None."""
+def why_stale(
+    records: Records, nodes: dict[str, Node], name: str, scene: str | None, files: StoreFiles | None = None
+) -> str | None:
+    """Why asset ``name`` (partition ``scene``) needs work — missing, its stored file missing or
+    not the recorded one (with ``files``), code or an input — or None."""
     node = nodes[name]
     mine = records.of(name).get(scene)
     if mine is None:
         return "missing"
+    damaged = files.damaged(name, scene, mine) if files is not None else None
+    if damaged:
+        return damaged
     if node.code_version is not None and mine.tags.get(CODE_VERSION_TAG) != node.code_version:
         return f"code version {mine.tags.get(CODE_VERSION_TAG)} -> {node.code_version}"
     for dep in node.deps:
@@ -142,7 +207,8 @@ def why_stale(records: Records, nodes: dict[str, Node], name: str, scene: str | 
 
 
 def plan_stage(
-    records: Records, nodes: dict[str, Node], assets: Iterable[str], scenes: list[str], force: bool = False
+    records: Records, nodes: dict[str, Node], assets: Iterable[str], scenes: list[str], force: bool = False,
+    files: StoreFiles | None = None,
 ) -> dict[str, list[str | None]]:
     """``{asset: [partitions to materialise]}`` for one stage's assets (scene order kept); an
     asset planned for a scene makes its downstream assets of the stage planned there too."""
@@ -155,7 +221,7 @@ def plan_stage(
             upstream_planned = any((d, key if nodes[d].partitioned else None) in chosen for d in node.deps)
             if not node.partitioned:
                 upstream_planned = any(d == a for d in node.deps for a, _ in chosen)
-            if force or upstream_planned or why_stale(records, nodes, name, key):
+            if force or upstream_planned or why_stale(records, nodes, name, key, files):
                 chosen.add((name, key))
                 planned.setdefault(name, []).append(key)
     return planned

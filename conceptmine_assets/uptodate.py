@@ -12,6 +12,7 @@ also remembers everything that plan was computed from, in ``$DAGSTER_HOME/concep
   ``extends``, of the files every model identity hashes and of a hub model's cache folder, of the
   dataroot's tables and of the vocabulary (:mod:`conceptmine_assets.lib.watched`);
 - the names in every ``sys.path`` folder (an install or upgrade adds or removes a dist-info);
+- a stamp of every file of a local store (its run lock aside);
 - a stamp of every file of the Dagster instance under ``$DAGSTER_HOME`` (runs, event log,
   partitions, schedules): any run, materialisation or new partition, from the UI, automation or
   another command, rewrites one of them.
@@ -43,6 +44,9 @@ ENV_PREFIXES = ("CONCEPTMINE_", "NUSCENES_", "DAGSTER_", "HF_", "HUGGINGFACE_", 
 ENV_NAMES = ("HOME", "PYTHONPATH", "VIRTUAL_ENV", "TORCH_HOME", "TRANSFORMERS_CACHE")
 STORAGE_KEYS = ("storage", "run_storage", "event_log_storage", "schedule_storage")
 PACKAGE = Path(__file__).resolve().parent
+# A store is stamped file by file (a truncated or altered stored file changes its size or mtime,
+# so the next run plans, and planning checks its digest); its run lock, rewritten by every run, is not.
+SKIP = {"store": frozenset({".conceptmine-run.lock"})}
 INSTANCE = "<instance>"  # the stamp of $DAGSTER_HOME's files (our own folder left out)
 FORMAT = 1
 
@@ -78,7 +82,8 @@ class UpToDate:
         return {**listed, **watched(), str(PACKAGE): "tree"}
 
     def stamps(self, paths: dict[str, str]) -> dict:
-        stamps = {p: (listing_stamp(p) if kind == "listing" else tree_stamp(p)) for p, kind in sorted(paths.items())}
+        stamps = {p: (listing_stamp(p) if kind == "listing" else tree_stamp(p, skip=SKIP.get(kind, frozenset())))
+                  for p, kind in sorted(paths.items())}
         stamps[INSTANCE] = tree_stamp(self.home, skip=frozenset({MEMO.parts[0]}))
         return json.loads(json.dumps(stamps))
 

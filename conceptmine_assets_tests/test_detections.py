@@ -208,7 +208,7 @@ def test_batched_inference_decodes_each_image_once(real_slice, yolo_tflite, stor
     batches, decoded = [], []
     predict, read = model.predict, detections_module.read_rgb
     monkeypatch.setattr(model, "predict", lambda images, **kw: batches.append(len(images)) or predict(images, **kw))
-    monkeypatch.setattr(detections_module, "read_rgb", lambda path: decoded.append(path) or read(path))
+    monkeypatch.setattr(detections_module, "read_rgb", lambda path, *limit: decoded.append(path) or read(path, *limit))
     res = {**resources(real_slice, store), "detector": detector}
     cameras = ["CAM_FRONT", "CAM_BACK", "CAM_BACK_LEFT"]
     materialize_scene([frames, detections], REAL_SCENE, instance, res, run_config=frames_config(cameras))

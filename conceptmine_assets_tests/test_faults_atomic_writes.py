@@ -5,6 +5,7 @@ Each writer is a subprocess materialising `frames` with ``pq.write_table`` slowe
 can act while a file is being written.
 """
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conceptmine_assets.assets.frames import frames
+from conceptmine_assets.lib.integrity import is_record, read_record
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import ParquetIOManager, StoreViews
 from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, REAL_SCENE, REPO, materialize_scene
@@ -114,7 +116,7 @@ def test_sigkill_mid_write_never_exposes_a_half_written_file(highway_root, tmp_p
     proc = start_writer(highway_root, store, GOOD, ["CAM_FRONT"], "half", tmp_path / "flags")
     try:
         wait_for(tmp_path / "flags" / "ready", proc)
-        partial = [p for p in (store / "frames").iterdir() if p.name != target.name]
+        partial = [p for p in (store / "frames").iterdir() if p.name != target.name and not is_record(p)]
         assert len(partial) == 1 and partial[0].name.startswith(f".{GOOD}.parquet.tmp-")  # being written
         assert (target.read_bytes() if target.exists() else None) == old
         assert _frames_rows(store) == (1 if existing else None)  # readers see the old version only
@@ -185,4 +187,5 @@ def test_concurrent_writers_of_one_scene_last_writer_wins_atomically(real_slice,
     assert pq.read_table(target).num_rows == 1  # the last rename wins
     assert not errors, errors[:3]
     assert seen and set(seen) <= {1, 6}  # every read saw one complete version
-    assert [p.name for p in (store / "frames").iterdir()] == [target.name]  # no temp file left
+    assert [p.name for p in (store / "frames").iterdir() if not is_record(p)] == [target.name]  # no temp file left
+    assert read_record(target).sha256 == hashlib.sha256(target.read_bytes()).hexdigest()  # the winner's record

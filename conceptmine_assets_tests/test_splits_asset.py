@@ -42,7 +42,7 @@ def test_mined_split_asset_writes_split_and_side_files(store, instance, tmp_path
     run_split(store, instance, target_frac=0.1, rare_frac=0.05, random_frac=0.1, seed=7, strategy="priority",
               output_dir=str(out), name="run1")
     pd.testing.assert_frame_equal(split, pd.read_parquet(store / "mined_split.parquet"))
-    assert sorted(p.name for p in out.iterdir()) == ["run1.txt", "run1_nuscenes_infos_train.pkl"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["run1.txt", "run1_nuscenes_infos_train.pkl"]
     # another seed changes the random fill, not the target/rare tiers (all their candidates fit)
     run_split(store, instance, target_frac=0.1, rare_frac=0.05, random_frac=0.1, seed=8, strategy="priority",
               output_dir=str(out), name="run2")

@@ -17,7 +17,7 @@ from conceptmine_assets.lib.geometry import (
     lidar_to_camera_matrix,
     project_points,
 )
-from conceptmine_assets.lib.images import ImageDecodeError, encode_jpeg, read_rgb
+from conceptmine_assets.lib.images import FRAME_LIMIT, ImageDecodeError, frame_pixel_limit, encode_jpeg, read_rgb
 from conceptmine_assets.lib.quality import image_quality
 from conceptmine_assets.lib.scenes import SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
 from conceptmine_assets.partitions import scene_partitions
@@ -140,7 +140,8 @@ def _frame_image(frame: dict, nuscenes: NuScenesResource) -> np.ndarray:
     """The decoded RGB image of a frame; ImageDecodeError for a frame flagged bad upstream or one that fails."""
     if not frame["image_ok"]:
         raise ImageDecodeError(f"{frame['image_path']}: {frame['image_error']}")
-    return read_rgb(nuscenes.path(frame["image_path"]))
+    return read_rgb(nuscenes.path(frame["image_path"]), frame_pixel_limit(frame["width"], frame["height"]),
+                    FRAME_LIMIT)
 
 
 def _crops_frame(rows: list[dict]) -> pd.DataFrame:
@@ -152,7 +153,7 @@ def _crops_frame(rows: list[dict]) -> pd.DataFrame:
 
 @dg.asset(
     partitions_def=scene_partitions,
-    code_version="1",
+    code_version="2",  # 2: images of any mode decoded to their 8-bit picture (16-bit grey was white)
     kinds={"nuscenes", "parquet"},
     group_name="perception",
     metadata=column_schema("crops"),

@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from conceptmine_assets.errors import DatasetError
-from conceptmine_assets.lib.images import ImageDecodeError, read_rgb
+from conceptmine_assets.lib.images import FRAME_LIMIT, ImageDecodeError, frame_pixel_limit, read_rgb
 from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
 from conceptmine_assets.partitions import scene_partitions
 from conceptmine_assets.resources.detector import (
@@ -78,7 +78,8 @@ def _run_yolo(
         kept, images = [], []
         for frame in batch:
             try:
-                images.append(read_rgb(nuscenes.path(frame["image_path"])))
+                limit = frame_pixel_limit(frame["width"], frame["height"])  # what `frames` checked
+                images.append(read_rgb(nuscenes.path(frame["image_path"]), limit, FRAME_LIMIT))
                 kept.append(frame)
             except ImageDecodeError as exc:
                 skipped.append(str(exc))
@@ -113,7 +114,7 @@ def _run_annotations(
 @dg.asset(
     deps=["detector_model"],
     partitions_def=scene_partitions,
-    code_version="1",
+    code_version="2",  # 2: images of any mode decoded to their 8-bit picture (16-bit grey was white)
     kinds={"ultralytics", "nuscenes", "parquet"},
     group_name="perception",
     metadata=column_schema("detections"),

@@ -6,9 +6,10 @@ from typing import Literal
 import dagster as dg
 import pandas as pd
 from pydantic import Field, field_validator
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from conceptmine_assets.errors import DatasetError
+from conceptmine_assets.lib.images import DEFAULT_MAX_PIXELS, open_unguarded, too_large
 from conceptmine_assets.lib.sampling import keep
 from conceptmine_assets.lib.scenes import SCENES_PER_RUN, SceneTables, concat_scenes
 from conceptmine_assets.partitions import scene_partitions
@@ -41,6 +42,11 @@ class FramesConfig(dg.Config):
     max_frames: int | None = Field(
         default=None, ge=1, description="at most this many samples per scene after sampling, earliest first; none: all"
     )
+    max_image_pixels: int = Field(
+        default=DEFAULT_MAX_PIXELS, ge=1,
+        description="an image whose header says more pixels than this is a bad image (not decoded: a "
+        "decompression bomb is an error row, not an out-of-memory kill); nuScenes frames are 1600x900",
+    )
     on_bad_image: Literal["flag", "fail"] = Field(
         default="flag", description="flag: keep a bad image's row with image_ok=False; fail: fail the run"
     )
@@ -72,17 +78,21 @@ def truncated(path: str, image_format: str | None) -> bool:
     return not tail.endswith(marker)
 
 
-def check_image(path: str, width: int, height: int) -> str | None:
-    """Why the image at ``path`` is unusable, or None if its header reads, its size matches and
-    the file is complete (a JPEG/PNG ends with its end marker)."""
+def check_image(path: str, width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why the image at ``path`` is unusable, or None if its header reads, its size is within
+    ``max_pixels`` and matches the table, and the file is complete (a JPEG/PNG ends with its end
+    marker). Only the header and the last KiB are read; nothing is decoded."""
     try:
-        with Image.open(path) as im:
+        with open_unguarded(path) as im:  # the header only; the limit is ours, below
             size, image_format = im.size, im.format
         cut = truncated(path, image_format)
     except FileNotFoundError:
         return f"missing image file {path}"
     except (UnidentifiedImageError, OSError) as exc:
         return f"unreadable image file {path}: {exc}"
+    over = too_large(path, size, max_pixels, " (stages.frames.max_image_pixels)")
+    if over:
+        return over
     if width and height and size != (width, height):
         return f"image file {path} is {size[0]}x{size[1]}, the table says {width}x{height}"
     if cut:
@@ -149,7 +159,7 @@ def _scene_frames(
         rows = [r for r in rows if r["sample_token"] in chosen]
     bad: list[str] = []
     for row in rows:
-        error = check_image(str(nuscenes.path(row["image_path"])), row["width"], row["height"])
+        error = check_image(str(nuscenes.path(row["image_path"])), row["width"], row["height"], config.max_image_pixels)
         row["image_ok"], row["image_error"] = error is None, error
         if error:
             if config.on_bad_image == "fail":
@@ -173,7 +183,7 @@ def frames(context: dg.AssetExecutionContext, config: FramesConfig, nuscenes: Nu
     """One row per camera keyframe of the scene (key: sample_data_token; plus scene_name,
     sample_token, channel, image_path relative to the dataroot, size, intrinsic and the
     sensor→ego and ego→global poses). A frame whose image is missing, unreadable, truncated (no
-    JPEG/PNG end marker) or of the wrong size is kept with ``image_ok = False`` and listed in the
+    JPEG/PNG end marker), over ``max_image_pixels`` or of the wrong size is kept with ``image_ok = False`` and listed in the
     metadata (or fails the run with ``on_bad_image = "fail"``). Several scenes per run in a
     backfill; one file per scene."""
     started = time.perf_counter()

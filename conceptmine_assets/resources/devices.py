@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from conceptmine_assets.errors import ModelLoadError
@@ -40,3 +43,29 @@ def torch_dtype(precision: str, device: str) -> torch.dtype:
     if precision != "fp32" and not device.startswith("cuda"):
         raise ModelLoadError(f"precision {precision} needs a GPU, but the device is {device!r}; use fp32")
     return dtypes[precision]
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def fixed_torch_threads(threads: int | None = None) -> Iterator[None]:
+    """Run a model's forward passes on a fixed number of torch CPU threads (None or 0: every
+    available CPU), whatever the process set before, then restore it.
+
+    Torch's CPU kernels split their sums by thread, so the last bits of a result depend on the
+    intra-op thread count, and that count is process state: ultralytics sets it to
+    ``cpu_count - 1`` when it loads a detector (``select_device``). Without this, a caption or
+    concept embedding computed in a process that loaded YOLO earlier differed from one computed
+    in a fresh process (by ~6e-8), so a run resumed in a new process was not byte-identical. On
+    one thread the result of a row also stops depending on the other rows of its batch."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or available_cpus())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

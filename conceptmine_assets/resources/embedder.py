@@ -25,7 +25,7 @@ from PIL import Image
 from pydantic import Field
 
 from conceptmine_assets.lib.identity import ModelIdentity
-from conceptmine_assets.resources.devices import DEVICE_PATTERN
+from conceptmine_assets.resources.devices import DEVICE_PATTERN, fixed_torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -53,23 +53,24 @@ def probe_dims(
     """Output sizes from one forward pass (works for every architecture; doubles as a warm-up)."""
     import torch
 
-    with torch.inference_mode():
+    with torch.inference_mode(), fixed_torch_threads():
         image = encode_image_batch([Image.new("RGB", (32, 32))])
         text = encode_text_batch(["a photo"])
     return int(image.shape[-1]), int(text.shape[-1])
 
 
 def _normalised_batches(
-    items: list[Any], batch_size: int, encode: Callable[[list[Any]], torch.Tensor], dim: int
+    items: list[Any], batch_size: int, encode: Callable[[list[Any]], torch.Tensor], dim: int, threads: int = 1
 ) -> np.ndarray:
-    """Encode ``items`` in batches under ``inference_mode``; float32 rows of unit L2 norm."""
+    """Encode ``items`` in batches under ``inference_mode`` on ``threads`` torch CPU threads;
+    float32 rows of unit L2 norm."""
     import torch
     import torch.nn.functional as F
 
     if not items:
         return np.zeros((0, dim), dtype=np.float32)
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), fixed_torch_threads(threads):  # bits independent of what ran before
         for start in range(0, len(items), batch_size):
             feats = encode(items[start : start + batch_size]).float()
             out.append(F.normalize(feats, dim=-1).cpu().numpy())
@@ -85,6 +86,12 @@ class EmbedderResource(dg.ConfigurableResource, ABC):
     device: str = Field(default="auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda or cuda:<n>")
     precision: Literal["fp32", "fp16"] = Field(default="fp32", description="fp16 only on a GPU")
     batch_size: int = Field(default=32, ge=1, description="images or texts per forward pass")
+    cpu_threads: int = Field(
+        default=1, ge=0, description="torch CPU threads while encoding (0: every available CPU). 1 makes each "
+        "vector independent of the batch it was in, of the machine and of what ran before in the process "
+        "(ultralytics changes torch's thread count), so re-runs and resumed runs are byte-identical; more is "
+        "faster on a CPU but the last bits then depend on the batch",
+    )
 
     @abstractmethod
     def identities(self) -> tuple[ModelIdentity, ModelIdentity]:
@@ -119,9 +126,9 @@ class EmbedderResource(dg.ConfigurableResource, ABC):
         """(n, d) float32, L2-normalised rows."""
         enc = self.load()
         rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
-        return _normalised_batches(rgb, self.batch_size, enc.encode_image_batch, enc.image_dim)
+        return _normalised_batches(rgb, self.batch_size, enc.encode_image_batch, enc.image_dim, self.cpu_threads)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """(n, d) float32, L2-normalised rows."""
         enc = self.load()
-        return _normalised_batches(list(texts), self.batch_size, enc.encode_text_batch, enc.text_dim)
+        return _normalised_batches(list(texts), self.batch_size, enc.encode_text_batch, enc.text_dim, self.cpu_threads)

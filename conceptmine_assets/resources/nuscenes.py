@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from conceptmine_assets.errors import DatasetError
+from conceptmine_assets.lib.images import restore_pixel_guard
 from conceptmine_assets.lib.watched import watch
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ def _load_nuscenes(dataroot: str, version: str, stamp: tuple) -> NuScenes:
     """Load the devkit once per (dataroot, version, table stamp) per process."""
     from nuscenes.nuscenes import NuScenes
 
+    restore_pixel_guard()  # the devkit's import switched PIL's decompression-bomb guard off
     try:
         return NuScenes(version=version, dataroot=dataroot, verbose=False)
     except Exception as exc:  # the devkit raises bare AssertionError/JSONDecodeError/KeyError

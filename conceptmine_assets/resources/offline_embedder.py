@@ -74,9 +74,13 @@ def _load_mobilenet(device: str, dtype: torch.dtype) -> tuple[Callable[[list[Ima
     return encode, net
 
 
+TEXT_ROWS = 4  # rows of every MiniLM forward pass (see encode below)
+
+
 def _load_minilm(device: str, dtype: torch.dtype) -> tuple[Callable[[list[str]], torch.Tensor], torch.nn.Module]:
     """all-MiniLM-L6-v2 with mean pooling over real tokens (its sentence-transformers recipe)."""
     require("transformers")
+    import torch
     from transformers import AutoModel, AutoTokenizer
 
     folder = offline_text_model_dir()
@@ -90,13 +94,30 @@ def _load_minilm(device: str, dtype: torch.dtype) -> tuple[Callable[[list[str]],
         raise ModelLoadError(f"all-MiniLM-L6-v2 at {folder} could not be loaded: {exc}") from exc
     bert.to(device).eval()
 
-    def encode(texts: list[str]) -> torch.Tensor:
+    def encode_equal_length(texts: list[str]) -> torch.Tensor:
         batch = tokenizer(
             texts, padding=True, truncation=True, max_length=OFFLINE_TEXT_MAX_TOKENS, return_tensors="pt"
         ).to(device)
         hidden = bert(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        """Every forward pass has the same shape for a text, whatever shares its batch: texts
+        of one token length (no padding), :data:`TEXT_ROWS` rows (a short group filled up with
+        copies of its last text). The last bits of a vector depend on the pass's shape (padding,
+        number of rows), so this makes a text's vector a function of the text alone: a resumed
+        or differently batched run stores the same bytes."""
+        lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=OFFLINE_TEXT_MAX_TOKENS)["input_ids"]]
+        out: list[torch.Tensor | None] = [None] * len(texts)
+        for length in sorted(set(lengths)):
+            rows = [i for i, n in enumerate(lengths) if n == length]
+            for start in range(0, len(rows), TEXT_ROWS):
+                chunk = rows[start : start + TEXT_ROWS]
+                padded = [texts[i] for i in chunk] + [texts[chunk[-1]]] * (TEXT_ROWS - len(chunk))
+                for i, vector in zip(chunk, encode_equal_length(padded)[: len(chunk)], strict=True):
+                    out[i] = vector
+        return torch.stack(out)
 
     return encode, bert
 

@@ -17,7 +17,7 @@ from conceptmine_assets.lib.captioning import CaptionRequest, CaptionResult, ans
 from conceptmine_assets.lib.identity import ModelIdentity, hub_revision, model_identity
 from conceptmine_assets.lib.versions import require
 from conceptmine_assets.resources.captioner import AnswerError, VLMCaptioner, decode_image
-from conceptmine_assets.resources.devices import DEVICE_PATTERN, resolve_device, torch_dtype
+from conceptmine_assets.resources.devices import DEVICE_PATTERN, fixed_torch_threads, resolve_device, torch_dtype
 
 PAPER_MODEL = "Qwen/Qwen2-VL-2B-Instruct"
 
@@ -108,7 +108,7 @@ class Qwen2VLCaptioner(VLMCaptioner):
             size={"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
             return_tensors="pt",
         ).to(net.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), fixed_torch_threads():  # greedy tokens independent of process state
             out = net.generate(**inputs, max_new_tokens=self.new_tokens(), do_sample=False)
         return processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 

@@ -17,6 +17,7 @@ reading only the columns and rows it needs. Any other input is loaded as a DataF
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import time
@@ -30,7 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
-from conceptmine_assets.errors import SchemaError
+from conceptmine_assets.errors import IntegrityError, SchemaError, StoreWriteError
+from conceptmine_assets.lib.integrity import HashingWriter, Record, damage, read_record, record_path
 from conceptmine_assets.lib.tables import to_arrow
 from conceptmine_assets.resources.store_sql import StoredTable, StoreViews, is_local, open_store_views
 
@@ -57,22 +59,42 @@ def _remove_stale_temps(final: str) -> None:
                 os.remove(entry.path)
 
 
-def atomic_write(path: UPath, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` so that readers see either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def atomic_write(path: UPath, write: Callable[[IO[bytes]], None]) -> Record:
+    """Write ``path`` so that readers see either the old file or the complete new one, then its
+    content record beside it (``lib/integrity.py``); returns the record (sha256, size)."""
     if not is_local(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as fh:  # an object-store PUT is published only when complete
-            write(fh)
-        return
+            hashing = HashingWriter(fh)
+            write(hashing)
+        record = Record(hashing.hexdigest(), hashing.size)
+        record_upath = path.parent / record_path(path.name).name
+        with record_upath.open("w") as fh:
+            fh.write(record.dumps())
+        return record
     final = os.fspath(path.path if hasattr(path, "path") else path)
-    _remove_stale_temps(final)
+    try:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        _remove_stale_temps(final)
+        record = _replace(final, write)
+        _replace(os.fspath(record_path(final)), lambda fh: fh.write(record.dumps().encode()))
+        return record
+    except OSError as exc:  # full disk, read-only store, permissions: one line naming the file
+        name = errno.errorcode.get(exc.errno or 0, "")
+        raise StoreWriteError(f"cannot write {final}: {exc.strerror or exc}{f' ({name})' if name else ''}") from exc
+
+
+def _replace(final: str, write: Callable[[IO[bytes]], None]) -> Record:
+    """Write a hidden temporary sibling, sync it and rename it over ``final``."""
     tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex}")
     try:
         with open(tmp, "wb") as fh:
-            write(fh)
+            hashing = HashingWriter(fh)
+            write(hashing)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+        return Record(hashing.hexdigest(), hashing.size)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -108,7 +130,7 @@ def _where(context: dg.OutputContext | dg.InputContext) -> str:
     return f"asset {name!r}"
 
 
-def _write_batches(path: UPath, batches: pa.RecordBatchReader, asset: str, where: str) -> int:
+def _write_batches(path: UPath, batches: pa.RecordBatchReader, asset: str, where: str) -> tuple[int, Record]:
     """Stream record batches into one Parquet file (a global table too big to hold at once)."""
     rows = 0
 
@@ -119,8 +141,38 @@ def _write_batches(path: UPath, batches: pa.RecordBatchReader, asset: str, where
                 writer.write_table(to_arrow(pa.Table.from_batches([batch], batches.schema), asset, where))
                 rows += batch.num_rows
 
-    atomic_write(path, write)
-    return rows
+    record = atomic_write(path, write)
+    return rows, record
+
+
+CONTENT_KEY = "content_sha256"  # output metadata: {path relative to the store: sha256}
+SIZE_KEY = "content_size"  # output metadata: {path relative to the store: bytes}
+
+
+def relative_to_store(base: UPath, path: UPath) -> str:
+    return str(path)[len(str(base)):].lstrip("/")
+
+
+def content_metadata(base: UPath, records: dict[UPath, Record]) -> dict[str, dg.MetadataValue]:
+    """The digests and sizes of the files a materialisation wrote, as output metadata."""
+    named = {relative_to_store(base, p): r for p, r in sorted(records.items(), key=lambda kv: str(kv[0]))}
+    return {CONTENT_KEY: dg.MetadataValue.json({k: r.sha256 for k, r in named.items()}),
+            SIZE_KEY: dg.MetadataValue.json({k: r.size for k, r in named.items()})}
+
+
+def check_intact(path: UPath) -> None:
+    """Refuse to load a local stored file that no longer matches its record (a missing record, as
+    for a file written before records existed, is not checked here: ``conceptmine verify`` says so)."""
+    if not is_local(path):
+        return
+    local = os.fspath(path.path if hasattr(path, "path") else path)
+    record = read_record(local)
+    if record is None:
+        return
+    why = damage(local, record.sha256, record.size)
+    if why:
+        raise IntegrityError(f"stored file {local} does not match its record ({why}); "
+                             "`conceptmine run` recomputes it")
 
 
 def _wants_stored_table(context: dg.InputContext) -> bool:
@@ -143,26 +195,29 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
         if not isinstance(obj, dict) or set(obj) != set(paths):
             got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
             raise SchemaError(f"{_where(context)}: a multi-scene run must return one table per scene, got {got}")
-        rows = 0
+        rows, records = 0, {}
         for scene, path in sorted(paths.items()):
-            rows += self._write(context, obj[scene], path, f"asset {context.asset_key.path[-1]!r}, scene {scene}")
-        context.add_output_metadata({"dagster/row_count": rows, "num_scenes": len(paths)})
+            written, record = self._write(context, obj[scene], path, f"asset {context.asset_key.path[-1]!r}, scene {scene}")
+            rows, records[path] = rows + written, record
+        context.add_output_metadata({"dagster/row_count": rows, "num_scenes": len(paths),
+                                     **content_metadata(self._base_path, records)})
 
-    def _write(self, context: dg.OutputContext, obj: Any, path: UPath, where: str) -> int:
+    def _write(self, context: dg.OutputContext, obj: Any, path: UPath, where: str) -> tuple[int, Record]:
         asset = context.asset_key.path[-1]
         if isinstance(obj, pa.RecordBatchReader):
             return _write_batches(path, obj, asset, where)
         if not isinstance(obj, (pd.DataFrame, pa.Table)):
             raise SchemaError(f"{where}: expected a DataFrame, Arrow table or batch reader, got {type(obj).__name__}")
         table = to_arrow(obj, asset, where)
-        atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
-        return table.num_rows
+        record = atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
+        return table.num_rows, record
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
-        rows = self._write(context, obj, path, _where(context))
-        context.add_output_metadata({"dagster/row_count": rows})
+        rows, record = self._write(context, obj, path, _where(context))
+        context.add_output_metadata({"dagster/row_count": rows, **content_metadata(self._base_path, {path: record})})
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
+        check_intact(path)
         with path.open("rb") as fh:
             return pq.read_table(fh).to_pandas()
 
@@ -197,9 +252,11 @@ class _PickleUPathIOManager(dg.UPathIOManager):
     extension: str = ".pkl"
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
-        atomic_write(path, lambda fh: pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL))
+        record = atomic_write(path, lambda fh: pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL))
+        context.add_output_metadata(content_metadata(self._base_path, {path: record}))
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
+        check_intact(path)
         with path.open("rb") as fh:
             return pickle.load(fh)
 

@@ -6,7 +6,12 @@ with one view per handle, so a query reads only the columns and row groups it ne
 results can be streamed as Arrow batches. Each connection is private and in memory, so
 concurrent runs never compete for a DuckDB file lock; the Parquet files are the only shared
 state. DuckDB's memory is capped (:data:`MEMORY_LIMIT`); it spills to a temporary directory
-under the system temp folder, never the current directory.
+under the system temp folder, never the current directory. No connection installs or loads a
+DuckDB extension by itself. A view that cannot be created (a truncated or garbage file) is an
+error naming the asset and the file.
+
+Queries written by people (``conceptmine sql``, the server) and the asset checks go through the
+locked read-only path of :mod:`conceptmine_assets.resources.store_query` instead.
 """
 
 from __future__ import annotations
@@ -73,8 +78,10 @@ class StoredTable:
 def open_connection(storage_options: dict[str, Any] | None = None, store: str = "") -> duckdb.DuckDBPyConnection:
     """A private in-memory connection with bounded memory; remote stores read through fsspec."""
     spill = os.path.join(tempfile.gettempdir(), "conceptmine-duckdb")
-    con = duckdb.connect(":memory:", config={"memory_limit": MEMORY_LIMIT, "threads": THREADS,
-                                            "temp_directory": spill})
+    con = duckdb.connect(":memory:", config={
+        "memory_limit": MEMORY_LIMIT, "threads": THREADS, "temp_directory": spill,
+        "autoinstall_known_extensions": False, "autoload_known_extensions": False,
+    })
     root = UPath(store or ".", **(storage_options or {}))
     if store and not is_local(root):
         con.register_filesystem(root.fs)
@@ -90,7 +97,12 @@ def connect(*tables: StoredTable) -> duckdb.DuckDBPyConnection:
     con = open_connection(tables[0].storage_options if tables else None, tables[0].store if tables else "")
     for table in tables:
         if table.files:
-            con.execute(f'CREATE VIEW "{table.name}" AS SELECT * FROM {table.source_sql()}')
+            try:
+                con.execute(f'CREATE VIEW "{table.name}" AS SELECT * FROM {table.source_sql()}')
+            except duckdb.Error as exc:
+                con.close()
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ConceptmineError(f"`{table.name}` cannot be read: {first}") from None
         elif table.name in SCHEMAS:
             # a table, not a view over the registered Arrow object: cursors (con.cursor()) see it too
             con.register(f"_empty_{table.name}", SCHEMAS[table.name].empty_table())
@@ -120,12 +132,14 @@ def stored_tables(base_path: str, storage_options: dict[str, Any] | None = None)
     return found
 
 
-def open_store_views(base_path: str, storage_options: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
-    """A connection with a view per stored asset (``conceptmine sql``); an error on an empty store."""
-    tables = stored_tables(base_path, storage_options)
-    if not tables:
+def open_store_views(base_path: str, storage_options: dict[str, Any] | None = None):
+    """The read-only store with a view per stored asset (``conceptmine sql``, the server:
+    ``.execute(sql).df()``; see ``store_query.py``); an error on an empty store."""
+    from conceptmine_assets.resources.store_query import open_read_only
+
+    if not stored_tables(base_path, storage_options):
         raise ConceptmineError(f"nothing is stored under {base_path} yet; run the pipeline first (conceptmine demo)")
-    return connect(*tables.values())
+    return open_read_only(base_path, storage_options)
 
 
 def reservoir_sample(con: duckdb.DuckDBPyConnection, sql: str, n: int, seed: int) -> pd.DataFrame:
@@ -155,12 +169,14 @@ class StoreViews(dg.ConfigurableResource):
         stored = self.tables()
         return [n for n in names if n not in stored]
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory connection with a view per stored asset (``SELECT * FROM frames``)."""
-        tables = self.tables()
-        return connect(*tables.values()) if tables else open_connection()
+    def connect(self):
+        """The read-only store (``store_query.open_read_only``): a view per stored asset."""
+        from conceptmine_assets.resources.store_query import open_read_only
+
+        return open_read_only(self.base_path, self.storage_options)
 
     def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
-        """Run one query against the views and return a DataFrame."""
-        with self.connect() as con:
-            return con.execute(sql, params or []).df()
+        """Run one read-only query against the views and return a DataFrame; a query naming an
+        asset whose files cannot be read fails with the reader's error (naming the file)."""
+        with self.connect() as store:
+            return store.df(sql, params)

@@ -1,0 +1,165 @@
+"""One writer at a time: ``conceptmine run`` checks where it writes, then holds a run lock.
+
+Before any work: the store (local) and ``$DAGSTER_HOME`` exist or can be created, accept a
+file, and have at least ``min_free_mb`` free (one line naming the path otherwise). Then an
+exclusive ``fcntl.flock`` on ``$DAGSTER_HOME/conceptmine/run.lock`` and, for a local store, on
+``<store>/.conceptmine-run.lock`` (hidden: never read as a table), taken before the Dagster
+instance is opened, so first-time instance set-up (SQLite schema creation) never races. A second
+``run`` exits with one line naming the holder (pid, host, start time) or, with ``--wait``, says
+so and waits. The kernel drops a lock with its process, so a SIGKILLed run never leaves one
+behind; what it leaves is a Dagster run in STARTED, which :func:`reap_orphaned_runs` marks failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from conceptmine_assets.errors import ConceptmineError
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+LOCK_NAME = "run.lock"
+STORE_LOCK_NAME = ".conceptmine-run.lock"
+PID_TAG, HOST_TAG = "conceptmine/pid", "conceptmine/host"
+LAUNCHED_BY_TAG = "conceptmine/launched_by"
+
+
+class NotWritable(ConceptmineError):
+    """A place ``conceptmine run`` writes to cannot take a file, or is (nearly) full."""
+
+
+class LockHeld(ConceptmineError):
+    """Another ``conceptmine run`` holds the run lock."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``No space left on device (ENOSPC)``: the reason and the errno's name."""
+    name = errno.errorcode.get(exc.errno or 0, "")
+    return f"{exc.strerror or exc}{f' ({name})' if name else ''}"
+
+
+def check_writable(path: Path, what: str, min_free_mb: float, probe_in: str = "") -> None:
+    """``path`` exists or is created, takes a file (written, synced, removed; in its sub-folder
+    ``probe_in`` if given) and has room."""
+    try:
+        (path / probe_in).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path / probe_in, prefix=".conceptmine-probe-") as probe:
+            probe.write(b"x")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise NotWritable(f"{what} {path} is not writable: {describe_os_error(exc)}; "
+                          "fix its permissions or mount, or point it elsewhere") from None
+    free_mb = shutil.disk_usage(path).free / 2**20
+    if free_mb < min_free_mb:
+        raise NotWritable(f"{what} {path} has {free_mb:.1f} MB free, under the {min_free_mb:g} MB a run needs "
+                          "(min_free_mb); free some space or point it elsewhere")
+
+
+def is_local(store: str) -> bool:
+    return "://" not in store or store.startswith("file://")
+
+
+def local_path(store: str) -> Path:
+    return Path(store.removeprefix("file://")).expanduser().resolve()
+
+
+def preflight_writable(home: Path, store: str, min_free_mb: float) -> None:
+    """The checks of the module docstring, the store first (where the outputs go)."""
+    if is_local(store):
+        check_writable(local_path(store), "the store", min_free_mb)
+    check_writable(home, "DAGSTER_HOME", min_free_mb, probe_in="conceptmine")  # the memo ignores that folder
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info:
+        return "a process that has not written its details yet"
+    started = dt.datetime.fromisoformat(info["started"])
+    age = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+    return (f"pid {info.get('pid')} on {info.get('host')}, started {started.astimezone():%Y-%m-%d %H:%M:%S} "
+            f"({age:.0f} s ago): {info.get('command', 'conceptmine run')}")
+
+
+def _acquire(path: Path, wait: bool, out: Callable[[str], object]) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise LockHeld(f"another conceptmine run is writing here (lock {path}, held by {_holder(path)}); "
+                               "wait for it to finish or stop it, or re-run with --wait") from None
+            out(f"waiting for the run lock {path} (held by {_holder(path)}) ...\n")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        details = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(["conceptmine", *sys.argv[1:]]),
+                   "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        os.pwrite(fd, json.dumps(details).encode(), 0)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@contextlib.contextmanager
+def run_lock(home: Path, store: str, wait: bool = False, out: Callable[[str], object] = sys.stdout.write) -> Iterator[None]:
+    """Hold the instance's and the (local) store's run locks for the block."""
+    paths = [home / "conceptmine" / LOCK_NAME] + ([local_path(store) / STORE_LOCK_NAME] if is_local(store) else [])
+    fds: list[int] = []
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fds.append(_acquire(path, wait, out))
+        yield
+    finally:
+        for fd in reversed(fds):
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # no stale details for the next reader
+            os.close(fd)  # closing drops the flock
+
+
+def run_tags() -> dict[str, str]:
+    """Tags of every Dagster run ``conceptmine run`` launches: who runs it, for the next run."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def reap_orphaned_runs(instance: dg.DagsterInstance, out: Callable[[str], object] = sys.stdout.write) -> list[str]:
+    """Mark failed the runs a killed ``conceptmine run`` on this host left in progress.
+
+    Call with the run lock held: no other ``conceptmine run`` of this instance is alive then, so
+    such a run can only be left over by a process that died (SIGKILL, power loss). Runs launched
+    otherwise (the UI, automation) or on another host are left alone."""
+    import dagster as dg
+
+    host = socket.gethostname()
+    live = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING,
+            dg.DagsterRunStatus.NOT_STARTED]
+    runs = instance.get_runs(dg.RunsFilter(statuses=live, tags={LAUNCHED_BY_TAG: "conceptmine run", HOST_TAG: host}))
+    reaped = []
+    for run in runs:
+        pid = run.tags.get(PID_TAG, "?")
+        instance.report_run_failed(
+            run, message=f"left {run.status.value} by conceptmine run pid {pid} on {host}, which died without "
+            "finishing it (e.g. SIGKILL); marked failed by the next conceptmine run",
+        )
+        out(f"run {run.run_id[:8]} ({run.job_name}) was left {run.status.value} by a killed conceptmine run "
+            f"(pid {pid}); marked failed\n")
+        reaped.append(run.run_id)
+    return reaped
