@@ -99,13 +99,13 @@ def sql_command(query: str) -> int:
 
 def search_command(text: str, k: int) -> int:
     """Print the ``k`` best crops for ``text`` from the search index, and which mode ranked them."""
-    from conceptmine_assets.definitions import model_resources
-    from conceptmine_assets.resources.search_index import SearchIndexResource, search_crops
+    from conceptmine_assets.resources.search_index import SearchIndexFiles, search_crops
+    from conceptmine_assets.resources.text_query import query_encoder
     from conceptmine_assets.settings import Settings
 
     settings = Settings.from_env()
-    embedder = model_resources(settings)["embedder"]
-    result, stale = search_crops(SearchIndexResource(base_path=settings.store), embedder, text, k)
+    # offline profile: the NumPy MiniLM query encoder (no torch, transformers or Dagster import)
+    result, stale = search_crops(SearchIndexFiles(settings.store), query_encoder(settings), text, k)
     for line in stale:
         sys.stdout.write(f"warning: the search index is older than the store ({line}); re-materialise search_index\n")
     table = result.hits.to_string(index=False, max_colwidth=50, float_format=lambda v: f"{v:.3f}")
@@ -225,6 +225,9 @@ def dispatch(args: argparse.Namespace, memo: UpToDate | None = None) -> int:
     return run_command(args.scenes, args.force, memo)
 
 
+DAGSTER_COMMANDS = ("run", "demo", "register-scenes")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit code 0, or 1 with one line on stderr for a known error (2 for a usage error)."""
     from conceptmine_assets.errors import ConceptmineError
@@ -236,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             code = remembered_up_to_date(memo)
             if code is not None:
                 return code
-        import dagster as dg
+        if args.command in DAGSTER_COMMANDS:  # sql, search and serve start without Dagster
+            import dagster as dg
 
-        warnings.filterwarnings("ignore", category=dg.BetaWarning)  # raised where the asset modules load
-        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+            warnings.filterwarnings("ignore", category=dg.BetaWarning)  # raised where the asset modules load
+            warnings.filterwarnings("ignore", category=dg.PreviewWarning)
         return dispatch(args, memo)
     except Exception as exc:  # one line for the user; the traceback with --debug
         if args.debug:

@@ -16,7 +16,6 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import dagster as dg
 import duckdb
 import pandas as pd
 from upath import UPath
@@ -139,26 +138,9 @@ def reservoir_sample(con: duckdb.DuckDBPyConnection, sql: str, n: int, seed: int
         con.execute(f"SET threads = {THREADS}")
 
 
-class StoreViews(dg.ConfigurableResource):
-    """SQL over all scenes of the store for asset checks and tools: one view per stored asset."""
+def __getattr__(name: str):
+    if name == "StoreViews":  # the Dagster resource lives in store_views.py: `conceptmine sql` starts without Dagster
+        from conceptmine_assets.resources.store_views import StoreViews
 
-    base_path: str
-    storage_options: dict[str, Any] = {}
-
-    def tables(self) -> dict[str, StoredTable]:
-        return stored_tables(self.base_path, self.storage_options)
-
-    def missing(self, names: list[str]) -> list[str]:
-        """Which of the named assets have no stored file yet."""
-        stored = self.tables()
-        return [n for n in names if n not in stored]
-
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory connection with a view per stored asset (``SELECT * FROM frames``)."""
-        tables = self.tables()
-        return connect(*tables.values()) if tables else open_connection()
-
-    def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
-        """Run one query against the views and return a DataFrame."""
-        with self.connect() as con:
-            return con.execute(sql, params or []).df()
+        return StoreViews
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

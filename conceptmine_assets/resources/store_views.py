@@ -1,0 +1,37 @@
+"""The Dagster resource for SQL over the store (asset checks, tools); the SQL itself is
+``store_sql.py``'s, which imports no Dagster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+import duckdb
+import pandas as pd
+
+from conceptmine_assets.resources.store_sql import StoredTable, connect, open_connection, stored_tables
+
+
+class StoreViews(dg.ConfigurableResource):
+    """SQL over all scenes of the store for asset checks and tools: one view per stored asset."""
+
+    base_path: str
+    storage_options: dict[str, Any] = {}
+
+    def tables(self) -> dict[str, StoredTable]:
+        return stored_tables(self.base_path, self.storage_options)
+
+    def missing(self, names: list[str]) -> list[str]:
+        """Which of the named assets have no stored file yet."""
+        stored = self.tables()
+        return [n for n in names if n not in stored]
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory connection with a view per stored asset (``SELECT * FROM frames``)."""
+        tables = self.tables()
+        return connect(*tables.values()) if tables else open_connection()
+
+    def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
+        """Run one query against the views and return a DataFrame."""
+        with self.connect() as con:
+            return con.execute(sql, params or []).df()
