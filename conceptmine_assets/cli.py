@@ -4,6 +4,8 @@
     conceptmine run [--force]       # materialise what is missing or stale (alias: demo)
     conceptmine sql "SELECT ..."    # SQL over the DuckDB views of the store
     conceptmine search "a person pushing a cart" [-k 10]   # free-text search over the crops
+    conceptmine serve [--port 8765] [--host 127.0.0.1]   # the explorer page + search/SQL API
+    conceptmine reviews export --format csv|coco [--out FILE]   # the reviewed boxes
     conceptmine synth-dataroot --out DIR SRC [SRC ...]   # merge (and replicate) nuScenes dataroots
     conceptmine import-images SRC --out DIR   # a folder of images or videos as a nuScenes dataroot
 
@@ -183,6 +185,16 @@ def parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="rank the stored crops by a free-text query")
     search.add_argument("text", help='e.g. "a person pushing a cart"')
     search.add_argument("-k", type=int, default=10, help="number of crops to list (default 10)")
+    serve = sub.add_parser("serve", help="the explorer page and the search / read-only SQL API on one local server")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; anything else has NO authentication)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    serve.add_argument("--verbose", action="store_true", help="log every request")
+    reviews = sub.add_parser("reviews", help="the review log (written by the explorer page)")
+    actions = reviews.add_subparsers(dest="action", required=True)
+    export = actions.add_parser("export", help="the reviewed boxes as CSV or COCO-style JSON")
+    export.add_argument("--format", choices=["csv", "coco"], default="csv", help="csv (default) or coco")
+    export.add_argument("--out", help="file to write (default: standard output)")
     add_import_parser(sub)
     return top
 
@@ -216,6 +228,14 @@ def dispatch(args: argparse.Namespace, memo: UpToDate | None = None) -> int:
         return import_command(args)
     if args.command == "search":
         return search_command(args.text, args.k)
+    if args.command == "serve":
+        from conceptmine_assets.serve.main import serve
+
+        return serve(args.host, args.port, args.verbose)
+    if args.command == "reviews":
+        from conceptmine_assets.review_export import export_command
+
+        return export_command(args.format, args.out)
     if args.command == "synth-dataroot":
         return synth_command(args.sources, args.out, args.copies)
     if args.command == "register-scenes":
