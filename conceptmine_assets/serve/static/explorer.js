@@ -64,7 +64,7 @@ function card(c) {
     el("div", { class: "thumb" }, el("img", { src: `${cropPath(c)}/image`, loading: "lazy", alt: c.class_name })),
     el("div", { class: "meta" },
       el("div", { class: "title" }, c.top_concept || c.class_name,
-        c.score !== undefined ? el("span", { class: "score" }, `  ${fmt(c.score, 3)}`) : null),
+        c.score !== undefined ? el("span", { class: "score", title: "similarity to the query" }, `  match ${fmt(c.score, 2)}`) : null),
       el("div", {}, el("span", { class: "badge" }, c.class_name), group,
         detectors.length ? el("span", { class: "badge outlier", title: "outlier detectors" }, detectors.join("+")) : null,
         c.reason ? el("span", { class: "badge mined", title: "its sample is in the mined split" }, c.reason) : null),
@@ -166,12 +166,14 @@ function reviewBox(crop, d) {
   const current = d.review ? el("div", { class: "badge review" },
     `${d.review.verdict}${d.review.concept ? ": " + d.review.concept : ""} by ${d.review.reviewer}`) : el("div", { class: "muted" }, "not reviewed");
   const names = (d.scores && d.scores.concept_names) || (state.facets ? Object.keys(state.facets.concept) : []);
-  const concept = el("select", { id: "relabel-concept" }, ...names.map((n) => el("option", { value: n }, n)));
+  const concept = el("select", { id: "relabel-concept" }, el("option", { value: "" }, "relabel as…"),
+    ...names.map((n) => el("option", { value: n }, n)));
   const note = el("input", { type: "text", id: "review-note", placeholder: "why (optional)" });
   const send = (verdict) => async () => {
     showError(null);
     const reviewer = $("#reviewer").value.trim();
     if (!reviewer) { showError(new Error("enter your name under Reviewer (left) first")); return; }
+    if (verdict === "relabel" && !concept.value) { showError(new Error("choose the concept to relabel as")); return; }
     localStorage.setItem("reviewer", reviewer);
     const item = { scene: crop.scene_name, detection_id: crop.detection_id,
       verdict: verdict === "relabel" ? `relabel:${concept.value}` : verdict, note: note.value };
@@ -191,13 +193,16 @@ async function loadSplit() {
   showError(null);
   try {
     const page = await api("/api/split?limit=200");
-    $("#split-status").textContent = `${page.total} samples in the mined split (first ${page.samples.length} by rank)`;
+    const noun = page.total === 1 ? "sample" : "samples";
+    $("#split-status").textContent = `${page.total} ${noun} in the mined split (first ${page.samples.length} by rank)`;
     $("#split-table tbody").replaceChildren(...page.samples.map((s) => el("tr", {},
       el("td", {}, s.rank), el("td", {}, el("span", { class: "badge mined" }, s.reason)), el("td", {}, s.scene_name),
       el("td", { class: "muted" }, s.sample_token.slice(0, 12)), el("td", {}, (s.top_concepts || []).join(", ")),
       el("td", {}, (s.captions || []).join(" · ")), el("td", {}, (s.outlier_detectors || []).join(", ")),
       el("td", {}, ...(s.detection_ids || []).map((id) => el("a", {
-        onclick: () => openDetail({ scene_name: s.scene_name, detection_id: id }) }, id, " ")),
+        title: id, onclick: () => openDetail({ scene_name: s.scene_name, detection_id: id }) },
+        el("img", { src: `${cropPath({ scene_name: s.scene_name, detection_id: id })}/image`, loading: "lazy", alt: id }),
+        id.slice(0, 8))),
         (s.detection_ids || []).length ? null : el("span", { class: "muted" }, "random")))));
   } catch (err) { showError(err); }
 }
