@@ -13,8 +13,8 @@ review of the same crop or sample supersedes the earlier one.
 
 :func:`effective_reviews` reduces the log to the review in force per crop and per sample (the
 last one wins: latest ``reviewed_at``, then batch name, then position in the batch), with the
-columns of :data:`EFFECTIVE_COLUMNS`. :func:`reviews_version` is its content hash (the data
-version of the ``reviews`` observable source asset). :func:`coco_export` and
+columns of :data:`EFFECTIVE_COLUMNS`. :func:`reviews_version` is the content hash of its
+decisions (the data version of the ``reviews`` observable source asset). :func:`coco_export` and
 :func:`csv_frame` turn the effective crop reviews, joined with their boxes, into files for
 annotation tools.
 
@@ -120,7 +120,11 @@ def effective_reviews(log: pd.DataFrame) -> pd.DataFrame:
     last = frame.drop_duplicates("_key", keep="last")
     last = last.assign(_sample_level=last["detection_id"].isna())
     last = last.sort_values(["_sample_level", "detection_id", "sample_token"], kind="mergesort")
-    return last[EFFECTIVE_COLUMNS].reset_index(drop=True)
+    out = last[EFFECTIVE_COLUMNS].reset_index(drop=True)
+    for column in EFFECTIVE_COLUMNS:  # text columns as objects with None for missing (not NaN)
+        if column != "reviewed_at":
+            out[column] = pd.Series([v if isinstance(v, str) else None for v in out[column]], dtype=object)
+    return out
 
 
 def crop_reviews(effective: pd.DataFrame) -> pd.DataFrame:
@@ -133,13 +137,17 @@ def sample_reviews(effective: pd.DataFrame) -> pd.DataFrame:
     return effective[effective["detection_id"].isna()].set_index("sample_token")
 
 
+VERSION_COLUMNS = ["detection_id", "sample_token", "verdict", "concept"]  # what mining can act on
+
+
 def reviews_version(effective: pd.DataFrame) -> str:
-    """Content hash of the effective reviews: what the ``reviews`` observable records (changes
-    exactly when a review changes what is in force, not when one is repeated identically)."""
+    """Content hash of the effective reviews' decisions (:data:`VERSION_COLUMNS`): what the
+    ``reviews`` observable records. It changes exactly when a review changes what is in force for
+    some crop or sample; confirming a crop again, or another reviewer's identical verdict, does
+    not (who, when and why are kept in the log, not in the version)."""
     digest = hashlib.sha256()
-    for row in effective[EFFECTIVE_COLUMNS].itertuples(index=False):
-        values = ["" if pd.isna(v) else (v.isoformat() if isinstance(v, pd.Timestamp) else str(v)) for v in row]
-        digest.update(("\x1f".join(values) + "\x1e").encode())
+    for row in effective[VERSION_COLUMNS].itertuples(index=False):
+        digest.update(("\x1f".join("" if not isinstance(v, str) else v for v in row) + "\x1e").encode())
     return f"reviews:{len(effective)}:{digest.hexdigest()[:16]}"
 
 
@@ -150,9 +158,13 @@ EXPORT_COLUMNS = ["detection_id", "sample_token", "scene_name", "channel", "imag
 
 def label_of(row: dict[str, Any]) -> str | None:
     """The reviewed label: the relabel's concept, else the crop's top concept, else its class."""
+    def text(key: str) -> str | None:
+        value = row.get(key)
+        return value if isinstance(value, str) and value else None
+
     if row.get("verdict") == "relabel":
-        return row.get("concept")
-    return row.get("top_concept") or row.get("class_name")
+        return text("concept")
+    return text("top_concept") or text("class_name")
 
 
 def csv_frame(reviewed: pd.DataFrame) -> pd.DataFrame:
@@ -163,7 +175,7 @@ def csv_frame(reviewed: pd.DataFrame) -> pd.DataFrame:
     for column in EXPORT_COLUMNS:
         if column not in out.columns:
             out[column] = None
-    out["label"] = [label_of(r) for r in out.to_dict(orient="records")]
+    out["label"] = pd.Series([label_of(r) for r in out.to_dict(orient="records")], index=out.index, dtype=object)
     return out[EXPORT_COLUMNS]
 
 

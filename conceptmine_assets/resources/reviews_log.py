@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
-from conceptmine_assets.lib.reviews import LOG_SCHEMA, effective_reviews, log_table
+from conceptmine_assets.lib.reviews import LOG_SCHEMA, effective_reviews, log_table, reviews_version
+from conceptmine_assets.lib.watched import watch
 from conceptmine_assets.resources.store_sql import is_local
 
 FOLDER = "reviews"
@@ -105,3 +106,13 @@ def reviewed_boxes(query, stored: set[str], effective: pd.DataFrame) -> pd.DataF
         return effective.merge(boxes, on="detection_id", how="left")
     concepts = query("SELECT detection_id, top_concept FROM concept_scores WHERE list_contains(?, detection_id)", [ids])
     return effective.merge(boxes, on="detection_id", how="left").merge(concepts, on="detection_id", how="left")
+
+
+def reviews_version_of(store: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The data version of the ``reviews`` observable: :func:`~conceptmine_assets.lib.reviews.reviews_version`
+    of the store's effective reviews. The log folder is watched (``lib/watched.py``), so a new
+    review also invalidates ``conceptmine run``'s no-change memo."""
+    folder = _folder(store, storage_options)
+    if is_local(folder):
+        watch(os.fspath(folder.path if hasattr(folder, "path") else folder))
+    return reviews_version(read_effective(store, storage_options))
