@@ -63,7 +63,10 @@ def run_pipeline(
     from conceptmine_assets.preflight import preflight
     from conceptmine_assets.runner import pending, run
 
+    from conceptmine_assets.resources.reviews_log import watch_log
+
     settings, nuscenes = preflight(instance.root_directory)
+    watch_log(settings.store)  # a new review is a change the no-change memo must see (before its snapshot)
     unknown = sorted(set(scenes or []) - set(nuscenes.scene_names()))
     if unknown:
         raise UsageError(f"--scenes {' '.join(unknown)}: not in {nuscenes.table_dir / 'scene.json'}")
@@ -126,10 +129,17 @@ def synth_command(sources: list[str], out: str, copies: int) -> int:
 
 
 def run_command(scenes: list[str] | None, force: bool, memo: UpToDate | None) -> int:
+    import time
+
+    from conceptmine_assets.quiet import summary
     from conceptmine_assets.settings import load_settings
 
+    started = time.time()
     with instance_from_env() as instance:
         run_pipeline(instance, scenes, force, memo=memo)
+        warned = summary(instance, started)  # warnings stay in the runs' logs: one line about them
+    if warned:
+        sys.stdout.write(warned + "\n")
     return done(load_settings().store)
 
 
@@ -176,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
         run = sub.add_parser(name, help="materialise what is missing or stale" + (" (alias of run)" if name == "demo" else ""))
         run.add_argument("--scenes", nargs="+", help="only these scenes (default: all)")
         run.add_argument("--force", action="store_true", help="recompute everything, stale or not")
+        run.add_argument("--verbose", action="store_true", help="show library output and every Dagster log line")
     synth = sub.add_parser("synth-dataroot", help="merge and replicate nuScenes dataroots (symlinked files)")
     synth.add_argument("sources", nargs="+", help="source dataroots")
     synth.add_argument("--out", required=True, help="output dataroot (created; re-running refreshes it)")
@@ -259,12 +270,16 @@ def main(argv: list[str] | None = None) -> int:
             code = remembered_up_to_date(memo)
             if code is not None:
                 return code
-        if args.command in DAGSTER_COMMANDS:  # sql, search and serve start without Dagster
-            import dagster as dg
+        if args.command not in DAGSTER_COMMANDS:  # sql, search and serve start without Dagster
+            return dispatch(args, memo)
+        import dagster as dg
 
-            warnings.filterwarnings("ignore", category=dg.BetaWarning)  # raised where the asset modules load
-            warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-        return dispatch(args, memo)
+        from conceptmine_assets.quiet import quiet_terminal
+
+        warnings.filterwarnings("ignore", category=dg.BetaWarning)  # raised where the asset modules load
+        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+        with quiet_terminal(getattr(args, "verbose", False)):  # quiet.py: no library banners or bars
+            return dispatch(args, memo)
     except Exception as exc:  # one line for the user; the traceback with --debug
         if args.debug:
             raise

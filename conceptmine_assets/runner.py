@@ -13,6 +13,7 @@ the values come from the config file, as for a run launched from the UI.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -36,7 +37,11 @@ LOCATION_NAME = "conceptmine"  # workspace.yaml / pyproject's code_location_name
 REPOSITORY_LABEL_TAG = ".dagster/repository"
 REPOSITORY_LABEL = f"__repository__@{LOCATION_NAME}"
 RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-QUIET = {"console": {"config": {"log_level": "WARNING"}}}
+# The console shows errors only: a step's warnings stay in its run's event log (the UI's run page)
+# and `conceptmine run` ends with one line counting them (quiet.py); --verbose shows everything.
+QUIET = {"console": {"config": {"log_level": "ERROR"}}}
+VERBOSE = {"console": {"config": {"log_level": "DEBUG"}}}
+VERBOSE_ENV = "CONCEPTMINE_VERBOSE"  # "1": set by `conceptmine run --verbose` (quiet.py)
 
 
 class RunFailed(ConceptmineError):
@@ -167,8 +172,8 @@ class Progress:
 
 
 def run_config_for(settings) -> dict:
-    """Logging quiet; steps in this process under the default executor (no process per step)."""
-    config: dict = {"loggers": QUIET}
+    """Logging quiet (errors only) unless verbose; steps in this process under the default executor (no process per step)."""
+    config: dict = {"loggers": VERBOSE if os.environ.get(VERBOSE_ENV) == "1" else QUIET}
     if settings.executor == "multiprocess":
         config["execution"] = {"config": {"in_process": {}}}
     return config

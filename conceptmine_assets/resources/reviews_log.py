@@ -112,7 +112,12 @@ def reviews_version_of(store: str, storage_options: dict[str, Any] | None = None
     """The data version of the ``reviews`` observable: :func:`~conceptmine_assets.lib.reviews.reviews_version`
     of the store's effective reviews. The log folder is watched (``lib/watched.py``), so a new
     review also invalidates ``conceptmine run``'s no-change memo."""
+    watch_log(store, storage_options)
+    return reviews_version(read_effective(store, storage_options))
+
+
+def watch_log(store: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Name the local log folder to ``lib/watched.py`` (``conceptmine run``'s no-change memo)."""
     folder = _folder(store, storage_options)
     if is_local(folder):
         watch(os.fspath(folder.path if hasattr(folder, "path") else folder))
-    return reviews_version(read_effective(store, storage_options))
