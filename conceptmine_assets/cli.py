@@ -171,6 +171,7 @@ def done(store: str) -> int:
         f"\ndone. Outputs: {store}/<asset>/<scene>.parquet\n"
         f"Mined split: {store}/splits/mined.txt   Gallery: {store}/gallery/index.html (open in a browser)\n"
         "Browse lineage and metadata: make ui  (then open http://127.0.0.1:3000)\n"
+        "Explore, search and review the crops: .venv/bin/conceptmine serve  (then open http://127.0.0.1:8765)\n"
         'Query: .venv/bin/conceptmine sql "SELECT * FROM mined_split"   '
         '.venv/bin/conceptmine search "a parked truck"\n'
     )

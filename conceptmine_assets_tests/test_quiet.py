@@ -22,6 +22,7 @@ ALLOWED = [
     r"done\. Outputs: .*",
     r"Mined split: .*",
     r"Browse lineage and metadata: .*",
+    r"Explore, search and review the crops: .*",
     r"Query: .*",
 ]
 
