@@ -242,3 +242,22 @@ def test_the_server_process_answers_on_loopback(real_run, tmp_path):
         out, _ = proc.communicate(timeout=30)
     assert out.splitlines()[0] == f"conceptmine serve: http://127.0.0.1:{port}/  (store {real_run['store']}; Ctrl-C stops)"
     assert "Traceback" not in out
+
+
+def test_a_store_rewritten_under_a_request_is_a_503_then_reads_afresh(tmp_path, monkeypatch):
+    """A scene file removed between the views' opening and a query (the signature check raced):
+    a 503 that says to retry, nothing cached from the broken read; the next request reopens."""
+    from conceptmine_assets.serve.store import StoreReader
+
+    store = tmp_path / "store"
+    grid_store(store, scenes=3)
+    with TestClient(create_app(str(store), encoder=None)) as client:
+        assert client.get("/api/sql", params={"q": "SELECT count(*) AS n FROM crops"}).json()["rows"] == [{"n": 9}]
+        frozen = StoreReader.signature(client.app.state.explorer.reader)
+        monkeypatch.setattr(StoreReader, "signature", lambda self: frozen)  # the race: the change is not seen yet
+        (store / "crops" / "scene-0002.parquet").unlink()
+        raced = client.get("/api/sql", params={"q": "SELECT count(*) AS n FROM crops"})
+        assert raced.status_code == 503 and "the store changed while it was read" in raced.json()["error"]
+        assert "retry" in raced.json()["error"]
+        monkeypatch.undo()
+        assert client.get("/api/sql", params={"q": "SELECT count(*) AS n FROM crops"}).json()["rows"] == [{"n": 6}]
