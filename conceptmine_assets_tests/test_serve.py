@@ -261,3 +261,31 @@ def test_a_store_rewritten_under_a_request_is_a_503_then_reads_afresh(tmp_path, 
         assert "retry" in raced.json()["error"]
         monkeypatch.undo()
         assert client.get("/api/sql", params={"q": "SELECT count(*) AS n FROM crops"}).json()["rows"] == [{"n": 6}]
+
+
+def test_the_connection_is_reopened_only_for_new_files(tmp_path):
+    """A review (a new log file) or a replaced scene file does not reopen the store's views
+    (seconds at 850 scenes); a new scene does, and free SQL always sees the store as it is."""
+    import shutil
+
+    store = tmp_path / "store"
+    truth = grid_store(store, scenes=3)
+    with TestClient(create_app(str(store), encoder=None)) as client:
+        reader = client.app.state.explorer.reader
+        assert len(walk(client, {}, 50)) == 9
+        opened = reader.reopened
+        crop = truth.iloc[0]
+        assert client.post("/api/reviews", json={"reviewer": "ana", "items": [
+            {"scene": crop["scene_name"], "detection_id": crop["detection_id"], "verdict": "reject"}]}).status_code == 201
+        replaced = store / "crops" / "scene-0001.parquet"
+        shutil.copyfile(replaced, tmp_path / "copy.parquet")
+        os.replace(tmp_path / "copy.parquet", replaced)  # a scene re-materialised: same path, new file
+        assert len(walk(client, {}, 50)) == 9
+        assert client.get(f"/api/crops/{crop['scene_name']}/{crop['detection_id']}").json()["review"]["verdict"] == "reject"
+        assert reader.reopened == opened
+        sql = client.get("/api/sql", params={"q": "SELECT count(*) AS n FROM reviews"}).json()
+        assert sql["rows"] == [{"n": 1}] and reader.reopened == opened + 1  # the views must show the new log file
+        grid_store(tmp_path / "more", scenes=10)
+        shutil.copyfile(tmp_path / "more" / "crops" / "scene-0009.parquet", store / "crops" / "scene-0009.parquet")
+        assert [r["scene_name"] for r in walk(client, {}, 50)].count("scene-0009") == 3
+        assert reader.reopened == opened + 2

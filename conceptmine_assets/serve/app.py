@@ -50,13 +50,9 @@ class Explorer:
         self.held = similar.HeldIndex(self.reader)
         self.encoder = encoder
         self.dataroot = dataroot
-        self._facets: tuple[Any, dict] | None = None
 
     def facets(self) -> dict[str, Any]:
-        signature = self.reader.signature()
-        if self._facets is None or self._facets[0] != signature:
-            self._facets = (signature, browse.facets(self.reader))
-        return self._facets[1]
+        return browse.facets(self.reader)  # each facet cached until its asset's files change
 
 
 def _params(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
@@ -103,7 +99,7 @@ async def crops(request: Request) -> JSONResponse:
     params = _params(request, (*browse.FILTERS, "limit", "cursor"))
 
     def body() -> dict[str, Any]:
-        where = browse.parse_filter(params, ex.facets())
+        where = browse.parse_filter(ex.reader, params)
         limit, cursor = browse.parse_limit(params.get("limit")), browse.parse_cursor(params.get("cursor"))
         return browse.crop_page(ex.reader, where, limit, cursor)
 
@@ -195,7 +191,7 @@ async def split(request: Request) -> JSONResponse:
 
     def body() -> dict[str, Any]:
         reason = params.get("reason") or None
-        known = ex.facets()["reason"]
+        known = browse.facet(ex.reader, "reason")
         if reason is not None and reason not in known:
             raise bad_request(f"bad filter reason={reason!r}: not one of the stored reasons ({', '.join(known)})")
         offset = params.get("offset", "0")

@@ -52,7 +52,9 @@ def build(settings):
     check_store_exists(settings.store)
     encoder = query_encoder(settings)
     encoder.load()
-    return create_app(settings.store, encoder, settings.dataroot)
+    app = create_app(settings.store, encoder, settings.dataroot)
+    app.state.explorer.reader.warm()  # the store's views: opened once, before the first request
+    return app
 
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, verbose: bool = False) -> int:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from conceptmine_assets.lib.reviews import ReviewError, check_note, check_reviewer, effective_reviews, parse_verdict
-from conceptmine_assets.resources.reviews_log import FOLDER, write_batch
+from conceptmine_assets.lib.reviews import ReviewError, check_note, check_reviewer, parse_verdict
+from conceptmine_assets.resources.reviews_log import FOLDER, read_effective, write_batch
 from conceptmine_assets.serve.store import ApiError, StoreReader, bad_request, not_found, records
 
 MAX_ITEMS = 500
@@ -98,10 +98,10 @@ def add(reader: StoreReader, payload: Any) -> dict[str, Any]:
 
 
 def effective(reader: StoreReader) -> dict[str, Any]:
-    """The reviews in force (last one wins per crop and per sample)."""
-    src = reader.source(FOLDER)
-    log = reader.query(f"SELECT * FROM {src}") if src else None
-    return {"reviews": records(effective_reviews(log))}
+    """The reviews in force (last one wins per crop and per sample), read with pyarrow (a new
+    batch file never makes the store's connection reopen) and kept until the log folder changes."""
+    rows = reader.cached("reviews", (FOLDER,), lambda: records(read_effective(reader.base_path, reader.storage_options)))
+    return {"reviews": rows}
 
 
 def review_of(reader: StoreReader, crop: dict[str, Any]) -> dict[str, Any] | None:

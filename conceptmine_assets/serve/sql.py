@@ -35,7 +35,7 @@ def run_sql(reader: StoreReader, text: str) -> dict[str, Any]:
     """Columns and at most :data:`SQL_MAX_ROWS` rows of ``text``; a 400 naming the error."""
     refuse_writes(text)
     try:
-        df = reader.query(text)
+        df = reader.query(text, strict=True)
     except (duckdb.Error, ConceptmineError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise bad_request(f"SQL error: {first[:500]}") from None

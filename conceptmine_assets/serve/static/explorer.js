@@ -231,7 +231,8 @@ function init() {
   });
   $("#close-detail").addEventListener("click", () => { $("#detail").hidden = true; state.selected = null; });
   document.querySelectorAll(".tab").forEach((t) => t.addEventListener("click", () => showTab(t.dataset.tab)));
-  loadFacets().then(() => loadCrops()).catch(showError);
+  loadCrops();  // the grid does not wait for the filters' values (a column scan each)
+  loadFacets().catch(showError);
 }
 
 init();
