@@ -34,7 +34,7 @@ demo: $(BIN)/.installed
 	@if [ -z "$(NUSCENES_DATAROOT)" ]; then \
 	  $(BIN)/conceptmine synth-dataroot --out $(DEMO_DATAROOT) \
 	    $(FIXTURES)/nuscenes-real-slice $(FIXTURES)/nuscenes-udacity-highway; fi
-	$(BIN)/conceptmine demo
+	@$(BIN)/conceptmine demo
 
 # Debian's Chromium for the browser tests (they skip, saying why, where it cannot be installed).
 browser:

@@ -5,6 +5,8 @@
     conceptmine sql "SELECT ..."    # SQL over the DuckDB views of the store
     conceptmine search "a person pushing a cart" [-k 10]   # free-text search over the crops
     conceptmine verify              # every stored file against its content record
+    conceptmine serve [--port 8765] [--host 127.0.0.1]   # the explorer page + search/SQL API
+    conceptmine reviews export --format csv|coco [--out FILE]   # the reviewed boxes
     conceptmine synth-dataroot --out DIR SRC [SRC ...]   # merge (and replicate) nuScenes dataroots
     conceptmine import-images SRC --out DIR   # a folder of images or videos as a nuScenes dataroot
 
@@ -62,9 +64,12 @@ def run_pipeline(
     from conceptmine_assets.preflight import preflight
     from conceptmine_assets.runner import pending, run
 
+    from conceptmine_assets.resources.reviews_log import watch_log
+
     settings, nuscenes = preflight(instance.root_directory)
     if signals is not None:
         signals.check()  # a safe point: nothing written yet
+    watch_log(settings.store)  # a new review is a change the no-change memo must see (before its snapshot)
     unknown = sorted(set(scenes or []) - set(nuscenes.scene_names()))
     if unknown:
         raise UsageError(f"--scenes {' '.join(unknown)}: not in {nuscenes.table_dir / 'scene.json'}")
@@ -103,13 +108,13 @@ def sql_command(query: str) -> int:
 
 def search_command(text: str, k: int) -> int:
     """Print the ``k`` best crops for ``text`` from the search index, and which mode ranked them."""
-    from conceptmine_assets.definitions import model_resources
-    from conceptmine_assets.resources.search_index import SearchIndexResource, search_crops
+    from conceptmine_assets.resources.search_index import SearchIndexFiles, search_crops
+    from conceptmine_assets.resources.text_query import query_encoder
     from conceptmine_assets.settings import Settings
 
     settings = Settings.from_env()
-    embedder = model_resources(settings)["embedder"]
-    result, stale = search_crops(SearchIndexResource(base_path=settings.store), embedder, text, k)
+    # offline profile: the NumPy MiniLM query encoder (no torch, transformers or Dagster import)
+    result, stale = search_crops(SearchIndexFiles(settings.store), query_encoder(settings), text, k)
     for line in stale:
         sys.stdout.write(f"warning: the search index is older than the store ({line}); re-materialise search_index\n")
     table = result.hits.to_string(index=False, max_colwidth=50, float_format=lambda v: f"{v:.3f}")
@@ -129,18 +134,26 @@ def synth_command(sources: list[str], out: str, copies: int) -> int:
 
 def run_command(scenes: list[str] | None, force: bool, memo: UpToDate | None, wait: bool = False) -> int:
     """Check where the run writes, take the run lock (``runlock.py``), then run; SIGINT and
-    SIGTERM end it with one line, the interrupted run marked CANCELED (``interrupts.py``)."""
+    SIGTERM end it with one line, the interrupted run marked CANCELED (``interrupts.py``); the
+    runs' warnings are summed up in one line (``quiet.py``)."""
+    import time
+
     from conceptmine_assets.interrupts import watch_signals
+    from conceptmine_assets.quiet import summary
     from conceptmine_assets.runlock import preflight_writable, reap_orphaned_runs, run_lock
     from conceptmine_assets.settings import load_settings
 
     settings = load_settings()
     home = dagster_home()
+    started = time.time()
     with watch_signals() as signals:
         preflight_writable(home, settings.store, settings.min_free_mb)
         with run_lock(home, settings.store, wait), instance_from_env() as instance:
             reap_orphaned_runs(instance)
             run_pipeline(instance, scenes, force, memo=memo, signals=signals)
+            warned = summary(instance, started)  # warnings stay in the runs' logs: one line about them
+    if warned:
+        sys.stdout.write(warned + "\n")
     return done(settings.store)
 
 
@@ -182,6 +195,7 @@ def done(store: str) -> int:
         f"\ndone. Outputs: {store}/<asset>/<scene>.parquet\n"
         f"Mined split: {store}/splits/mined.txt   Gallery: {store}/gallery/index.html (open in a browser)\n"
         "Browse lineage and metadata: make ui  (then open http://127.0.0.1:3000)\n"
+        "Explore, search and review the crops: .venv/bin/conceptmine serve  (then open http://127.0.0.1:8765)\n"
         'Query: .venv/bin/conceptmine sql "SELECT * FROM mined_split"   '
         '.venv/bin/conceptmine search "a parked truck"\n'
     )
@@ -198,6 +212,7 @@ def parser() -> argparse.ArgumentParser:
         run.add_argument("--scenes", nargs="+", help="only these scenes (default: all)")
         run.add_argument("--force", action="store_true", help="recompute everything, stale or not")
         run.add_argument("--wait", action="store_true", help="wait for another run holding the run lock (default: stop)")
+        run.add_argument("--verbose", action="store_true", help="show library output and every Dagster log line")
     synth = sub.add_parser("synth-dataroot", help="merge and replicate nuScenes dataroots (symlinked files)")
     synth.add_argument("sources", nargs="+", help="source dataroots")
     synth.add_argument("--out", required=True, help="output dataroot (created; re-running refreshes it)")
@@ -208,6 +223,16 @@ def parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="rank the stored crops by a free-text query")
     search.add_argument("text", help='e.g. "a person pushing a cart"')
     search.add_argument("-k", type=int, default=10, help="number of crops to list (default 10)")
+    serve = sub.add_parser("serve", help="the explorer page and the search / read-only SQL API on one local server")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; anything else has NO authentication)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    serve.add_argument("--verbose", action="store_true", help="log every request")
+    reviews = sub.add_parser("reviews", help="the review log (written by the explorer page)")
+    actions = reviews.add_subparsers(dest="action", required=True)
+    export = actions.add_parser("export", help="the reviewed boxes as CSV or COCO-style JSON")
+    export.add_argument("--format", choices=["csv", "coco"], default="csv", help="csv (default) or coco")
+    export.add_argument("--out", help="file to write (default: standard output)")
     add_import_parser(sub)
     return top
 
@@ -246,6 +271,14 @@ def dispatch(args: argparse.Namespace, memo: UpToDate | None = None) -> int:
         from conceptmine_assets.verify import verify
 
         return verify(load_settings().store, use_instance=bool(os.environ.get("DAGSTER_HOME")))
+    if args.command == "serve":
+        from conceptmine_assets.serve.main import serve
+
+        return serve(args.host, args.port, args.verbose)
+    if args.command == "reviews":
+        from conceptmine_assets.review_export import export_command
+
+        return export_command(args.format, args.out)
     if args.command == "synth-dataroot":
         return synth_command(args.sources, args.out, args.copies)
     if args.command == "register-scenes":
@@ -256,6 +289,9 @@ def dispatch(args: argparse.Namespace, memo: UpToDate | None = None) -> int:
 
 
 DAGSTER_RUNS = ("run", "demo")
+
+
+DAGSTER_COMMANDS = ("run", "demo", "register-scenes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,7 +305,11 @@ def main(argv: list[str] | None = None) -> int:
             code = remembered_up_to_date(memo)
             if code is not None:
                 return code
+        if args.command not in DAGSTER_COMMANDS:  # sql, search and serve start without Dagster
+            return dispatch(args, memo)
         import dagster as dg
+
+        from conceptmine_assets.quiet import quiet_terminal
 
         warnings.filterwarnings("ignore", category=dg.BetaWarning)  # raised where the asset modules load
         warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -277,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             from conceptmine_assets.runner import CONSOLE_LEVEL
 
             CONSOLE_LEVEL["level"] = "WARNING"  # Dagster's own console log, stack traces included
-        return dispatch(args, memo)
+        with quiet_terminal(getattr(args, "verbose", False) or args.debug):  # quiet.py: no library banners or bars
+            return dispatch(args, memo)
     except KeyboardInterrupt:  # outside `conceptmine run`'s own handling (e.g. while importing)
         if args.debug:
             raise

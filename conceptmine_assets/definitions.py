@@ -16,6 +16,7 @@ from conceptmine_assets.assets import (
     mining_quality_report,
     models,
     outliers,
+    reviews,
     search_index,
     splits,
 )
@@ -32,7 +33,7 @@ from conceptmine_assets.settings import Settings, check_stage_names, load_settin
 
 ASSET_MODULES = [
     models, frames, detections, crops, embeddings, outliers, captions, concepts, splits, mining_quality_report,
-    embedding_clusters, gallery, search_index,
+    embedding_clusters, gallery, search_index, reviews,
 ]
 
 @dataclass(frozen=True)

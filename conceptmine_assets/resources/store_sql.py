@@ -21,7 +21,6 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import dagster as dg
 import duckdb
 import pandas as pd
 from upath import UPath
@@ -155,28 +154,9 @@ def reservoir_sample(con: duckdb.DuckDBPyConnection, sql: str, n: int, seed: int
         con.execute(f"SET threads = {THREADS}")
 
 
-class StoreViews(dg.ConfigurableResource):
-    """SQL over all scenes of the store for asset checks and tools: one view per stored asset."""
+def __getattr__(name: str):
+    if name == "StoreViews":  # the Dagster resource lives in store_views.py: `conceptmine sql` starts without Dagster
+        from conceptmine_assets.resources.store_views import StoreViews
 
-    base_path: str
-    storage_options: dict[str, Any] = {}
-
-    def tables(self) -> dict[str, StoredTable]:
-        return stored_tables(self.base_path, self.storage_options)
-
-    def missing(self, names: list[str]) -> list[str]:
-        """Which of the named assets have no stored file yet."""
-        stored = self.tables()
-        return [n for n in names if n not in stored]
-
-    def connect(self):
-        """The read-only store (``store_query.open_read_only``): a view per stored asset."""
-        from conceptmine_assets.resources.store_query import open_read_only
-
-        return open_read_only(self.base_path, self.storage_options)
-
-    def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
-        """Run one read-only query against the views and return a DataFrame; a query naming an
-        asset whose files cannot be read fails with the reader's error (naming the file)."""
-        with self.connect() as store:
-            return store.df(sql, params)
+        return StoreViews
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

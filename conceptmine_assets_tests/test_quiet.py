@@ -1,0 +1,94 @@
+"""A quiet terminal: `conceptmine demo` prints its own progress lines and summary only (no library
+banner, progress bar, native INFO line, traceback or Dagster warning line), and `--verbose` turns
+the library and Dagster output back on."""
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conceptmine_assets.quiet import warnings_summary
+from conceptmine_assets_tests.helpers import HIGHWAY, REAL_SLICE, REPO
+
+ALLOWED = [
+    r"registered \d+ new scene partitions",
+    r"\[[# ]{20}\] \d+/\d+ scene-stages  \w+ .*: [\d.]+s  elapsed \d+s  ETA \d+s",
+    r"\d+ warnings?, see the UI runs? [0-9a-f]{8}(, [0-9a-f]{8})*( and \d+ more)? \(make ui, then Runs\)",
+    r"",
+    r"done\. Outputs: .*",
+    r"Mined split: .*",
+    r"Browse lineage and metadata: .*",
+    r"Explore, search and review the crops: .*",
+    r"Query: .*",
+]
+
+
+def _demo_env(tmp_path: Path) -> dict:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONCEPTMINE_", "NUSCENES_", "YOLO_", "HF_HUB_DISABLE"))}
+    return {**env, "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "1",
+            "YOLO_CONFIG_DIR": str(tmp_path / "fresh-yolo-config"),  # a fresh one: where the banner would come from
+            "CONCEPTMINE_CONFIG": str(REPO / "conceptmine.demo.yaml"), "CONCEPTMINE_STORE": str(tmp_path / "store"),
+            "NUSCENES_DATAROOT": str(tmp_path / "dataroot"),
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_the_demo_prints_only_its_own_lines(tmp_path):
+    """The demo as `make demo` runs it (the fixture YOLO detector, the offline embedder with its
+    transformers text model, a fresh Ultralytics settings folder), as a fresh process."""
+    from conceptmine_assets.lib.synth import synth_dataroot
+
+    synth_dataroot([REAL_SLICE, HIGHWAY], tmp_path / "dataroot")
+    cli = [sys.executable, "-m", "conceptmine_assets.cli", "demo"]
+    out = subprocess.run(cli, env=_demo_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""  # no banner, bar, INFO line, warning or traceback
+    lines = out.stdout.splitlines()
+    strange = [line for line in lines if not any(re.fullmatch(p, line) for p in ALLOWED)]
+    assert strange == []
+    assert lines[0].startswith("registered 4 new scene partitions") and lines[-1].startswith("Query:")
+    # the demo's tiny data makes two steps warn (lof's k, hdbscan's clusters): one line says so
+    assert sum(1 for line in lines if re.fullmatch(ALLOWED[2], line)) == 1
+    assert (tmp_path / "fresh-yolo-config").exists()  # ultralytics did create its settings, silently
+
+
+def test_native_noise_is_dropped_and_everything_else_passes():
+    code = textwrap.dedent("""
+        import os, sys
+        from conceptmine_assets.quiet import filtered_stderr
+        with filtered_stderr():
+            os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n")
+            os.write(2, b"a real problem\\n")
+            sys.stderr.write("python says hello\\n")
+            os.write(2, b"no newline at the end")
+        sys.stderr.write("|after\\n")
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stderr == "a real problem\npython says hello\nno newline at the end|after\n"
+
+
+def test_verbose_shows_dagster_at_every_level(monkeypatch):
+    from conceptmine_assets.runner import QUIET, VERBOSE, run_config_for
+    from conceptmine_assets.settings import Settings
+
+    monkeypatch.delenv("CONCEPTMINE_VERBOSE", raising=False)
+    assert run_config_for(Settings(store="x"))["loggers"] == QUIET == {"console": {"config": {"log_level": "ERROR"}}}
+    monkeypatch.setenv("CONCEPTMINE_VERBOSE", "1")
+    assert run_config_for(Settings(store="x"))["loggers"] == VERBOSE
+
+
+def test_the_summary_line_names_the_runs():
+    assert warnings_summary({}) is None
+    assert warnings_summary({"1a2b3c4d5e": 1}) == "1 warning, see the UI run 1a2b3c4d (make ui, then Runs)"
+    many = {f"{i:08x}ffff": i for i in range(1, 6)}
+    assert warnings_summary(many) == ("15 warnings, see the UI runs 00000005, 00000004, 00000003 and 2 more "
+                                      "(make ui, then Runs)")
