@@ -163,3 +163,22 @@ def reap_orphaned_runs(instance: dg.DagsterInstance, out: Callable[[str], object
             f"(pid {pid}); marked failed\n")
         reaped.append(run.run_id)
     return reaped
+
+
+def cancel_own_runs(instance: dg.DagsterInstance, why: str) -> list[str]:
+    """Mark CANCELED the runs this process launched that are still in progress or were just
+    failed by an interruption (Dagster marks an interrupted run FAILURE unless a termination
+    was requested first; nothing could request it while its signal handler ran)."""
+    import dagster as dg
+
+    mine = run_tags()
+    statuses = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.FAILURE]
+    runs = instance.get_runs(dg.RunsFilter(statuses=statuses, tags={PID_TAG: mine[PID_TAG], HOST_TAG: mine[HOST_TAG]}))
+    canceled = []
+    for run in runs:
+        if run.status == dg.DagsterRunStatus.FAILURE and run.tags.get("dagster/failure_reason") != "UNEXPECTED_TERMINATION":
+            continue  # a real failure stays one
+        instance.report_run_canceled(run, message=why)
+        canceled.append(run.run_id)
+    return canceled

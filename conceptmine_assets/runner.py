@@ -13,7 +13,6 @@ the values come from the config file, as for a run launched from the UI.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
 import time
@@ -27,7 +26,9 @@ import dagster as dg
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.interrupts import Interrupted
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
-from conceptmine_assets.staleness import Records, StoreFiles, graph_nodes, plan_stage
+from conceptmine_assets.progress import Progress
+from conceptmine_assets.staleness import Records, graph_nodes, plan_stage
+from conceptmine_assets.store_check import report_damaged, store_files
 
 if TYPE_CHECKING:
     from conceptmine_assets.definitions import Stage
@@ -146,29 +147,12 @@ def _error_of(result: dg.ExecuteJobResult) -> str:
     return "the run failed before any step (see the run in the UI)"
 
 
-def cancel_own_runs(instance: dg.DagsterInstance, why: str) -> list[str]:
-    """Mark CANCELED the runs this process launched that are still in progress or were just
-    failed by an interruption (Dagster marks an interrupted run FAILURE unless a termination
-    was requested first; nothing could request it while its signal handler ran)."""
-    from conceptmine_assets.runlock import HOST_TAG, PID_TAG, run_tags
-
-    mine = run_tags()
-    statuses = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED,
-                dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.FAILURE]
-    runs = instance.get_runs(dg.RunsFilter(statuses=statuses, tags={PID_TAG: mine[PID_TAG], HOST_TAG: mine[HOST_TAG]}))
-    canceled = []
-    for run in runs:
-        if run.status == dg.DagsterRunStatus.FAILURE and run.tags.get("dagster/failure_reason") != "UNEXPECTED_TERMINATION":
-            continue  # a real failure stays one
-        instance.report_run_canceled(run, message=why)
-        canceled.append(run.run_id)
-    return canceled
-
-
 def interrupted(instance: dg.DagsterInstance, signals, done: int) -> Interrupted:
     """The one-line :class:`Interrupted` for a signal received while (or between) runs executed;
     the runs it stopped are marked CANCELED first."""
     name = signals.name() if signals is not None else "a signal"
+    from conceptmine_assets.runlock import cancel_own_runs
+
     runs = cancel_own_runs(instance, f"interrupted by {name} (conceptmine run)")
     what = f"run {', '.join(r[:8] for r in runs)} cancelled" if runs else "stopped between runs"
     signum = signals.received() if signals is not None else None
@@ -195,31 +179,6 @@ def execute(
             where = f" for {', '.join(run.scenes[:3])}{' ...' if len(run.scenes) > 3 else ''}" if run.scenes else ""
             raise RunFailed(f"{run.job}{where} failed (run {result.run_id[:8]}): {_error_of(result)}")
         return result.run_id
-
-
-class Progress:
-    """Work done / to do in scene-stages (a run of k scenes counts k, a global run 1), elapsed
-    time and ETA; one line per run. Later stages are planned when they start, so the total is
-    estimated as "as many again" per stage left and corrected at each stage."""
-
-    def __init__(self, out: Callable[[str], object]) -> None:
-        self.out, self.done, self.total, self.started = out, 0, 0, time.perf_counter()
-
-    def plan(self, runs: list[Run], stages_left: int) -> None:
-        units = sum(len(r.scenes) or 1 for r in runs)
-        self.total = self.done + units * (1 + stages_left)
-
-    def step(self, run: Run, seconds: float) -> None:
-        self.done += len(run.scenes) or 1
-        self.total = max(self.total, self.done)
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / self.done * (self.total - self.done)
-        bar = "#" * round(20 * self.done / self.total)
-        what = f"{run.scenes[0]}..{run.scenes[-1]} ({len(run.scenes)})" if run.scenes else "global"
-        self.out(
-            f"[{bar:<20}] {self.done}/{self.total} scene-stages  {run.job} {what}: {seconds:.1f}s"
-            f"  elapsed {elapsed:.0f}s  ETA {eta:.0f}s\n"
-        )
 
 
 def run_config_for(settings) -> dict:
@@ -307,28 +266,6 @@ def _run(
             execute(instance, item, run_config, ops, out, signals)
             executed.append(item)
             progress.step(item, time.perf_counter() - started)
-
-
-def store_files(store: str, instance: dg.DagsterInstance) -> StoreFiles | None:
-    """The integrity check of a local store's files (digests cached under ``$DAGSTER_HOME``)."""
-    from conceptmine_assets.lib.integrity import DigestCache
-    from conceptmine_assets.preflight import watch_store
-    from conceptmine_assets.runlock import is_local, local_path
-
-    if not is_local(store):
-        return None
-    watch_store(store)  # the no-change memo stamps the store's files too
-    return StoreFiles(str(local_path(store)), DigestCache(Path(instance.root_directory) / "conceptmine" / "digests.json"))
-
-
-def report_damaged(files: StoreFiles | None, out: Callable[[str], object]) -> None:
-    """One line per damaged stored file found so far (each once); the digest cache saved."""
-    if files is None:
-        return
-    for path, why in sorted(files.found.items()):
-        out(f"stale: {path} does not match its record ({why}); recomputing it\n")
-    files.found.clear()
-    files.cache.save()
 
 
 def pending(instance: dg.DagsterInstance, scenes: list[str] | None = None) -> list[str]:
