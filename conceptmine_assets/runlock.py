@@ -98,7 +98,10 @@ def _holder(path: Path) -> str:
 
 
 def _acquire(path: Path, wait: bool, out: Callable[[str], object]) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """Lock ``path`` through a read-only descriptor (flock needs no write access, and a file
+    held open for writing would keep its file system from being remounted read-only), then
+    write the holder's details with a short-lived one."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -108,10 +111,9 @@ def _acquire(path: Path, wait: bool, out: Callable[[str], object]) -> int:
                                "wait for it to finish or stop it, or re-run with --wait") from None
             out(f"waiting for the run lock {path} (held by {_holder(path)}) ...\n")
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
         details = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(["conceptmine", *sys.argv[1:]]),
                    "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        os.pwrite(fd, json.dumps(details).encode(), 0)
+        path.write_text(json.dumps(details))
         return fd
     except BaseException:
         os.close(fd)
@@ -122,16 +124,16 @@ def _acquire(path: Path, wait: bool, out: Callable[[str], object]) -> int:
 def run_lock(home: Path, store: str, wait: bool = False, out: Callable[[str], object] = sys.stdout.write) -> Iterator[None]:
     """Hold the instance's and the (local) store's run locks for the block."""
     paths = [home / "conceptmine" / LOCK_NAME] + ([local_path(store) / STORE_LOCK_NAME] if is_local(store) else [])
-    fds: list[int] = []
+    held: list[tuple[Path, int]] = []
     try:
         for path in paths:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fds.append(_acquire(path, wait, out))
+            held.append((path, _acquire(path, wait, out)))
         yield
     finally:
-        for fd in reversed(fds):
+        for path, fd in reversed(held):
             with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)  # no stale details for the next reader
+                path.write_text("")  # no stale details for the next reader
             os.close(fd)  # closing drops the flock
 
 

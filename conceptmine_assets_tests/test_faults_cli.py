@@ -165,7 +165,13 @@ def tmpfs(path: Path, size_kb: int, read_only: bool = False):
 
 
 def remount(path: Path, read_only: bool) -> None:
-    subprocess.run(["mount", "-o", f"remount,{'ro' if read_only else 'rw'}", str(path)], check=True)
+    """Remount ``path`` read-only or read-write (retried: it fails while a file is open for writing)."""
+    for _ in range(200):
+        done = subprocess.run(["mount", "-o", f"remount,{'ro' if read_only else 'rw'}", str(path)], capture_output=True)
+        if done.returncode == 0:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"cannot remount {path}: {done.stderr.decode()}")
 
 
 @pytest.mark.slow
