@@ -52,11 +52,15 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def check_writable(path: Path, what: str, min_free_mb: float, probe_in: str = "") -> None:
-    """``path`` exists or is created, takes a file (written, synced, removed; in its sub-folder
-    ``probe_in`` if given) and has room."""
+    """``path`` takes a file (written, synced, removed; in its sub-folder ``probe_in`` if that
+    exists) and has room. A folder that does not exist yet is not created (nothing is written
+    before the run's input checks): its nearest existing ancestor must take the file."""
+    target = path / probe_in if (path / probe_in).is_dir() else path
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    path = target
     try:
-        (path / probe_in).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path / probe_in, prefix=".conceptmine-probe-") as probe:
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".conceptmine-probe-") as probe:
             probe.write(b"x")
             probe.flush()
             os.fsync(probe.fileno())
@@ -122,8 +126,11 @@ def _acquire(path: Path, wait: bool, out: Callable[[str], object]) -> int:
 
 @contextlib.contextmanager
 def run_lock(home: Path, store: str, wait: bool = False, out: Callable[[str], object] = sys.stdout.write) -> Iterator[None]:
-    """Hold the instance's and the (local) store's run locks for the block."""
-    paths = [home / "conceptmine" / LOCK_NAME] + ([local_path(store) / STORE_LOCK_NAME] if is_local(store) else [])
+    """Hold the instance's and the (local) store's run locks for the block. A store that does not
+    exist yet is not created here (the input checks come first): only the instance's lock guards
+    its first run."""
+    local = is_local(store) and local_path(store).is_dir()
+    paths = [home / "conceptmine" / LOCK_NAME] + ([local_path(store) / STORE_LOCK_NAME] if local else [])
     held: list[tuple[Path, int]] = []
     try:
         for path in paths:
