@@ -116,13 +116,14 @@ def flag_recall(crops: pd.DataFrame, planted: set[str]) -> dict:
 def select(store: Path, strategy: str, seed: int = 0, **evidence) -> pd.DataFrame:
     """The split ``mined_split`` makes with this strategy (its own code, shipped budgets)."""
     from conceptmine_assets.assets.splits import TIERS_SQL, UNIVERSE_SQL
-    from conceptmine_assets.lib.evidence import evidence_sql
+    from conceptmine_assets.lib.evidence import evidence_sql, register_reviews
     from conceptmine_assets.lib.splits import SplitParams, select_from_tiers, select_ranked
     from conceptmine_assets.resources.store_sql import connect, stored_tables
 
     params = SplitParams(random_frac=BUDGET, target_frac=BUDGET, strategy=strategy, seed=seed, **evidence)
     t = stored_tables(str(store))
     with connect(t["frames"], t["detections"], t["concept_scores"], t["outlier_flags"], t["embeddings"]) as con:
+        register_reviews(con)
         con.execute(f"CREATE VIEW evidence AS {evidence_sql(params)}")
         universe = con.execute(UNIVERSE_SQL).df()
         if strategy == "ranked":
@@ -146,11 +147,12 @@ def duplicate_share(samples: set[str], best: pd.DataFrame) -> float:
 def split_quality(store: Path, crops: pd.DataFrame, planted: pd.DataFrame, penalties: list[float]) -> dict:
     from conceptmine_assets.resources.store_sql import connect, stored_tables
 
-    from conceptmine_assets.lib.evidence import evidence_sql
+    from conceptmine_assets.lib.evidence import evidence_sql, register_reviews
     from conceptmine_assets.lib.splits import SplitParams
 
     t = stored_tables(str(store))
     with connect(t["detections"], t["concept_scores"], t["outlier_flags"]) as con:
+        register_reviews(con)
         scored = con.execute(f"SELECT detection_id, score FROM ({evidence_sql(SplitParams())}) "
                              "WHERE \"group\" IN ('target', 'rare')").df()
     best = crops.merge(scored, on="detection_id").sort_values(["sample_token", "score"], ascending=[True, False])

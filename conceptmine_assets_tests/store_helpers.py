@@ -17,9 +17,10 @@ from upath import UPath
 from conceptmine_assets.assets.splits import mined_split
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME, scene_partitions
 from conceptmine_assets.resources.storage import ParquetIOManager, atomic_write, to_arrow
+from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.schemas import CONCEPT_SCORES, EMBEDDINGS, FRAMES, OUTLIER_FLAGS
 
-GLOBAL_TABLES = {"mined_split"}
+GLOBAL_TABLES = {"mined_split", "reviews"}
 
 
 def stored_scenes(store: Path) -> list[str]:
@@ -168,7 +169,8 @@ def seed_store(store: Path) -> None:
 def run_split(store: Path, instance, **config):
     """Materialise ``mined_split`` over ``store`` with ``config``."""
     return materialize_global(
-        [mined_split], store, instance, {"io_manager": ParquetIOManager(base_path=str(store))},
-        upstream=["frames", "detections", "concept_scores", "outlier_flags", "embeddings"], run_config={"ops": {"mined_split": {"config": config}}},
+        [mined_split], store, instance, {"io_manager": ParquetIOManager(base_path=str(store)),
+                                         "vocabulary": VocabularyResource()},
+        upstream=["frames", "detections", "concept_scores", "outlier_flags", "embeddings", "reviews"], run_config={"ops": {"mined_split": {"config": config}}},
     )
 

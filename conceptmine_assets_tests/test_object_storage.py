@@ -9,6 +9,7 @@ from conceptmine_assets.resources.nuscenes import NuScenesResource
 from upath import UPath
 
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
+from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.resources.storage import ParquetIOManager, StoreViews
 from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, materialize_scene
 from conceptmine_assets_tests.store_helpers import upstream_specs
@@ -70,9 +71,10 @@ def test_split_and_gallery_side_files_live_under_an_s3_store(instance, s3_option
         fs.put_file(str(path), f"{base}/{path.parent.name}/{path.name}")
     instance.add_dynamic_partitions(SCENE_PARTITIONS_NAME, ["scene-0", "scene-1"])
     result = dg.materialize(
-        [mined_split, *upstream_specs(["frames", "detections", "concept_scores", "outlier_flags", "embeddings"])],
+        [mined_split, *upstream_specs(["frames", "detections", "concept_scores", "outlier_flags", "embeddings", "reviews"])],
         selection=[mined_split],
-        instance=instance, resources={"io_manager": ParquetIOManager(base_path=base, storage_options=s3_options)},
+        instance=instance, resources={"io_manager": ParquetIOManager(base_path=base, storage_options=s3_options),
+                                      "vocabulary": VocabularyResource()},
         run_config={"ops": {"mined_split": {"config": {"target_frac": 0.1, "random_frac": 0.1}}}},
     )
     md = result.asset_materializations_for_node("mined_split")[0].metadata

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conceptmine_assets.errors import ConceptmineError
-from conceptmine_assets.lib.evidence import EVIDENCE_COLUMNS, evidence_sql
+from conceptmine_assets.lib.evidence import EVIDENCE_COLUMNS, evidence_sql, register_reviews
 from conceptmine_assets.lib.splits import SPLIT_COLUMNS, SplitParams, add_why, sample_tiers, select_split
 from conceptmine_assets_tests.store_helpers import frames_df, reasons_of, run_split, seed_store, write_stored
 
@@ -91,6 +91,7 @@ def _exact_crops(store: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         con.register("concept_scores", cs)
         con.register("outlier_flags", of)
         con.execute("CREATE TABLE detections (detection_id VARCHAR, confidence FLOAT)")
+        register_reviews(con)
         parts = con.execute(evidence_sql(SplitParams())).df()[["detection_id", *EVIDENCE_COLUMNS]]
     return universe.reset_index(drop=True), crops.merge(parts, on="detection_id", how="left")
 

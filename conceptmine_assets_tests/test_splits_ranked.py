@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from conceptmine_assets.lib.diverse import DiversePicker, candidates
-from conceptmine_assets.lib.evidence import EvidenceParams, evidence_sql
+from conceptmine_assets.lib.evidence import EvidenceParams, evidence_sql, register_reviews
 from conceptmine_assets.lib.outliers import DETECTORS
 from conceptmine_assets.lib.splits import SplitParams, select_from_tiers, select_ranked
 
@@ -21,7 +21,7 @@ def unit(seed: int, near: np.ndarray | None = None, noise: float = 0.02) -> np.n
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
-def store(rows: list[dict]) -> duckdb.DuckDBPyConnection:
+def store(rows: list[dict], reviews: pd.DataFrame | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory connection with concept_scores, outlier_flags and embeddings views over
     ``rows`` (one dict per crop) and the evidence view."""
     df = pd.DataFrame(rows)
@@ -37,6 +37,7 @@ def store(rows: list[dict]) -> duckdb.DuckDBPyConnection:
     con.execute("CREATE TABLE outlier_flags AS SELECT * FROM of")
     con.execute("CREATE TABLE embeddings AS SELECT detection_id, embedding::FLOAT[] AS embedding FROM emb")
     con.execute("CREATE TABLE detections AS SELECT detection_id, 1.0::FLOAT AS confidence FROM cs")
+    register_reviews(con, reviews, {"animal_on_road": "rare", "truck": "target", "car": "common", "bus": "rare"})
     return con
 
 
@@ -202,3 +203,35 @@ def test_a_strong_rare_duplicate_may_beat_a_weak_new_candidate(penalty, expected
     assert split["sample_token"].tolist() == expected
     if "s01" in expected:
         assert split.set_index("sample_token").loc["s01", "duplicate_of"] == "s00/0"
+
+
+def _reviews(rows: list[tuple]) -> pd.DataFrame:
+    """Effective reviews: (detection_id or None, sample_token, verdict, concept)."""
+    return pd.DataFrame([{"detection_id": d, "sample_token": s, "verdict": v, "concept": c} for d, s, v, c in rows])
+
+
+def test_reviews_feed_back_into_ranked_selection():
+    """A rejected crop never selects its sample; a confirmed one (or sample) comes first with
+    reason `confirmed`; a relabel replaces the concept (and its group, rarity and score)."""
+    rows = [row("s00", "rare", "animal_on_road", True, unit(0), evidence=0.99),  # the best candidate
+            row("s01", "target", "truck", True, unit(1)),
+            row("s02", "target", "truck", False, unit(2)),
+            row("s03", "common", "car", False, unit(3)),  # a car a reviewer knows is a rare object
+            row("s04", "rare", "bus", False, unit(4))]
+    rows += [row(f"s{5 + i:02d}", "common", "car", False, unit(10 + i)) for i in range(15)]
+    params = SplitParams(target_frac=0.15, random_frac=0.0)  # 20 samples: 3 slots
+    with store(rows) as con:
+        con.execute(f"CREATE VIEW evidence AS {evidence_sql(params)}")
+        before, _ = select_ranked(con, universe(20), params)
+    assert before["sample_token"].tolist() == ["s00", "s01", "s04"]
+    reviews = _reviews([("s00/0", "s00", "reject", None), (None, "s03", "confirmed", None),
+                        ("s04/0", "s04", "relabel", "truck")])
+    with store(rows, reviews) as con:
+        con.execute(f"CREATE VIEW evidence AS {evidence_sql(params)}")
+        after, _ = select_ranked(con, universe(20), params)
+        relabelled = con.execute("SELECT top_concept, \"group\" FROM evidence WHERE detection_id = 's04/0'").fetchall()
+    # s04's unique "bus" is now one more truck: no longer rarer than s02's (ties: sample token)
+    assert after["sample_token"].tolist() == ["s03", "s01", "s02"]
+    assert after["reason"].tolist() == ["confirmed", "target_outlier", "target"]
+    assert "s00" not in set(after["sample_token"])  # rejected evidence never selects
+    assert relabelled == [("truck", "target")]

@@ -15,10 +15,12 @@ from pydantic import Field
 from upath import UPath
 
 from conceptmine_assets.errors import ConceptmineError
-from conceptmine_assets.lib.evidence import evidence_sql
+from conceptmine_assets.lib.evidence import evidence_sql, register_reviews
 from conceptmine_assets.lib.mmdet3d import filter_mmdet3d_infos, filtered_infos_name, load_pickle
 from conceptmine_assets.lib.splits import REASONS, TIERS_SQL, SplitParams, add_why, select_from_tiers, select_ranked
 from conceptmine_assets.partitions import all_scenes
+from conceptmine_assets.resources.reviews_log import read_effective
+from conceptmine_assets.resources.vocabulary import VocabularyResource
 from conceptmine_assets.resources.storage import StoredTable, atomic_write, location_metadata, side_path
 from conceptmine_assets.resources.store_sql import connect
 from conceptmine_assets.settings import stage_config
@@ -49,9 +51,9 @@ FROM concept_scores c LEFT JOIN outlier_flags o ON o.detection_id = c.detection_
 """
 QUALIFYING_SQL = """
 SELECT e.detection_id, e.sample_token, e."group", e.top_concept, e.top_score, e.caption, e.is_outlier,
-       e.outlier_detectors, e.outlier, e.rarity, e.confidence, e.detector_confidence, e.score
+       e.outlier_detectors, e.outlier, e.rarity, e.confidence, e.detector_confidence, e.score, e.review
 FROM evidence e SEMI JOIN chosen c ON c.sample_token = e.sample_token
-WHERE e."group" IN ('target', 'rare')
+WHERE e."group" IN ('target', 'rare') OR e.review = 'confirmed'
 ORDER BY e.detection_id
 """
 
@@ -88,8 +90,10 @@ def _zero_budget_notes(config: SplitConfig, caps: dict[str, int], n: int) -> lis
     return [f"{k}_frac {f} of {n} samples rounds down to a budget of 0" for k, f in fracs.items() if f > 0 and caps[k] == 0]
 
 
-def _select(con: duckdb.DuckDBPyConnection, config: SplitConfig, store: str):
+def _select(con: duckdb.DuckDBPyConnection, config: SplitConfig, store: str, reviews: pd.DataFrame | None,
+            groups: dict[str, str]):
     """(split with its why-lists, budgets, the training set, (crops, without flags, outside frames))."""
+    register_reviews(con, reviews if config.strategy == "ranked" else None, groups)
     con.execute(f"CREATE VIEW evidence AS {evidence_sql(config)}")
     universe = con.execute(UNIVERSE_SQL).df()
     if universe.empty:
@@ -105,6 +109,7 @@ def _select(con: duckdb.DuckDBPyConnection, config: SplitConfig, store: str):
 
 
 @dg.asset(
+    deps=["reviews"],
     ins={"frames": all_scenes, "detections": all_scenes, "concept_scores": all_scenes, "outlier_flags": all_scenes,
          "embeddings": all_scenes},
     code_version="3",  # 3: ranked strategy (evidence score, diversity), score columns
@@ -113,7 +118,7 @@ def _select(con: duckdb.DuckDBPyConnection, config: SplitConfig, store: str):
 )
 def mined_split(
     context: dg.AssetExecutionContext, config: SplitConfig, frames: StoredTable, detections: StoredTable,
-    concept_scores: StoredTable, outlier_flags: StoredTable, embeddings: StoredTable,
+    concept_scores: StoredTable, outlier_flags: StoredTable, embeddings: StoredTable, vocabulary: VocabularyResource,
 ) -> pd.DataFrame:
     """One row per selected nuScenes **sample token** (the grain 3D training uses): scene_name,
     reason (target_outlier | target | rare_outlier | rare | random | random_fill), rank
@@ -123,7 +128,8 @@ def mined_split(
     crop_confidence, crop_detector_confidence) of the crops that qualified the sample, best first. Budgets are fractions of
     all distinct sample tokens in `frames` (the whole training set), each ``floor(frac * N)``.
     ``ranked`` (default): rare reserve, then the target budget from every target/rare candidate,
-    outliers first, by evidence score, near-duplicates (embedding cosine ≥ duplicate_cosine)
+    reviewer-confirmed first (reason confirmed), then outliers, by evidence score, rejected crops
+    never (the `reviews` log; a relabel replaces the concept), near-duplicates (embedding cosine ≥ duplicate_cosine)
     deferred, then random; ``priority`` and ``paper``: tier order, hash order within a tier (see
     :mod:`conceptmine_assets.lib.splits` and :mod:`conceptmine_assets.lib.evidence`).
     A crop without an outlier_flags row is not an outlier. Side files (``<store>/splits`` by
@@ -134,8 +140,11 @@ def mined_split(
         table.require("mined_split")
     if config.strategy == "ranked":
         embeddings.require("mined_split (strategy ranked compares the evidence crops' embeddings)")
+    reviews = read_effective(frames.store, frames.storage_options)  # the reviews in force (lib/reviews.py)
+    groups = {c.name: c.group for c in vocabulary.load().concepts}
     with connect(frames, detections, concept_scores, outlier_flags, embeddings) as con:
-        split, caps, universe, (num_crops, without_flags, outside) = _select(con, config, frames.store)
+        split, caps, universe, (num_crops, without_flags, outside) = _select(con, config, frames.store, reviews,
+                                                                               groups)
     if without_flags:
         context.log.warning(f"{without_flags} concept-scored crops have no outlier_flags row; counted as non-outliers")
     if outside:

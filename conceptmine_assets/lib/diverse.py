@@ -41,7 +41,7 @@ class Candidate:
 
     @property
     def reason(self) -> str:
-        return f"{self.group}_outlier" if self.tier == 0 else self.group
+        return ("confirmed", f"{self.group}_outlier", self.group)[self.tier]
 
 
 def candidates(batches: Iterable[pd.DataFrame]) -> Iterator[Candidate]:

@@ -78,29 +78,76 @@ def _lit(x: float) -> str:
     return repr(float(x))
 
 
+REVIEW_TABLES = {  # what register_reviews creates (empty without reviews): the evidence view reads them
+    "crop_review": "detection_id VARCHAR, verdict VARCHAR, concept VARCHAR",
+    "sample_review": "sample_token VARCHAR, verdict VARCHAR",
+    "concept_groups": "name VARCHAR, grp VARCHAR",
+}
+
+
+def register_reviews(con, effective=None, groups: dict[str, str] | None = None) -> None:
+    """The reviews in force (``lib/reviews.effective_reviews``; None: none) and the vocabulary's
+    concept groups (for relabels) as the tables the evidence view joins."""
+    import pyarrow as pa
+
+    for name, columns in REVIEW_TABLES.items():
+        con.execute(f"CREATE OR REPLACE TABLE {name} ({columns})")
+    if effective is not None and len(effective):
+        crops = effective[effective["detection_id"].notna()]
+        samples = effective[effective["detection_id"].isna()]
+        def text(values) -> pa.Array:
+            return pa.array([v if isinstance(v, str) else None for v in values], pa.string())
+
+        con.register("_crops", pa.table({c: text(crops[c]) for c in ("detection_id", "verdict", "concept")}))
+        con.register("_samples", pa.table({c: text(samples[c]) for c in ("sample_token", "verdict")}))
+        con.execute("INSERT INTO crop_review SELECT * FROM _crops")
+        con.execute("INSERT INTO sample_review SELECT * FROM _samples")
+        con.unregister("_crops")
+        con.unregister("_samples")
+    if groups:
+        con.register("_groups", pa.table({"name": list(groups), "grp": list(groups.values())}))
+        con.execute("INSERT INTO concept_groups SELECT * FROM _groups")
+        con.unregister("_groups")
+
+
 def evidence_sql(params: EvidenceParams) -> str:
     """One row per concept-scored crop (views ``concept_scores``, ``outlier_flags`` and
-    ``detections``) with its group, concept, caption, outlier facts and the score's parts
-    (:data:`EVIDENCE_COLUMNS`)."""
+    ``detections``; the review tables of :func:`register_reviews`) with its group, concept,
+    caption, outlier facts, its review and the score's parts (:data:`EVIDENCE_COLUMNS`).
+
+    Reviews: a crop's own review wins over its sample's. ``relabel`` replaces the top concept
+    (and takes that concept's group); ``confirmed`` makes a common crop rare; ``reject`` is kept
+    as the ``review`` column (the candidates leave it out)."""
     total = params.weight_outlier + params.weight_rarity + params.weight_confidence
     return f"""
-WITH freq AS (SELECT top_concept, count(*) AS n FROM concept_scores GROUP BY ALL),
-total AS (SELECT greatest(count(*), 2) AS n FROM concept_scores),
+WITH reviewed AS (
+  SELECT c.*, coalesce(r.verdict, sr.verdict) AS review,
+         CASE WHEN r.verdict = 'relabel' THEN r.concept ELSE c.top_concept END AS concept,
+         CASE WHEN r.verdict = 'relabel' THEN coalesce(g.grp, c."group")
+              WHEN coalesce(r.verdict, sr.verdict) = 'confirmed' AND c."group" = 'common' THEN 'rare'
+              ELSE c."group" END AS grp
+  FROM concept_scores c
+  LEFT JOIN crop_review r ON r.detection_id = c.detection_id
+  LEFT JOIN sample_review sr ON sr.sample_token = c.sample_token
+  LEFT JOIN concept_groups g ON g.name = r.concept
+),
+freq AS (SELECT concept, count(*) AS n FROM reviewed GROUP BY ALL),
+total AS (SELECT greatest(count(*), 2) AS n FROM reviewed),
 parts AS (
-  SELECT c.detection_id, c.sample_token, c.scene_name, c.class_name, c."group" AS "group", c.top_concept,
-         c.top_score, c.caption,
+  SELECT c.detection_id, c.sample_token, c.scene_name, c.class_name, c.grp AS "group", c.concept AS top_concept,
+         c.top_score, c.caption, c.review,
          coalesce(o.is_outlier, false) AS is_outlier,
          coalesce(o.outlier_detectors, []::VARCHAR[]) AS outlier_detectors,
          coalesce(o.outlier_evidence, 0.0) AS outlier,
          greatest(ln(total.n / coalesce(freq.n, 1)) / ln(total.n), 0.0) AS rarity,
          least(greatest(coalesce(c.top_score, 0.0), 0.0), 1.0) AS confidence,
          least(greatest(coalesce(d.confidence, 1.0), 0.0), 1.0) AS detector_confidence,
-         CASE c."group" WHEN 'rare' THEN {_lit(params.rare_weight)} WHEN 'target' THEN {_lit(params.target_weight)}
+         CASE c.grp WHEN 'rare' THEN {_lit(params.rare_weight)} WHEN 'target' THEN {_lit(params.target_weight)}
               ELSE 0.0 END AS group_weight
-  FROM concept_scores c
+  FROM reviewed c
   LEFT JOIN outlier_flags o ON o.detection_id = c.detection_id
   LEFT JOIN detections d ON d.detection_id = c.detection_id
-  LEFT JOIN freq ON freq.top_concept IS NOT DISTINCT FROM c.top_concept
+  LEFT JOIN freq ON freq.concept IS NOT DISTINCT FROM c.concept
   CROSS JOIN total
 )
 SELECT *, group_weight * sqrt(detector_confidence) * ({_lit(params.weight_outlier)} * outlier
@@ -111,19 +158,23 @@ FROM parts
 
 def candidates_sql(params: EvidenceParams, groups: tuple[str, ...] = ("target", "rare")) -> str:
     """The ranked candidates (view ``evidence`` = :func:`evidence_sql`, table ``universe`` of
-    training-set sample tokens, view ``embeddings``): per sample with a crop of ``groups``, its
-    tier, score and evidence crops (best first, with their embedding), in selection order."""
+    training-set sample tokens, view ``embeddings``): per sample with a crop of ``groups`` that no
+    review rejects, its tier (0: a reviewer confirmed it; 1: an outlier; 2: the rest), score and
+    evidence crops (best first, with their embedding), in selection order."""
     in_groups = ", ".join(f"'{g}'" for g in groups)
     return f"""
 WITH cand AS (
   SELECT e.* FROM evidence e SEMI JOIN universe u ON u.sample_token = e.sample_token
-  WHERE e."group" IN ({in_groups})
+  WHERE e."group" IN ({in_groups}) AND e.review IS DISTINCT FROM 'reject'
 ),
 tiered AS (
-  SELECT sample_token, CASE WHEN bool_or(is_outlier) THEN 0 ELSE 1 END AS tier FROM cand GROUP BY ALL
+  SELECT sample_token, CASE WHEN bool_or(review = 'confirmed') THEN 0 WHEN bool_or(is_outlier) THEN 1 ELSE 2 END
+         AS tier
+  FROM cand GROUP BY ALL
 ),
 qualifying AS (
-  SELECT c.*, t.tier FROM cand c JOIN tiered t USING (sample_token) WHERE t.tier = 1 OR c.is_outlier
+  SELECT c.*, t.tier FROM cand c JOIN tiered t USING (sample_token)
+  WHERE t.tier = 2 OR (t.tier = 1 AND c.is_outlier) OR (t.tier = 0 AND c.review = 'confirmed')
 ),
 ranked AS (
   SELECT *, row_number() OVER (PARTITION BY sample_token ORDER BY score DESC, detection_id) AS k,

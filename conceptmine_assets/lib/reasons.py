@@ -10,6 +10,7 @@ import pandas as pd
 
 
 _REASON_TEXT = {
+    "confirmed": "a reviewer confirmed this crop (or its sample) as a real rare or target object",
     "target_outlier": "target concept and an embedding outlier",
     "target": "target concept",
     "rare_outlier": "rare concept and an embedding outlier",

@@ -7,7 +7,8 @@ Each budget is ``floor(frac * N)`` (a 1e-9 tolerance keeps ``0.29 * 100`` at 29)
 split never exceeds its fractions. Three strategies:
 
 ``ranked`` (default; :mod:`conceptmine_assets.lib.evidence` defines the score,
-:mod:`conceptmine_assets.lib.diverse` the picking):
+:mod:`conceptmine_assets.lib.diverse` the picking; reviews apply: a rejected crop never qualifies
+a sample, confirmed ones come first with reason ``confirmed``, a relabel replaces the concept):
 
 1. rare reserve (``rare_frac``): rare-group candidates only, ranked and diverse;
 2. mined budget (``target_frac`` plus what the rare reserve left): every target or rare
@@ -33,7 +34,7 @@ samples), then the target budget is filled with ``target_outlier``, ``target``,
 candidates run out, with random leftovers (reason ``random_fill``). It has no separate rare
 budget (``rare_frac`` must be 0); its total is ``min(B_rand, N) + min(B_t, N - B_rand)``.
 
-``priority`` and ``paper`` only need one row per sample with its tier flags (:data:`TIERS`):
+``priority`` and ``paper`` reproduce their originals and ignore reviews; they only need one row per sample with its tier flags (:data:`TIERS`):
 the asset aggregates them in SQL (:data:`TIERS_SQL`), :func:`sample_tiers` is the same on a crop
 table. ``ranked`` streams its candidates from DuckDB (:func:`select_ranked`).
 """
@@ -53,7 +54,7 @@ from conceptmine_assets.lib.evidence import EvidenceParams, candidates_sql
 from conceptmine_assets.lib.outliers import IS_OUTLIER_SQL
 from conceptmine_assets.lib.sampling import unit_hash
 
-REASONS: tuple[str, ...] = ("target_outlier", "target", "rare_outlier", "rare", "random", "random_fill")
+REASONS: tuple[str, ...] = ("confirmed", "target_outlier", "target", "rare_outlier", "rare", "random", "random_fill")
 TIERS: tuple[str, ...] = ("target_outlier", "target", "rare_outlier", "rare")
 STRATEGIES: tuple[str, ...] = ("ranked", "priority", "paper")
 # per sample, about the crops that qualified it (best evidence score first):
@@ -241,10 +242,14 @@ def select_split(universe: pd.DataFrame, crops: pd.DataFrame, params: SplitParam
 
 def _qualifying(rows: pd.DataFrame, reason: str, strategy: str) -> pd.Series:
     """The crops that qualified a sample for ``reason``: ranked: every target or rare crop of its
-    tier (outliers for an ``*_outlier`` reason); priority/paper: the reason's own group."""
+    tier that no review rejects (confirmed crops for ``confirmed``, outliers for an ``*_outlier``
+    reason); priority/paper: the reason's own group."""
     if strategy != "ranked":
         return _qualifies(rows, reason)
-    mask = rows["group"].isin(["target", "rare"])
+    review = rows["review"] if "review" in rows else pd.Series(None, index=rows.index, dtype=object)
+    if reason == "confirmed":
+        return review == "confirmed"
+    mask = rows["group"].isin(["target", "rare"]) & (review != "reject")
     return mask & rows["is_outlier"] if reason.endswith("_outlier") else mask
 
 
