@@ -51,7 +51,6 @@ def _print(line: str) -> None:
 def rescore(store: Path, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """Fit the reference as `outlier_reference` does and rewrite every scene's outlier_flags with
     the real detectors; the per-crop scores and flags (with planted / object / class columns)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from conceptmine_assets.lib.outliers import DETECTORS, OutlierParams, fit_reference, flag_columns

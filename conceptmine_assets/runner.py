@@ -17,7 +17,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 

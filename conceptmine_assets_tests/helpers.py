@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import shutil
 import textwrap
@@ -262,3 +263,16 @@ def add_scene(root: Path, record: dict) -> None:
     """Put a scene record back at the end of scene.json (a drive that arrived)."""
     table = root / "v1.0-mini" / "scene.json"
     table.write_text(json.dumps([*json.loads(table.read_text()), record]))
+
+
+UPDATE_DOCS = os.environ.get("CONCEPTMINE_UPDATE_SCREENSHOTS") == "1"  # browser tests refresh docs/*.png
+
+
+def screenshot(page, tmp_path: Path, name: str) -> Path:
+    """A screenshot of ``page`` (not blank: over 10 kB), copied to docs/ with CONCEPTMINE_UPDATE_SCREENSHOTS=1."""
+    path = tmp_path / name
+    page.screenshot(path=str(path))
+    assert path.stat().st_size > 10_000
+    if UPDATE_DOCS:
+        shutil.copyfile(path, REPO / "docs" / name)
+    return path

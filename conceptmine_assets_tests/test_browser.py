@@ -9,7 +9,6 @@ Set ``CONCEPTMINE_UPDATE_SCREENSHOTS=1`` to copy the screenshots to ``docs/`` fo
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conceptmine_assets_tests.helpers import REAL_SCENE, REPO
+from conceptmine_assets_tests.helpers import REAL_SCENE, REPO, screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -32,7 +31,6 @@ CHROMIUM_ARGS = [
 STAGES = ["frames", "detections", "crops", "embeddings", "outlier_flags", "captions", "concept_scores", "mined_split"]
 SCENE_STAGES = {"perception": STAGES[:4], "mining_scene": STAGES[4:7]}
 SERVER_START_S = 120
-UPDATE_DOCS = os.environ.get("CONCEPTMINE_UPDATE_SCREENSHOTS") == "1"
 
 
 def _sync_playwright():
@@ -118,14 +116,6 @@ def browser():
         chromium.close()
 
 
-def _screenshot(page, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / name
-    page.screenshot(path=str(path))
-    assert path.stat().st_size > 10_000
-    if UPDATE_DOCS:
-        shutil.copyfile(path, REPO / "docs" / name)
-    return path
-
 
 def test_asset_graph_shows_the_stages_and_scene_partitions(webserver, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1800, "height": 1000})
@@ -134,7 +124,7 @@ def test_asset_graph_shows_the_stages_and_scene_partitions(webserver, browser, t
     page.keyboard.press("Alt+KeyE")  # the graph's "Expand all groups" shortcut
     page.wait_for_load_state("networkidle")
     page.wait_for_timeout(2000)  # materialisation statuses colour the nodes
-    _screenshot(page, tmp_path, "asset-graph.png")
+    screenshot(page, tmp_path, "asset-graph.png")
 
     # every stage is a node of its group's graph (the whole graph no longer fits one viewport), and
     # each scene-partitioned stage shows its one materialised scene partition there
@@ -161,7 +151,7 @@ def test_gallery_page_shows_crops_and_filters(real_run, browser, tmp_path):
     assert total > 10 and page.inner_text("#shown") == str(total)
     loaded = page.evaluate("Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length")
     assert loaded == total  # every crop JPEG decodes in the browser
-    _screenshot(page, tmp_path, "gallery.png")
+    screenshot(page, tmp_path, "gallery.png")
 
     page.click("button[data-group=target]")
     visible = page.locator(".item:visible")
@@ -194,5 +184,5 @@ def test_runs_of_conceptmine_run_are_listed_under_their_jobs(webserver, browser,
     page.goto(f"{webserver}/locations/conceptmine/jobs/perception_job/runs", wait_until="networkidle", timeout=60_000)
     page.get_by_text(runs[0]["runId"][:8]).first.wait_for(timeout=30_000)
     assert page.get_by_text("No runs found").count() == 0
-    _screenshot(page, tmp_path, "job-runs.png")
+    screenshot(page, tmp_path, "job-runs.png")
     page.close()

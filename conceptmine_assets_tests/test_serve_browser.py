@@ -6,8 +6,6 @@ copy of the real slice's store (the session's ``real_run``). Set ``CONCEPTMINE_U
 to copy the screenshots to ``docs/`` for the README.
 """
 
-import os
-import shutil
 import socket
 import threading
 import time
@@ -20,7 +18,7 @@ import uvicorn
 from conceptmine_assets.resources.reviews_log import read_log
 from conceptmine_assets.resources.text_query import LightTextEncoder
 from conceptmine_assets.serve.app import create_app
-from conceptmine_assets_tests.helpers import REPO
+from conceptmine_assets_tests.helpers import screenshot
 from conceptmine_assets_tests.serve_helpers import copy_store
 
 pytestmark = pytest.mark.browser
@@ -28,7 +26,6 @@ pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-UPDATE_DOCS = os.environ.get("CONCEPTMINE_UPDATE_SCREENSHOTS") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +65,6 @@ def page(explorer):
         browser.close()
     assert errors == []  # no JavaScript error on the way
 
-
-def _screenshot(page, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / name
-    page.screenshot(path=str(path))
-    assert path.stat().st_size > 10_000
-    if UPDATE_DOCS:
-        shutil.copyfile(path, REPO / "docs" / name)
-    return path
 
 
 def _images_loaded(page, selector: str) -> bool:
@@ -118,7 +107,7 @@ def test_filter_search_more_like_this_detail_and_review(explorer, page, tmp_path
     assert _images_loaded(page, "#detail img.frame")
     why = page.inner_text("#detail .why")
     assert why.startswith(("Mined:", "Not mined:", "Its sample is in the split")) and "This crop: group" in why
-    _screenshot(page, tmp_path, "explorer.png")
+    screenshot(page, tmp_path, "explorer.png")
 
     # a review: written to the store's log, shown in the panel
     page.fill("#reviewer", "ana")
@@ -133,4 +122,4 @@ def test_filter_search_more_like_this_detail_and_review(explorer, page, tmp_path
     page.locator("#split-table tbody tr").first.wait_for(timeout=15_000)
     assert "in the mined split" in page.inner_text("#split-status")
     assert _images_loaded(page, "#split-table img")
-    _screenshot(page, tmp_path, "explorer-split.png")
+    screenshot(page, tmp_path, "explorer-split.png")

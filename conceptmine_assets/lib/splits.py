@@ -46,7 +46,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.diverse import DiversePicker, candidates
