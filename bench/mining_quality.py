@@ -207,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         _print(f"outlier flags: {json.dumps(flags, indent=1)}")
         split = split_quality(work / "store", crops, planted, args.penalties)
         _print(f"split: {json.dumps(split, indent=1)}")
+        ranked = split["ranked"]
+        _print("BENCH " + json.dumps({  # the headline figures, one line (bench/scale.py reads it)
+            "flags_recall_over_rate": flags["union_recall_over_rate"], "flag_rate": flags["union_flag_rate"],
+            "split_recall_over_random": ranked["crop_recall_over_random"],
+            "object_recall": ranked["planted_object_recall"], "random_object_recall": ranked["random_object_recall"],
+            "repeating_mined": ranked["repeating_samples_mined"], "repeating_random": ranked["repeating_samples_random"],
+            "paper_recall_over_random": split["paper"]["crop_recall_over_random"]}))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

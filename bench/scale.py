@@ -110,7 +110,9 @@ def stages(work: Path, scenes: int) -> list[tuple[str, list[str]]]:
         ("GraphQL partition status (embeddings)", [*step, "graphql", w]),
         ("runs per backfill (from backfill policies)", [*step, "backfill_runs", w, str(scenes)]),
         ("recall of planted rare crops", [*step, "recall", w]),
-    ]
+    ] + ([(f"mining quality with real flags ({min(scenes, 40)} scenes, bench/mining_quality.py)",
+           [PYTHON, str(REPO / "bench" / "mining_quality.py"), "--scenes", str(min(scenes, 40)), "--penalties"])]
+         if scenes >= 8 else [])
 
 
 def measure(scenes: int, args: argparse.Namespace, log) -> dict[str, Measure]:
