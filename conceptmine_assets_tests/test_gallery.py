@@ -115,3 +115,16 @@ def test_gallery_says_each_mined_crops_evidence_score_and_parts():
     assert ("evidence score 0.812 = outlier 0.97, rarity 0.85, concept 0.70, x detector confidence 0.95" in why
             and "repeats chosen crop zz9" in why), why
     assert "evidence score 0.812" in render_gallery(items)  # the page shows it
+
+
+def test_the_explorer_says_a_mined_crops_evidence_score():
+    from conceptmine_assets.lib.explain import why_mined
+
+    split = {"reason": "rare_outlier", "rank": 0, "detection_ids": ["d1", "d2"], "duplicate_of": "d0",
+             "crop_scores": [0.8, 0.5], "crop_outlier": [0.99, 0.5], "crop_rarity": [0.86, 0.3],
+             "crop_confidence": [0.82, 0.7], "crop_detector_confidence": [0.95, 0.9]}
+    text = why_mined({"detection_id": "d1", "top_concept": "animal_on_road", "top_score": 0.82, "group": "rare"},
+                     {"outlier_detectors": ["small_cluster"]}, split, True)
+    assert "evidence score 0.800 = outlier 0.99, rarity 0.86, concept 0.82, x detector confidence 0.95" in text
+    assert "repeats chosen crop d0" in text
+    assert "evidence score" not in why_mined({"detection_id": "d9"}, None, split, False)

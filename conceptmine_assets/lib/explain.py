@@ -40,8 +40,25 @@ def why_mined(scores: dict[str, Any] | None, flags: dict[str, Any] | None, split
         return f"Not mined: its sample is not in the split. This crop: {facts}."
     reason, rank = split.get("reason"), split.get("rank")
     if qualified:
-        return f"Mined: this crop qualified its sample for the split as {reason} (rank {rank}). This crop: {facts}."
+        return (f"Mined: this crop qualified its sample for the split as {reason} (rank {rank}){_score(split, scores)}. "
+                f"This crop: {facts}.")
     if str(reason).startswith("random"):
         return f"Its sample is in the split as {reason} (rank {rank}), drawn at random, not for this crop. This crop: {facts}."
     return (f"Its sample is in the split as {reason} (rank {rank}) through other crops; this crop did not qualify it. "
             f"This crop: {facts}.")
+
+
+def _score(split: dict[str, Any], scores: dict[str, Any] | None) -> str:
+    """", evidence score 0.82 = outlier 0.99, rarity 0.86, concept 0.82, x detector 0.95": the
+    mining score of this crop and its parts (``lib/evidence.py``), from the split's lists."""
+    ids = list(split.get("detection_ids") or [])
+    det = (scores or {}).get("detection_id")
+    lists = {k: list(split.get(k) or []) for k in ("crop_scores", "crop_outlier", "crop_rarity", "crop_confidence",
+                                                    "crop_detector_confidence")}
+    if det not in ids or any(len(v) != len(ids) for v in lists.values()):
+        return ""
+    i = ids.index(det)
+    parts = [float(lists[k][i]) for k in lists]
+    text = (f", evidence score {parts[0]:.3f} = outlier {parts[1]:.2f}, rarity {parts[2]:.2f}, concept {parts[3]:.2f}, "
+            f"x detector confidence {parts[4]:.2f}")
+    return text + (f"; it repeats chosen crop {split['duplicate_of']}" if split.get("duplicate_of") else "")
