@@ -255,3 +255,14 @@ def test_offline_search_finds_a_crop_by_its_detector_class_and_concept(store, of
     resource.publish(build(*tables(store), False, SearchIndexConfig(), offline_embedder))
     result, _ = search_crops(resource, offline_embedder, "a cat on the road", k=4)
     assert result.hits["detection_id"].iloc[0] == "c1"
+
+
+def test_label_words_need_the_captions_text_model(store):
+    """An embedder of another text space than the stored captions cannot add class words: the
+    index is built from the captions alone and says why."""
+    seed(store, [("scene-00", "d1", "truck", "caption 0", [1.0, 0.0, 0.0], [1.0, 0.0, 0.0])], text_model="model-a")
+    other = FakeEmbedder(False, {"truck": [0.0, 1.0, 0.0]}, dim=3)  # text_model_id "fake-text" != "model-a"
+    out = build(*tables(store), False, SearchIndexConfig(), other)
+    entry = out.manifest["modes"]["caption_text"]
+    assert entry["labels"] == 0 and "encoded with model-a" in entry["labels_skipped"] and other.encoded == []
+    assert entry["crops"] == 1

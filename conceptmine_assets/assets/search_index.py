@@ -159,10 +159,13 @@ def build_caption_index(con, files: StoredTable, scores: StoredTable, params: In
     model_id = _one_model(models, "stored caption embeddings")
     crop_table = pa.concat_tables(crops)
     labels = sorted(set(pc.unique(crop_table.column("text")).to_pylist()) - set(vectors))
+    skipped = None
+    if labels and embedder.text_model_id != model_id:  # the words would land in another text space
+        skipped = (f"class and concept words not indexed: the captions were encoded with {model_id}, the "
+                   f"embedder is {embedder.text_model_id} (re-materialise `captions` with this embedder)")
+        crop_table = crop_table.filter(pc.is_in(crop_table.column("text"), pa.array(sorted(vectors))))
+        labels = []
     if labels:
-        if embedder.text_model_id != model_id:
-            raise ConceptmineError(f"the captions were encoded with {model_id}, the embedder is "
-                                   f"{embedder.text_model_id}; re-materialise `captions` with this embedder")
         vectors.update(zip(labels, embedder.encode_texts(labels)))
     texts = sorted(vectors)
     matrix = np.stack([vectors[t] for t in texts])
@@ -175,7 +178,7 @@ def build_caption_index(con, files: StoredTable, scores: StoredTable, params: In
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     caption_table = pa.table({"caption": texts + [None], "offset": offsets})
     entry = {"model_id": model_id, "dim": index.d, "rows": index.ntotal, "crops": len(crop_table),
-             "labels": len(labels), "index": spec, "nprobe": params.nprobe}
+             "labels": len(labels), "index": spec, "nprobe": params.nprobe, **({"labels_skipped": skipped} if skipped else {})}
     return index, caption_table, crop_table.drop_columns(["text_id", "text"]), entry
 
 
@@ -233,6 +236,9 @@ def search_index(
     result = build(embeddings, captions, concept_scores, embedder.shared_space, config, embedder)
     build_id = search_index_store.publish(result)
     modes = result.manifest["modes"]
+    skipped = modes.get("caption_text", {}).get("labels_skipped")
+    if skipped:
+        context.log.warning(skipped)
     return dg.MaterializeResult(
         metadata={
             "build": build_id,
@@ -240,6 +246,8 @@ def search_index(
             **{f"{m}_index": e["index"] for m, e in modes.items()},
             **{f"{m}_model_id": e["model_id"] for m, e in modes.items()},
             "num_caption_crops": modes.get("caption_text", {}).get("crops", 0),
+            "num_label_words": modes.get("caption_text", {}).get("labels", 0),
+            "label_words": skipped or "indexed",
             "seconds": round(time.perf_counter() - started, 3),
         }
     )
