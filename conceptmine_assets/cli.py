@@ -55,19 +55,17 @@ def register_scenes(instance: dg.DagsterInstance, nuscenes=None) -> list[str]:
 
 def run_pipeline(
     instance: dg.DagsterInstance, scenes: list[str] | None = None, force: bool = False, ops: dict | None = None,
-    memo: UpToDate | None = None, signals=None,
+    memo: UpToDate | None = None, signals=None, checked: tuple | None = None,
 ):
     """Pre-flight checks, register new scenes, then :func:`conceptmine_assets.runner.run`; with
     ``memo``, a plan that then finds nothing to do is remembered (``uptodate.py``)."""
     from conceptmine_assets.preflight import preflight
     from conceptmine_assets.runner import pending, run
 
-    settings, nuscenes = preflight(instance.root_directory)
+    settings, nuscenes = checked or preflight(instance.root_directory)  # checked: run_command did it
     if signals is not None:
         signals.check()  # a safe point: nothing written yet
-    unknown = sorted(set(scenes or []) - set(nuscenes.scene_names()))
-    if unknown:
-        raise UsageError(f"--scenes {' '.join(unknown)}: not in {nuscenes.table_dir / 'scene.json'}")
+    check_scenes(scenes, nuscenes)
     new = register_scenes(instance, nuscenes)
     sys.stdout.write(f"registered {len(new)} new scene partitions\n")
     before = memo.snapshot() if memo is not None else None  # what run()'s plan is computed from
@@ -79,6 +77,12 @@ def run_pipeline(
     if memo is not None:
         memo.save(before, settings.store)  # only if nothing moved since `before` (uptodate.py)
     return executed
+
+
+def check_scenes(scenes: list[str] | None, nuscenes) -> None:
+    unknown = sorted(set(scenes or []) - set(nuscenes.scene_names()))
+    if unknown:
+        raise UsageError(f"--scenes {' '.join(unknown)}: not in {nuscenes.table_dir / 'scene.json'}")
 
 
 def sql_command(query: str) -> int:
@@ -131,16 +135,21 @@ def run_command(scenes: list[str] | None, force: bool, memo: UpToDate | None, wa
     """Check where the run writes, take the run lock (``runlock.py``), then run; SIGINT and
     SIGTERM end it with one line, the interrupted run marked CANCELED (``interrupts.py``)."""
     from conceptmine_assets.interrupts import watch_signals
-    from conceptmine_assets.runlock import preflight_writable, reap_orphaned_runs, run_lock
+    from conceptmine_assets.preflight import preflight
+    from conceptmine_assets.runlock import check_home, check_store, reap_orphaned_runs, run_lock
     from conceptmine_assets.settings import load_settings
 
     settings = load_settings()
     home = dagster_home()
     with watch_signals() as signals:
-        preflight_writable(home, settings.store, settings.min_free_mb)
+        check_home(home, settings.min_free_mb)
+        checked = preflight(home)  # bad input stops here, before anything is written to the store or instance
+        check_scenes(scenes, checked[1])
+        signals.check()
+        check_store(settings.store, settings.min_free_mb)
         with run_lock(home, settings.store, wait), instance_from_env() as instance:
             reap_orphaned_runs(instance)
-            run_pipeline(instance, scenes, force, memo=memo, signals=signals)
+            run_pipeline(instance, scenes, force, memo=memo, signals=signals, checked=checked)
     return done(settings.store)
 
 
