@@ -258,7 +258,12 @@ def dispatch(args: argparse.Namespace, memo: UpToDate | None = None) -> int:
     if args.command == "synth-dataroot":
         return synth_command(args.sources, args.out, args.copies)
     if args.command == "register-scenes":
-        with instance_from_env() as instance:
+        from conceptmine_assets.runlock import check_home, run_lock
+        from conceptmine_assets.settings import load_settings
+
+        settings, home = load_settings(), dagster_home()
+        check_home(home, settings.min_free_mb)
+        with run_lock(home, settings.store), instance_from_env() as instance:  # the instance's one writer
             sys.stdout.write(f"registered {len(register_scenes(instance))} new scene partitions\n")
         return 0
     return run_command(args.scenes, args.force, memo, args.wait)
@@ -297,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         known = isinstance(exc, (ConceptmineError, UsageError))
         message = str(exc).strip() if known else f"unexpected {type(exc).__name__}: {str(exc).strip()}"
+        if type(exc).__name__ == "OperationalError" and os.environ.get("DAGSTER_HOME"):  # SQLite: full, read-only
+            known, message = True, (f"the Dagster instance in DAGSTER_HOME {os.environ['DAGSTER_HOME']} cannot be "
+                                    f"written: {str(exc).strip().splitlines()[0][:200]}; free space or fix its "
+                                    "permissions, then re-run (it resumes)")
         lines = message.splitlines() or [type(exc).__name__]
         more = "" if known and len(lines) == 1 else " (rerun with --debug for details)"
         sys.stderr.write(f"conceptmine {args.command}: {lines[0][:500]}{more}\n")
