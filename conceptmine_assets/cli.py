@@ -57,7 +57,7 @@ def register_scenes(instance: dg.DagsterInstance, nuscenes=None) -> list[str]:
 
 def run_pipeline(
     instance: dg.DagsterInstance, scenes: list[str] | None = None, force: bool = False, ops: dict | None = None,
-    memo: UpToDate | None = None, signals=None,
+    memo: UpToDate | None = None, signals=None, checked: tuple | None = None,
 ):
     """Pre-flight checks, register new scenes, then :func:`conceptmine_assets.runner.run`; with
     ``memo``, a plan that then finds nothing to do is remembered (``uptodate.py``)."""
@@ -66,13 +66,11 @@ def run_pipeline(
 
     from conceptmine_assets.resources.reviews_log import watch_log
 
-    settings, nuscenes = preflight(instance.root_directory)
+    settings, nuscenes = checked or preflight(instance.root_directory)  # checked: run_command did it
     if signals is not None:
         signals.check()  # a safe point: nothing written yet
     watch_log(settings.store)  # a new review is a change the no-change memo must see (before its snapshot)
-    unknown = sorted(set(scenes or []) - set(nuscenes.scene_names()))
-    if unknown:
-        raise UsageError(f"--scenes {' '.join(unknown)}: not in {nuscenes.table_dir / 'scene.json'}")
+    check_scenes(scenes, nuscenes)
     new = register_scenes(instance, nuscenes)
     sys.stdout.write(f"registered {len(new)} new scene partitions\n")
     before = memo.snapshot() if memo is not None else None  # what run()'s plan is computed from
@@ -86,6 +84,12 @@ def run_pipeline(
     return executed
 
 
+def check_scenes(scenes: list[str] | None, nuscenes) -> None:
+    unknown = sorted(set(scenes or []) - set(nuscenes.scene_names()))
+    if unknown:
+        raise UsageError(f"--scenes {' '.join(unknown)}: not in {nuscenes.table_dir / 'scene.json'}")
+
+
 def run_command(scenes: list[str] | None, force: bool, memo: UpToDate | None, wait: bool = False) -> int:
     """Check where the run writes, take the run lock (``runlock.py``), then run; SIGINT and
     SIGTERM end it with one line, the interrupted run marked CANCELED (``interrupts.py``); the
@@ -93,21 +97,28 @@ def run_command(scenes: list[str] | None, force: bool, memo: UpToDate | None, wa
     import time
 
     from conceptmine_assets.interrupts import watch_signals
+    from conceptmine_assets.preflight import preflight
     from conceptmine_assets.quiet import summary
-    from conceptmine_assets.runlock import preflight_writable, reap_orphaned_runs, run_lock
+    from conceptmine_assets.runlock import check_home, check_store, reap_orphaned_runs, run_lock
     from conceptmine_assets.settings import load_settings
 
     settings = load_settings()
     home = dagster_home()
     started = time.time()
     with watch_signals() as signals:
-        preflight_writable(home, settings.store, settings.min_free_mb)
+        check_home(home, settings.min_free_mb)
+        checked = preflight(home)  # bad input stops here, before anything is written to the store or instance
+        check_scenes(scenes, checked[1])
+        signals.check()
+        check_store(settings.store, settings.min_free_mb)
         with run_lock(home, settings.store, wait), instance_from_env() as instance:
             reap_orphaned_runs(instance)
-            run_pipeline(instance, scenes, force, memo=memo, signals=signals)
+            run_pipeline(instance, scenes, force, memo=memo, signals=signals, checked=checked)
             warned = summary(instance, started)  # warnings stay in the runs' logs: one line about them
     if warned:
         sys.stdout.write(warned + "\n")
+    from conceptmine_assets.commands import done
+
     return done(settings.store)
 
 
@@ -130,30 +141,6 @@ def run_memo(scenes: list[str] | None) -> UpToDate | None:
     from conceptmine_assets.uptodate import UpToDate
 
     return UpToDate(home, scenes)
-
-
-def remembered_up_to_date(memo: UpToDate) -> int | None:
-    """Exit code 0 when the last no-change plan still holds, else None."""
-    held = memo.holds()
-    if held is None:
-        return None
-    sys.stdout.write(
-        "nothing to do: every asset is up to date (use --force to recompute); nothing the last plan "
-        f"was computed from has changed since {held['recorded']}\n"
-    )
-    return done(held["store"])
-
-
-def done(store: str) -> int:
-    sys.stdout.write(
-        f"\ndone. Outputs: {store}/<asset>/<scene>.parquet\n"
-        f"Mined split: {store}/splits/mined.txt   Gallery: {store}/gallery/index.html (open in a browser)\n"
-        "Browse lineage and metadata: make ui  (then open http://127.0.0.1:3000)\n"
-        "Explore, search and review the crops: .venv/bin/conceptmine serve  (then open http://127.0.0.1:8765)\n"
-        'Query: .venv/bin/conceptmine sql "SELECT * FROM mined_split"   '
-        '.venv/bin/conceptmine search "a parked truck"\n'
-    )
-    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -242,7 +229,12 @@ def dispatch(args: argparse.Namespace, memo: UpToDate | None = None) -> int:
 
         return synth_command(args.sources, args.out, args.copies)
     if args.command == "register-scenes":
-        with instance_from_env() as instance:
+        from conceptmine_assets.runlock import check_home, run_lock
+        from conceptmine_assets.settings import load_settings
+
+        settings, home = load_settings(), dagster_home()
+        check_home(home, settings.min_free_mb)
+        with run_lock(home, settings.store), instance_from_env() as instance:  # the instance's one writer
             sys.stdout.write(f"registered {len(register_scenes(instance))} new scene partitions\n")
         return 0
     return run_command(args.scenes, args.force, memo, args.wait)
@@ -262,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         memo = run_memo(args.scenes) if args.command in ("run", "demo") else None
         if memo is not None and not args.force:
+            from conceptmine_assets.commands import remembered_up_to_date
+
             code = remembered_up_to_date(memo)
             if code is not None:
                 return code
@@ -289,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         known = isinstance(exc, (ConceptmineError, UsageError))
         message = str(exc).strip() if known else f"unexpected {type(exc).__name__}: {str(exc).strip()}"
+        if type(exc).__name__ == "OperationalError" and os.environ.get("DAGSTER_HOME"):  # SQLite: full, read-only
+            known, message = True, (f"the Dagster instance in DAGSTER_HOME {os.environ['DAGSTER_HOME']} cannot be "
+                                    f"written: {str(exc).strip().splitlines()[0][:200]}; free space or fix its "
+                                    "permissions, then re-run (it resumes)")
         lines = message.splitlines() or [type(exc).__name__]
         more = "" if known and len(lines) == 1 else " (rerun with --debug for details)"
         sys.stderr.write(f"conceptmine {args.command}: {lines[0][:500]}{more}\n")

@@ -1,10 +1,14 @@
-"""The commands that need no Dagster: `conceptmine sql`, `search` and `synth-dataroot`."""
+"""What `conceptmine` does without Dagster: `sql`, `search`, `synth-dataroot`, the no-change memo's answer and the closing lines."""
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from conceptmine_assets.cli import UsageError
+
+if TYPE_CHECKING:
+    from conceptmine_assets.uptodate import UpToDate
 
 
 def sql_command(query: str) -> int:
@@ -50,4 +54,28 @@ def synth_command(sources: list[str], out: str, copies: int) -> int:
 
     names = synth_dataroot([Path(s) for s in sources], Path(out), copies)
     sys.stdout.write(f"{out}: {len(names)} scenes ({', '.join(names[:8])}{' ...' if len(names) > 8 else ''})\n")
+    return 0
+
+
+def remembered_up_to_date(memo: "UpToDate") -> int | None:
+    """Exit code 0 when the last no-change plan still holds, else None."""
+    held = memo.holds()
+    if held is None:
+        return None
+    sys.stdout.write(
+        "nothing to do: every asset is up to date (use --force to recompute); nothing the last plan "
+        f"was computed from has changed since {held['recorded']}\n"
+    )
+    return done(held["store"])
+
+
+def done(store: str) -> int:
+    sys.stdout.write(
+        f"\ndone. Outputs: {store}/<asset>/<scene>.parquet\n"
+        f"Mined split: {store}/splits/mined.txt   Gallery: {store}/gallery/index.html (open in a browser)\n"
+        "Browse lineage and metadata: make ui  (then open http://127.0.0.1:3000)\n"
+        "Explore, search and review the crops: .venv/bin/conceptmine serve  (then open http://127.0.0.1:8765)\n"
+        'Query: .venv/bin/conceptmine sql "SELECT * FROM mined_split"   '
+        '.venv/bin/conceptmine search "a parked truck"\n'
+    )
     return 0

@@ -1,7 +1,8 @@
 """One writer at a time: ``conceptmine run`` checks where it writes, then holds a run lock.
 
-Before any work: the store (local) and ``$DAGSTER_HOME`` exist or can be created, accept a
-file, and have at least ``min_free_mb`` free (one line naming the path otherwise). Then an
+Before any work: ``$DAGSTER_HOME`` and, once the input checks passed (nothing is written for
+bad input), the store (local) exist or can be created, accept a file, and have at least
+``min_free_mb`` free (one line naming the path otherwise). Then an
 exclusive ``fcntl.flock`` on ``$DAGSTER_HOME/conceptmine/run.lock`` and, for a local store, on
 ``<store>/.conceptmine-run.lock`` (hidden: never read as a table), taken before the Dagster
 instance is opened, so first-time instance set-up (SQLite schema creation) never races. A second
@@ -81,11 +82,23 @@ def local_path(store: str) -> Path:
     return Path(store.removeprefix("file://")).expanduser().resolve()
 
 
-def preflight_writable(home: Path, store: str, min_free_mb: float) -> None:
-    """The checks of the module docstring, the store first (where the outputs go)."""
+def check_home(home: Path, min_free_mb: float) -> None:
+    """``$DAGSTER_HOME`` takes a file and has room (probed in its ``conceptmine/`` folder, which
+    the no-change memo ignores)."""
+    check_writable(home, "DAGSTER_HOME", min_free_mb, probe_in="conceptmine")
+
+
+def check_store(store: str, min_free_mb: float) -> None:
+    """A local store exists or is created, takes a file and has room (call once the input is
+    known to be good: it creates the store's folder)."""
     if is_local(store):
         check_writable(local_path(store), "the store", min_free_mb)
-    check_writable(home, "DAGSTER_HOME", min_free_mb, probe_in="conceptmine")  # the memo ignores that folder
+
+
+def preflight_writable(home: Path, store: str, min_free_mb: float) -> None:
+    """Both checks of the module docstring."""
+    check_home(home, min_free_mb)
+    check_store(store, min_free_mb)
 
 
 def _holder(path: Path) -> str:

@@ -88,13 +88,13 @@ def test_a_held_lock_stops_a_second_run_with_one_line_naming_the_holder(dataroot
 def test_wait_waits_for_the_lock_then_runs(dataroot, tmp_path):
     dep = new_deployment(tmp_path / "dep", dataroot)
     with run_lock(dep.home, str(dep.store), out=lambda _: None):
-        proc, out = dep.start("run", "--wait", NUSCENES_DATAROOT=str(tmp_path / "nowhere"))
+        proc, out = dep.start("run", "--wait")
         wait_for_line(out, proc, "waiting for the run lock")
         time.sleep(0.5)
-        assert proc.poll() is None  # still waiting
-    assert proc.wait(timeout=300) == 1
-    # it went on once the lock was free: the next check (the missing dataroot) stopped it
-    assert "nowhere" in the_error_line(Path(f"{out}.err").read_text())
+        assert proc.poll() is None and "registered" not in out.read_text()  # still waiting
+    wait_for_line(out, proc, "registered")  # it went on once the lock was free ...
+    assert send(proc, "SIGINT") == 130  # ... (and stops cleanly when asked)
+    assert "interrupted by SIGINT" in the_error_line(Path(f"{out}.err").read_text())
 
 
 @pytest.mark.slow
@@ -232,8 +232,8 @@ def test_a_read_only_dagster_home_stops_before_any_work(dataroot, tmp_path):
 def test_too_little_free_space_stops_before_any_work(dataroot, tmp_path):
     dep = new_deployment(tmp_path / "dep", dataroot)
     line = one_line_error(dep.cli("run", CONCEPTMINE_MIN_FREE_MB=str(10**12)))
-    assert f"the store {dep.store} has" in line and "MB free, under the" in line, line
-    assert not (dep.home / "storage").exists()
+    assert f"DAGSTER_HOME {dep.home} has" in line and "MB free, under the" in line, line  # checked first
+    assert not (dep.home / "storage").exists() and not dep.store.exists()
 
 
 # ---------------------------------------------------------------- damaged stored files

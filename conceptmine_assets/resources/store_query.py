@@ -16,6 +16,10 @@ and the server open the store through :func:`open_read_only`. Two independent lo
    ``allowed_paths`` a ``COPY ... TO`` one of those files with ``USE_TMP_FILE false`` rewrites
    it; hence exact files and lock 1.
 
+A query that fails because a writer replaced a file between the views' binding and the read
+(an atomic rename: the view then reads the new file with the old file's layout) is run again
+on fresh views, at most twice; any other error is the query's.
+
 A view per stored asset. An asset whose files cannot be read (truncated, garbage, not Parquet)
 does not break the connection: its view is replaced by one that fails with the reader's error,
 and a query that names it is refused up front with that error, which names the file; queries of
@@ -100,6 +104,13 @@ class ReadOnlyStore:
     base_path: str
     tables: dict[str, StoredTable]
     unreadable: dict[str, str] = field(default_factory=dict)  # asset -> the reader's error
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    stamps: dict[str, tuple[int, int] | None] = field(default_factory=dict)  # local file -> (size, mtime_ns)
+
+    def changed(self) -> bool:
+        """Whether a stored file was replaced since the views were made (a writer renamed a new
+        version over it: a view bound to the old one may then read the new one's bytes)."""
+        return bool(self.stamps) and _stamps(self.tables) != self.stamps
 
     def check(self, sql: str) -> list[str]:
         """The statements of ``sql`` if each may run here, else QueryRefused / UnreadableAsset."""
@@ -120,12 +131,23 @@ class ReadOnlyStore:
     def execute(self, sql: str, params: list[Any] | None = None) -> duckdb.DuckDBPyConnection:
         """Run ``sql`` (one or more statements; the last one's result) after :meth:`check`."""
         queries = self.check(sql)
-        try:
-            for query in queries[:-1]:
-                self.con.execute(query)
-            return self.con.execute(queries[-1] if queries else sql, params or [])
-        except duckdb.PermissionException as exc:
-            raise QueryRefused(f"refused: {first_line(exc)} (queries read only the store's files)") from None
+        for attempt in range(3):
+            try:
+                for query in queries[:-1]:
+                    self.con.execute(query)
+                return self.con.execute(queries[-1] if queries else sql, params or [])
+            except duckdb.PermissionException as exc:
+                raise QueryRefused(f"refused: {first_line(exc)} (queries read only the store's files)") from None
+            except duckdb.Error:
+                if attempt == 2 or not self.changed():
+                    raise
+                self._reopen()  # a writer replaced a file between binding and reading: read it afresh
+        raise AssertionError("unreachable")
+
+    def _reopen(self) -> None:
+        fresh = open_read_only(self.base_path, self.storage_options)
+        self.con.close()
+        self.con, self.tables, self.unreadable, self.stamps = fresh.con, fresh.tables, fresh.unreadable, fresh.stamps
 
     def df(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
         return self.execute(sql, params).df()
@@ -140,6 +162,23 @@ class ReadOnlyStore:
         self.close()
 
 
+def _stamps(tables: dict[str, StoredTable]) -> dict[str, tuple[int, int] | None]:
+    """(size, mtime_ns) of every local stored file; {} for a remote store."""
+    import os
+
+    stamps: dict[str, tuple[int, int] | None] = {}
+    for table in tables.values():
+        for path in table.files:
+            if "://" in path:
+                return {}
+            try:
+                st = os.stat(path)
+                stamps[path] = (st.st_size, st.st_mtime_ns)
+            except FileNotFoundError:
+                stamps[path] = None
+    return stamps
+
+
 def open_read_only(base_path: str, storage_options: dict[str, Any] | None = None) -> ReadOnlyStore:
     """The store's assets as views on a locked, read-only connection (empty store: no views)."""
     tables = stored_tables(base_path, storage_options)
@@ -148,7 +187,7 @@ def open_read_only(base_path: str, storage_options: dict[str, Any] | None = None
     con.execute(f"SET allowed_paths = [{', '.join(sql_literal(f) for f in files)}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
-    store = ReadOnlyStore(con, base_path, tables)
+    store = ReadOnlyStore(con, base_path, tables, storage_options=dict(storage_options or {}), stamps=_stamps(tables))
     for table in tables.values():
         error = view_error(con, table)
         if error is not None:
