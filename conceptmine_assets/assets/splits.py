@@ -121,20 +121,15 @@ def mined_split(
     concept_scores: StoredTable, outlier_flags: StoredTable, embeddings: StoredTable, vocabulary: VocabularyResource,
 ) -> pd.DataFrame:
     """One row per selected nuScenes **sample token** (the grain 3D training uses): scene_name,
-    reason (target_outlier | target | rare_outlier | rare | random | random_fill), rank
-    (selection order), score (ranked: the sample's evidence score), duplicate_of (ranked: the
-    chosen crop its evidence repeats) and why: the detection_ids, top concepts, scores, captions,
-    outlier detectors and evidence-score parts (crop_scores, crop_outlier, crop_rarity,
-    crop_confidence, crop_detector_confidence) of the crops that qualified the sample, best first. Budgets are fractions of
-    all distinct sample tokens in `frames` (the whole training set), each ``floor(frac * N)``.
-    ``ranked`` (default): rare reserve, then the target budget from every target/rare candidate,
-    reviewer-confirmed first (reason confirmed), then outliers, by evidence score, rejected crops
-    never (the `reviews` log; a relabel replaces the concept), near-duplicates (embedding cosine ≥ duplicate_cosine)
-    deferred, then random; ``priority`` and ``paper``: tier order, hash order within a tier (see
-    :mod:`conceptmine_assets.lib.splits` and :mod:`conceptmine_assets.lib.evidence`).
-    A crop without an outlier_flags row is not an outlier. Side files (``<store>/splits`` by
-    default): ``<name>.txt`` (one token per line) and, with ``mmdet3d_infos_path``, a filtered
-    copy of that mmdetection3d info pickle."""
+    reason (confirmed | target_outlier | target | rare_outlier | rare | random | random_fill), rank,
+    score (ranked: its evidence score), duplicate_of (the chosen crop its best crop repeats) and
+    why: the qualifying crops' ids, concepts, scores, captions, outlier detectors and evidence
+    parts (crop_scores, crop_outlier, crop_rarity, crop_confidence, crop_detector_confidence), best
+    first. Budgets are fractions of all samples in `frames`. ``ranked`` (default): reviewed-confirmed,
+    then outlier, then other target/rare candidates by evidence score, near-duplicates penalised,
+    rejected crops never (``lib/evidence.py``, ``lib/diverse.py``); ``priority``/``paper``: tier and
+    hash order (``lib/splits.py``). Side files: ``<store>/splits/<name>.txt`` and, with
+    ``mmdet3d_infos_path``, the filtered mmdetection3d info pickle."""
     started = time.perf_counter()
     for table in (frames, concept_scores, outlier_flags):
         table.require("mined_split")
