@@ -127,7 +127,7 @@ def _write_pages(items: pd.DataFrame, shown: pd.DataFrame, config: GalleryConfig
 @dg.asset(
     ins={"mined_split": dg.AssetIn(), "concept_scores": all_scenes, "captions": all_scenes, "crops": all_scenes,
          "outlier_flags": all_scenes},
-    code_version="2",
+    code_version="3",  # 3: each mined crop says its evidence score and parts
     kinds={"html", "duckdb", "parquet"},
     group_name="mining_global",
 )
@@ -148,8 +148,7 @@ def gallery(
     for table in (mined_split, concept_scores, captions, crops, outlier_flags):
         table.require("gallery")
     with connect(mined_split, concept_scores, outlier_flags) as con:
-        split = con.execute("SELECT sample_token, scene_name, reason, rank, detection_ids FROM mined_split "
-                            "ORDER BY rank").df()
+        split = con.execute("SELECT * FROM mined_split ORDER BY rank").df()  # the why-lists and evidence parts too
         found = candidates(con, config)
     items, missing = gallery_items(split, found, config.max_crops_per_sample, config.max_all_crops,
                                    config.max_per_group_class, config.samples_per_page)
