@@ -6,26 +6,16 @@ copy of the real slice's store (the session's ``real_run``). Set ``CONCEPTMINE_U
 to copy the screenshots to ``docs/`` for the README.
 """
 
-import socket
-import threading
-import time
-from pathlib import Path
-
 import httpx
 import pytest
-import uvicorn
 
 from conceptmine_assets.resources.reviews_log import read_log
 from conceptmine_assets.resources.text_query import LightTextEncoder
 from conceptmine_assets.serve.app import create_app
 from conceptmine_assets_tests.helpers import screenshot
-from conceptmine_assets_tests.serve_helpers import copy_store
+from conceptmine_assets_tests.serve_helpers import CHROMIUM, CHROMIUM_ARGS, copy_store, served
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -34,21 +24,8 @@ def explorer(real_run, tmp_path_factory):
     store = copy_store(real_run["store"], tmp_path_factory.mktemp("explorer") / "store")
     encoder = LightTextEncoder()
     encoder.load()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(str(store), encoder, str(real_run["dataroot"])),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", store
-    server.should_exit = True
-    thread.join(timeout=30)
-    assert not thread.is_alive()
+    with served(create_app(str(store), encoder, str(real_run["dataroot"]))) as base:
+        yield base, store
 
 
 @pytest.fixture(scope="module")
