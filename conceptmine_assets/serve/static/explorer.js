@@ -148,9 +148,9 @@ async function openDetail(c) {
       row("score mode", (d.scores || {}).score_mode ?? "–")),
     el("h4", {}, "Outlier evidence"),
     el("table", {}, row("detectors", (o.outlier_detectors || []).join(", ") || "none"),
-      row("iforest", `${fmt(o.iforest_score, 3)} ${o.iforest_flag ? "(flag)" : ""}`),
-      row("lof", `${fmt(o.lof_score, 3)} ${o.lof_flag ? "(flag)" : ""}`),
-      row("knn", `${fmt(o.knn_score, 3)} ${o.knn_flag ? "(flag)" : ""}`),
+      ...["iforest", "lof", "knn", "small_cluster"].map((k) => row(k,  // score, percentile of the reference, flag
+        `${fmt(o[`${k}_score`], 3)}${o[`${k}_pct`] == null ? "" : ` (${fmt(100 * o[`${k}_pct`], 0)}th pct)`} ${o[`${k}_flag`] ? "(flag)" : ""}`)),
+      row("outlier evidence", o.outlier_evidence == null ? "–" : fmt(o.outlier_evidence, 2)),
       row("quality", (o.quality_flags || []).join(", ") || "none")),
     el("h4", {}, "LiDAR support and crop quality"),
     el("table", {}, row("points in box", d.lidar.points ?? "no LiDAR"), row("median depth", d.lidar.median_depth_m === null ? "–" : `${fmt(d.lidar.median_depth_m, 1)} m`),
