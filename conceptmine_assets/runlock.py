@@ -139,11 +139,9 @@ def _acquire(path: Path, wait: bool, out: Callable[[str], object]) -> int:
 
 @contextlib.contextmanager
 def run_lock(home: Path, store: str, wait: bool = False, out: Callable[[str], object] = sys.stdout.write) -> Iterator[None]:
-    """Hold the instance's and the (local) store's run locks for the block. A store that does not
-    exist yet is not created here (the input checks come first): only the instance's lock guards
-    its first run."""
-    local = is_local(store) and local_path(store).is_dir()
-    paths = [home / "conceptmine" / LOCK_NAME] + ([local_path(store) / STORE_LOCK_NAME] if local else [])
+    """Hold the instance's and the (local) store's run locks for the block (taken after the input
+    checks, so creating the store's folder here writes nothing a bad input should have stopped)."""
+    paths = [home / "conceptmine" / LOCK_NAME] + ([local_path(store) / STORE_LOCK_NAME] if is_local(store) else [])
     held: list[tuple[Path, int]] = []
     try:
         for path in paths:

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from conceptmine_assets.lib.integrity import is_record
 from conceptmine_assets.assets.frames import frames
 from conceptmine_assets.definitions import build_definitions
 from conceptmine_assets.errors import DatasetError
@@ -38,6 +39,11 @@ REAL_CAM_TOKENS = {
     "CAM_BACK_RIGHT": "79dbb4460a6b40f49f9c150cb118247e",
 }
 
+
+
+def listing(folder: Path) -> list[str]:
+    """The folder's file names, without the content records beside them (lib/integrity.py)."""
+    return sorted(p.name for p in folder.iterdir() if not is_record(p))
 
 def _resources(dataroot: Path, store: Path) -> dict:
     return {
@@ -129,7 +135,7 @@ def test_rematerialise_replaces_file(real_slice, store, instance):
     second = _read(store, "frames", REAL_SCENE)
     assert len(second) == len(first) == 6
     pd.testing.assert_frame_equal(first, second)
-    assert sorted(p.name for p in (store / "frames").iterdir()) == [f"{REAL_SCENE}.parquet"]
+    assert listing(store / "frames") == [f"{REAL_SCENE}.parquet"]
 
 
 def test_sampling_and_max_frames(highway, store, instance):
@@ -244,7 +250,7 @@ def test_parallel_scene_runs_do_not_conflict(highway, store, scenes):
     ]
     outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs[0][-2000:] + outputs[1][-2000:]
-    assert sorted(p.name for p in (store / "frames").iterdir()) == sorted({f"{s}.parquet" for s in scenes})
+    assert listing(store / "frames") == sorted({f"{s}.parquet" for s in scenes})
     expected = sum({HIGHWAY_SCENES[0]: 2, HIGHWAY_SCENES[1]: 1}[s] for s in set(scenes))
     assert StoreViews(base_path=str(store)).query("SELECT count(*) AS n FROM frames")["n"][0] == expected
 
@@ -264,7 +270,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(target, crash)
     assert target.read_bytes() == b"old"
-    assert [p.name for p in (tmp_path / "frames").iterdir()] == ["scene-x.parquet"]
+    assert listing(tmp_path / "frames") == ["scene-x.parquet"]
 
 
 def test_schema_mismatch_names_asset_and_scene(real_slice, store, instance):
@@ -289,4 +295,4 @@ def test_atomic_write_removes_only_stale_temp_files(tmp_path):
     old = stale.stat().st_mtime - STALE_TEMP_SECONDS - 60
     os.utime(stale, (old, old))
     atomic_write(UPath(folder / "scene-x.parquet"), lambda fh: fh.write(b"new"))
-    assert sorted(p.name for p in folder.iterdir()) == [fresh.name, "scene-x.parquet"]
+    assert listing(folder) == [fresh.name, "scene-x.parquet"]

@@ -82,6 +82,7 @@ def test_verbose_shows_dagster_at_every_level(monkeypatch):
 
     level = lambda: run_config_for(Settings(store="x"))["loggers"]["console"]["config"]["log_level"]  # noqa: E731
     monkeypatch.delenv("CONCEPTMINE_VERBOSE", raising=False)
+    monkeypatch.setitem(CONSOLE_LEVEL, "level", "CRITICAL")  # the default (a --debug test in this process may have set it)
     assert level() == "CRITICAL"  # quiet: one line per problem from the CLI, one summary of the warnings
     monkeypatch.setitem(CONSOLE_LEVEL, "level", "WARNING")  # what --debug sets
     assert level() == "WARNING"

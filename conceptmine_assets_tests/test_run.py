@@ -13,6 +13,7 @@ from conceptmine_assets.resources.captioner import TemplateCaptioner
 from conceptmine_assets.resources.detector import YoloDetector
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
+from conceptmine_assets.runlock import STORE_LOCK_NAME
 from conceptmine_assets.runner import REPOSITORY_LABEL, REPOSITORY_LABEL_TAG
 from conceptmine_assets.uptodate import MEMO, UpToDate
 from conceptmine_assets_tests.helpers import (
@@ -20,11 +21,13 @@ from conceptmine_assets_tests.helpers import (
 )
 
 
+
 def file_hashes(store: Path) -> dict[str, str]:
-    """sha256 of every stored file (Parquet tables and the pickled reference), by relative path."""
+    """sha256 of every stored file (Parquet tables, the pickled reference, their content records),
+    by relative path; not the run lock's file (runlock.py), which holds no output."""
     return {
         str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(store.rglob("*")) if p.is_file()
+        for p in sorted(store.rglob("*")) if p.is_file() and p.name != STORE_LOCK_NAME
     }
 
 
