@@ -28,6 +28,8 @@ other assets work.
 
 from __future__ import annotations
 
+import os
+
 import json
 import re
 from dataclasses import dataclass, field
@@ -49,6 +51,10 @@ class QueryRefused(ConceptmineError):
 
 class UnreadableAsset(ConceptmineError):
     """A query names an asset whose stored files cannot be read."""
+
+
+class StoreChanged(ConceptmineError):
+    """A file the views were opened over is gone: the store was rewritten under the query."""
 
 
 def first_line(exc: BaseException) -> str:
@@ -137,7 +143,13 @@ class ReadOnlyStore:
                     self.con.execute(query)
                 return self.con.execute(queries[-1] if queries else sql, params or [])
             except duckdb.PermissionException as exc:
-                raise QueryRefused(f"refused: {first_line(exc)} (queries read only the store's files)") from None
+                # a file the views name was removed (the sandbox refuses the reader's fallback glob),
+                # or the query reached outside the store
+                if attempt == 2 or not self.changed():
+                    if any(f in str(exc) for f in self.stamps if not os.path.exists(f)):
+                        raise StoreChanged(f"the store changed while it was read ({first_line(exc)[:200]})") from None
+                    raise QueryRefused(f"refused: {first_line(exc)} (queries read only the store's files)") from None
+                self._reopen()
             except duckdb.Error:
                 if attempt == 2 or not self.changed():
                     raise

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.resources.store_query import StoreChanged
 from conceptmine_assets.resources.store_sql import StoredTable, is_local, open_store_views, stored_tables
 from upath import UPath
 
@@ -160,9 +161,11 @@ class StoreReader:
             connection = self._connected(strict)
             try:
                 return connection.store.execute(sql, params or []).df()
-            except duckdb.IOException as exc:
+            except (duckdb.IOException, StoreChanged) as exc:
                 self._close()  # reopen on the next request
                 first = (str(exc).strip().splitlines() or ["I/O error"])[0]
+                if isinstance(exc, StoreChanged):
+                    raise ApiError(503, f"{first[:300]}; retry") from None
                 raise ApiError(503, f"the store changed while it was read ({first[:200]}); retry") from None
 
     def source(self, asset: str, scenes: list[str] | None = None) -> str | None:
