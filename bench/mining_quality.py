@@ -113,21 +113,15 @@ def flag_recall(crops: pd.DataFrame, planted: set[str]) -> dict:
 
 
 def select(store: Path, strategy: str, seed: int = 0, **evidence) -> pd.DataFrame:
-    """The split ``mined_split`` makes with this strategy (its own code, shipped budgets)."""
-    from conceptmine_assets.assets.splits import TIERS_SQL, UNIVERSE_SQL
-    from conceptmine_assets.lib.evidence import evidence_sql, register_reviews
-    from conceptmine_assets.lib.splits import SplitParams, select_from_tiers, select_ranked
+    """The split ``mined_split`` makes with this strategy (its own code, shipped budgets, no reviews)."""
+    from conceptmine_assets.assets.splits import select_in_store
+    from conceptmine_assets.lib.splits import SplitParams
     from conceptmine_assets.resources.store_sql import connect, stored_tables
 
     params = SplitParams(random_frac=BUDGET, target_frac=BUDGET, strategy=strategy, seed=seed, **evidence)
     t = stored_tables(str(store))
     with connect(t["frames"], t["detections"], t["concept_scores"], t["outlier_flags"], t["embeddings"]) as con:
-        register_reviews(con)
-        con.execute(f"CREATE VIEW evidence AS {evidence_sql(params)}")
-        universe = con.execute(UNIVERSE_SQL).df()
-        if strategy == "ranked":
-            return select_ranked(con, universe, params)[0]
-        return select_from_tiers(universe, con.execute(TIERS_SQL).df(), params)[0]
+        return select_in_store(con, params, str(store), None, {})[0]
 
 
 def duplicate_share(samples: set[str], best: pd.DataFrame) -> float:

@@ -54,11 +54,10 @@ def _tracks(rows: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
             source[idx[copy]] = before[rng.integers(0, len(before), int(copy.sum()))]
         previous[channel] = idx
     obj = np.arange(n)
-    for i in range(n):  # rows are in keyframe order: a source comes before its copies
-        if source[i] >= 0:
-            obj[i] = obj[source[i]]
-            for column in _COPIED:
-                rows.iat[i, rows.columns.get_loc(column)] = rows.iat[int(source[i]), rows.columns.get_loc(column)]
+    for i in np.flatnonzero(source >= 0):  # keyframe order: a source comes before its copies
+        obj[i] = obj[source[i]]
+    copies = np.flatnonzero(source >= 0)  # a copy is its object's first sighting seen again
+    rows.iloc[copies, [rows.columns.get_loc(c) for c in _COPIED]] = rows.iloc[obj[copies], [rows.columns.get_loc(c) for c in _COPIED]].to_numpy()
     rows["source"], rows["object"] = source, obj
     return rows
 

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from conceptmine_assets.lib.diverse import DiversePicker, candidates
 from conceptmine_assets.lib.evidence import EvidenceParams, evidence_sql, register_reviews
 from conceptmine_assets.lib.outliers import DETECTORS
-from conceptmine_assets.lib.splits import SplitParams, select_from_tiers, select_ranked
+from conceptmine_assets.lib.splits import SplitParams, select_ranked
 
 DIM = 16
 
@@ -162,19 +162,6 @@ def test_a_sample_without_embeddings_is_never_a_duplicate():
                          "embedding": [[1.0, 0.0], None]})
     assert picker.pick(candidates([rows]), 2) == 0
     assert [p.sample_token for p in picker.chosen] == ["a", "b"]
-
-
-def test_tier_strategies_ignore_the_evidence_score():
-    """priority and paper select by tier and hash order, exactly as before the score existed:
-    changing every score changes nothing."""
-    tiers = pd.DataFrame({"sample_token": [f"s{i:02d}" for i in range(20)]})
-    for i, tier in enumerate(("target_outlier", "target", "rare_outlier", "rare")):
-        tiers[tier] = [j % 5 == i for j in range(20)]
-    for strategy, rare in (("priority", 0.1), ("paper", 0.0)):
-        a = select_from_tiers(universe(20), tiers, SplitParams(strategy=strategy, rare_frac=rare, weight_rarity=0.0))
-        b = select_from_tiers(universe(20), tiers, SplitParams(strategy=strategy, rare_frac=rare, target_weight=0.1))
-        pd.testing.assert_frame_equal(a[0], b[0])
-        assert a[0]["score"].isna().all()
 
 
 @pytest.mark.parametrize("fields, match", [

@@ -90,8 +90,8 @@ def _zero_budget_notes(config: SplitConfig, caps: dict[str, int], n: int) -> lis
     return [f"{k}_frac {f} of {n} samples rounds down to a budget of 0" for k, f in fracs.items() if f > 0 and caps[k] == 0]
 
 
-def _select(con: duckdb.DuckDBPyConnection, config: SplitConfig, store: str, reviews: pd.DataFrame | None,
-            groups: dict[str, str]):
+def select_in_store(con: duckdb.DuckDBPyConnection, config: SplitParams, store: str, reviews: pd.DataFrame | None,
+                    groups: dict[str, str]):
     """(split with its why-lists, budgets, the training set, (crops, without flags, outside frames))."""
     register_reviews(con, reviews if config.strategy == "ranked" else None, groups)
     con.execute(f"CREATE VIEW evidence AS {evidence_sql(config)}")
@@ -138,8 +138,8 @@ def mined_split(
     reviews = read_effective(frames.store, frames.storage_options)  # the reviews in force (lib/reviews.py)
     groups = {c.name: c.group for c in vocabulary.load().concepts}
     with connect(frames, detections, concept_scores, outlier_flags, embeddings) as con:
-        split, caps, universe, (num_crops, without_flags, outside) = _select(con, config, frames.store, reviews,
-                                                                               groups)
+        split, caps, universe, (num_crops, without_flags, outside) = select_in_store(
+            con, config, frames.store, reviews, groups)
     if without_flags:
         context.log.warning(f"{without_flags} concept-scored crops have no outlier_flags row; counted as non-outliers")
     if outside:

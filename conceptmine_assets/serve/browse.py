@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conceptmine_assets.lib.explain import why_mined
-from conceptmine_assets.serve.store import StoreReader, bad_request, jsonable, not_found, records
+from conceptmine_assets.serve.store import StoreReader, bad_request, jsonable, not_found, parse_count, records
 
 GROUPS = ("common", "rare", "target")
 DETECTORS = ("iforest", "lof", "knn")
@@ -141,15 +141,7 @@ def parse_filter(reader: StoreReader, params: dict[str, str]) -> CropFilter:
 
 
 def parse_limit(text: str | None, default: int = 60) -> int:
-    if text is None or text == "":
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise bad_request(f"limit={text!r} is not a whole number (1..{MAX_LIMIT})") from None
-    if not 1 <= value <= MAX_LIMIT:
-        raise bad_request(f"limit={value} is out of range: use 1..{MAX_LIMIT}")
-    return value
+    return parse_count("limit", text, default, MAX_LIMIT)
 
 
 def parse_cursor(text: str | None) -> tuple[str, str] | None:

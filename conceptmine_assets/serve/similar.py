@@ -19,7 +19,7 @@ from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.resources.search_index import FOLDER, LoadedIndex, SearchIndexFiles, search_crops
 from conceptmine_assets.resources.store_sql import is_local
 from conceptmine_assets.serve.browse import hit_rows
-from conceptmine_assets.serve.store import ApiError, StoreReader, bad_request
+from conceptmine_assets.serve.store import ApiError, StoreReader, bad_request, parse_count
 from upath import UPath
 
 
@@ -104,15 +104,7 @@ def more_like_this(held: HeldIndex, reader: StoreReader, crop: dict[str, Any], k
 
 
 def parse_k(text: str | None, default: int = 24, most: int = 200) -> int:
-    if text is None or text == "":
-        return default
-    try:
-        k = int(text)
-    except ValueError:
-        raise bad_request(f"k={text!r} is not a whole number (1..{most})") from None
-    if not 1 <= k <= most:
-        raise bad_request(f"k={k} is out of range: use 1..{most}")
-    return k
+    return parse_count("k", text, default, most)
 
 
 def _index_error(exc: ConceptmineError) -> ApiError:

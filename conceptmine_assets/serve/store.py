@@ -47,6 +47,19 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, message)
 
 
+def parse_count(name: str, text: str | None, default: int, most: int) -> int:
+    """A query parameter that is a whole number in 1..``most`` (``default`` when absent)."""
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise bad_request(f"{name}={text!r} is not a whole number (1..{most})") from None
+    if not 1 <= value <= most:
+        raise bad_request(f"{name}={value} is out of range: use 1..{most}")
+    return value
+
+
 def not_found(message: str) -> ApiError:
     return ApiError(404, message)
 
