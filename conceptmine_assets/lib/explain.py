@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from conceptmine_assets.lib.reasons import evidence_of, evidence_text
+
 
 def evidence(scores: dict[str, Any] | None, flags: dict[str, Any] | None) -> str:
     """"group target, top concept truck (0.91), outlier by lof, knn; quality: blur"."""
@@ -49,16 +51,9 @@ def why_mined(scores: dict[str, Any] | None, flags: dict[str, Any] | None, split
 
 
 def _score(split: dict[str, Any], scores: dict[str, Any] | None) -> str:
-    """", evidence score 0.82 = outlier 0.99, rarity 0.86, concept 0.82, x detector 0.95": the
-    mining score of this crop and its parts (``lib/evidence.py``), from the split's lists."""
-    ids = list(split.get("detection_ids") or [])
-    det = (scores or {}).get("detection_id")
-    lists = {k: list(split.get(k) or []) for k in ("crop_scores", "crop_outlier", "crop_rarity", "crop_confidence",
-                                                    "crop_detector_confidence")}
-    if det not in ids or any(len(v) != len(ids) for v in lists.values()):
+    """", evidence score 0.821 = outlier 0.99, ...": this crop's mining score and its parts
+    (``lib/evidence.py``), from the split's lists, and the chosen crop its sample repeats."""
+    parts = evidence_of(split, list(split.get("detection_ids") or [])).get((scores or {}).get("detection_id"))
+    if parts is None:
         return ""
-    i = ids.index(det)
-    parts = [float(lists[k][i]) for k in lists]
-    text = (f", evidence score {parts[0]:.3f} = outlier {parts[1]:.2f}, rarity {parts[2]:.2f}, concept {parts[3]:.2f}, "
-            f"x detector confidence {parts[4]:.2f}")
-    return text + (f"; it repeats chosen crop {split['duplicate_of']}" if split.get("duplicate_of") else "")
+    return f", {evidence_text(parts)}" + (f"; it repeats chosen crop {split['duplicate_of']}" if split.get("duplicate_of") else "")

@@ -45,9 +45,7 @@ def why_selected(reason: str | None, row: pd.Series | dict, section: str = "mine
         evidence += f", outlier by {'+'.join(detectors)}"
     parts = row.get("evidence")
     if isinstance(parts, dict):  # the mining score and its parts (lib/evidence.py)
-        evidence += (f"; evidence score {fmt(parts['score'])} = outlier {fmt(parts['outlier'], 2)}, "
-                     f"rarity {fmt(parts['rarity'], 2)}, concept {fmt(parts['confidence'], 2)}, "
-                     f"x detector confidence {fmt(parts['detector_confidence'], 2)}")
+        evidence += f"; {evidence_text(parts)}"
     if row.get("duplicate_of"):
         evidence += f"; repeats chosen crop {row['duplicate_of']} (taken once nothing stronger was left)"
     return f"{text}; {evidence}"
@@ -57,9 +55,18 @@ EVIDENCE_LISTS = {"score": "crop_scores", "outlier": "crop_outlier", "rarity": "
                   "confidence": "crop_confidence", "detector_confidence": "crop_detector_confidence"}
 
 
+def evidence_text(parts: dict) -> str:
+    """"evidence score 0.821 = outlier 0.99, rarity 0.86, concept 0.82, x detector confidence 0.95"."""
+    return (f"evidence score {fmt(parts['score'])} = outlier {fmt(parts['outlier'], 2)}, "
+            f"rarity {fmt(parts['rarity'], 2)}, concept {fmt(parts['confidence'], 2)}, "
+            f"x detector confidence {fmt(parts['detector_confidence'], 2)}")
+
+
 def evidence_of(split_row: object, ids: list[str]) -> dict[str, dict]:
-    """Per detection_id of a split row, its evidence score's parts (empty for old split files)."""
-    lists = {part: as_list(getattr(split_row, column, None)) for part, column in EVIDENCE_LISTS.items()}
+    """Per detection_id of a split row (a row object or a dict), its evidence score's parts
+    (empty for old split files)."""
+    get = split_row.get if isinstance(split_row, dict) else lambda c: getattr(split_row, c, None)
+    lists = {part: as_list(get(column)) for part, column in EVIDENCE_LISTS.items()}
     if any(len(v) != len(ids) for v in lists.values()):
         return {}
     return {d: {part: lists[part][i] for part in EVIDENCE_LISTS} for i, d in enumerate(ids)}
