@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 def sql_command(query: str) -> int:
     import duckdb
 
+    from conceptmine_assets.resources.store_query import views_for
     from conceptmine_assets.resources.store_sql import open_store_views, stored_tables
     from conceptmine_assets.settings import load_settings
 
@@ -22,7 +23,8 @@ def sql_command(query: str) -> int:
     if not views:
         raise UsageError(f"nothing is stored under {store} yet: run `conceptmine run` first")
     try:
-        with open_store_views(store) as views_con:  # read-only: resources/store_query.py
+        # read-only (resources/store_query.py), with views for just the assets the query names
+        with open_store_views(store, only=views_for(query, list(views))) as views_con:
             df = views_con.execute(query).df()
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]

@@ -124,3 +124,32 @@ def test_refusals_in_process(deployment):
             ro.execute("COPY frames TO 'x.parquet'")
         assert ro.df("SELECT count(*) AS n FROM frames")["n"][0] == 6
         assert ro.df("EXPLAIN SELECT * FROM frames").shape[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("sql", "views"),
+    [
+        ("SELECT count(*) FROM frames", {"frames"}),
+        ("SELECT * FROM frames JOIN mined_split USING (sample_token)", {"frames", "mined_split"}),
+        ("WITH f AS (SELECT * FROM FRAMES) SELECT count(*) FROM f", {"frames"}),
+        ("SELECT 1; SELECT count(*) FROM mined_split", {"mined_split"}),
+        ("SHOW TABLES", None),  # names no asset: every view
+        ("SELECT * FROM information_schema.tables", None),
+        ("SELEC nonsense", None),  # does not parse: the locked connection reports it
+    ],
+)
+def test_a_query_opens_views_only_for_the_assets_it_names(sql, views):
+    from conceptmine_assets.resources.store_query import views_for
+
+    assert views_for(sql, ["frames", "mined_split", "crops"]) == (frozenset(views) if views else None)
+
+
+def test_views_of_other_assets_are_not_opened(deployment):
+    """A query of one asset does not bind (or read) another's files, even an unreadable one."""
+    (deployment["store"] / "crops").mkdir()
+    (deployment["store"] / "crops" / "scene-0.parquet").write_bytes(b"not parquet")
+    with open_read_only(str(deployment["store"]), only=frozenset({"frames"})) as ro:
+        assert set(ro.tables) == {"frames"} and not ro.unreadable
+        assert ro.execute("SELECT count(*) FROM frames").fetchone()[0] == 6
+    proc = run_cli(["sql", "SELECT count(*) AS n FROM frames"], deployment["env"], deployment["work"])
+    assert proc.returncode == 0 and proc.stdout.split()[-1] == "6", proc.stderr

@@ -112,6 +112,7 @@ class ReadOnlyStore:
     unreadable: dict[str, str] = field(default_factory=dict)  # asset -> the reader's error
     storage_options: dict[str, Any] = field(default_factory=dict)
     stamps: dict[str, tuple[int, int] | None] = field(default_factory=dict)  # local file -> (size, mtime_ns)
+    only: frozenset[str] | None = None  # the assets given views (None: every stored asset)
 
     def changed(self) -> bool:
         """Whether a stored file was replaced since the views were made (a writer renamed a new
@@ -157,7 +158,7 @@ class ReadOnlyStore:
         raise AssertionError("unreachable")
 
     def _reopen(self) -> None:
-        fresh = open_read_only(self.base_path, self.storage_options)
+        fresh = open_read_only(self.base_path, self.storage_options, self.only)
         self.con.close()
         self.con, self.tables, self.unreadable, self.stamps = fresh.con, fresh.tables, fresh.unreadable, fresh.stamps
 
@@ -191,18 +192,44 @@ def _stamps(tables: dict[str, StoredTable]) -> dict[str, tuple[int, int] | None]
     return stamps
 
 
-def open_read_only(base_path: str, storage_options: dict[str, Any] | None = None) -> ReadOnlyStore:
-    """The store's assets as views on a locked, read-only connection (empty store: no views)."""
+def open_read_only(
+    base_path: str, storage_options: dict[str, Any] | None = None, only: frozenset[str] | None = None
+) -> ReadOnlyStore:
+    """The store's assets as views on a locked, read-only connection (empty store: no views).
+
+    ``only``: views (and readable files) for just these assets. Binding a view reads the footer
+    of every file of its asset, so a one-off query that names one asset of an 850-scene store
+    opens in a fraction of the time of all of them (:func:`views_for`)."""
     tables = stored_tables(base_path, storage_options)
+    if only is not None:
+        tables = {name: table for name, table in tables.items() if name in only}
     con = open_connection(storage_options, base_path)
     files = sorted(f for t in tables.values() for f in t.files)
+    # footers read once, when the views bind, not again by every query (halves a count at 850
+    # scenes); the cache lives with this connection, which is reopened when a file changes
+    con.execute("LOAD parquet")
+    con.execute("SET parquet_metadata_cache = true")
     con.execute(f"SET allowed_paths = [{', '.join(sql_literal(f) for f in files)}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
-    store = ReadOnlyStore(con, base_path, tables, storage_options=dict(storage_options or {}), stamps=_stamps(tables))
+    store = ReadOnlyStore(con, base_path, tables, storage_options=dict(storage_options or {}), stamps=_stamps(tables),
+                          only=only)
     for table in tables.values():
         error = view_error(con, table)
         if error is not None:
             store.unreadable[table.name] = error
             _placeholder(con, table.name, f"`{table.name}` cannot be read: {error}")
     return store
+
+
+def views_for(sql: str, names: list[str]) -> frozenset[str] | None:
+    """The stored assets ``sql`` reads, from DuckDB's parse tree; None (every asset) when it
+    names none of them (``SHOW TABLES``, ``information_schema``, ``duckdb_views()``) or does
+    not parse (the locked connection then reports the syntax error)."""
+    with duckdb.connect(":memory:", config={"enable_external_access": False}) as con:
+        try:
+            statements = con.extract_statements(sql)
+        except duckdb.Error:
+            return None
+        found = set().union(*(referenced_tables(con, s.query, names) for s in statements)) if statements else set()
+    return frozenset(found) or None

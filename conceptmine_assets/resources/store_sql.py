@@ -115,6 +115,8 @@ def connect(*tables: StoredTable) -> duckdb.DuckDBPyConnection:
 def stored_tables(base_path: str, storage_options: dict[str, Any] | None = None) -> dict[str, StoredTable]:
     """Every asset with at least one stored Parquet file, as a table over all its files."""
     options = dict(storage_options or {})
+    if "://" not in base_path and not options:
+        return _local_tables(base_path)
     root = UPath(base_path, **options)
     if not root.exists():
         return {}
@@ -131,14 +133,34 @@ def stored_tables(base_path: str, storage_options: dict[str, Any] | None = None)
     return found
 
 
-def open_store_views(base_path: str, storage_options: dict[str, Any] | None = None):
+def _local_tables(base_path: str) -> dict[str, StoredTable]:
+    """:func:`stored_tables` of a local store by ``os.scandir`` (an 850-scene store lists ~8,000
+    files: 0.1 s through ``UPath``, a few ms this way)."""
+    base = os.path.normpath(base_path)
+    if not os.path.isdir(base):
+        return {}
+    found: dict[str, StoredTable] = {}
+    for entry in sorted(os.scandir(base), key=lambda e: e.name):
+        if entry.is_dir():
+            names = sorted(e.name for e in os.scandir(entry.path) if e.name.endswith(".parquet")
+                           and not e.name.startswith(".") and not e.is_dir())
+            if names:
+                found[entry.name] = StoredTable(entry.name, tuple(os.path.join(entry.path, n) for n in names),
+                                                tuple(n[: -len(".parquet")] for n in names), (), base_path, {})
+        elif entry.name.endswith(".parquet") and not entry.name.startswith("."):
+            name = entry.name[: -len(".parquet")]
+            found.setdefault(name, StoredTable(name, (entry.path,), (), (), base_path, {}))
+    return found
+
+
+def open_store_views(base_path: str, storage_options: dict[str, Any] | None = None, only: frozenset[str] | None = None):
     """The read-only store with a view per stored asset (``conceptmine sql``, the server:
     ``.execute(sql).df()``; see ``store_query.py``); an error on an empty store."""
     from conceptmine_assets.resources.store_query import open_read_only
 
     if not stored_tables(base_path, storage_options):
         raise ConceptmineError(f"nothing is stored under {base_path} yet; run the pipeline first (conceptmine demo)")
-    return open_read_only(base_path, storage_options)
+    return open_read_only(base_path, storage_options, only)
 
 
 def reservoir_sample(con: duckdb.DuckDBPyConnection, sql: str, n: int, seed: int) -> pd.DataFrame:
