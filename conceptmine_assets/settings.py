@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     stages: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="dg.Config defaults per asset name (file only), e.g. frames: {cameras: [...]}"
     )
+    models: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="settings of the model resources (file only): detector, embedder or "
+        "captioner, e.g. embedder: {cpu_threads: 2, batch_size: 32}; any field of the profile's resource class",
+    )
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

@@ -85,3 +85,42 @@ def test_conceptmine_run_stops_with_one_line_before_any_work(tmp_path, value):
     assert f"{config}: stages.mined_split.random_frac = {value} is a YAML" in line, line
     assert not (tmp_path / "store").exists()
     assert not (home / "storage").exists() or not any((home / "storage").iterdir())
+
+
+def _models(tmp_path, monkeypatch, models: dict, **top) -> dict:
+    from conceptmine_assets.resources.profiles import model_resources
+    from conceptmine_assets.settings import load_settings
+
+    path = tmp_path / "conceptmine.yaml"
+    path.write_text(json.dumps({"models": models, **top}))
+    monkeypatch.setenv("CONCEPTMINE_CONFIG", str(path))
+    return model_resources(load_settings(yolo_weights="weights.tflite"))
+
+
+def test_model_settings_from_the_file_reach_the_resources(tmp_path, monkeypatch):
+    resources = _models(tmp_path, monkeypatch, {"embedder": {"cpu_threads": 2, "batch_size": 8},
+                                                "detector": {"cpu_threads": 1, "conf": 0.4}})
+    assert (resources["embedder"].cpu_threads, resources["embedder"].batch_size) == (2, 8)
+    assert (resources["detector"].cpu_threads, resources["detector"].conf) == (1, 0.4)
+    default = _models(tmp_path, monkeypatch, {})["detector"]
+    assert resources["detector"].model_id != default.model_id  # conf is part of the detector's identity
+    assert resources["detector"].identity() == default.model_copy(update={"conf": 0.4}).identity()  # threads are not
+
+
+@pytest.mark.parametrize(
+    ("models", "words"),
+    [
+        ({"embedder": {"cpu_threads": -1}}, ["models.embedder.cpu_threads = -1", "OfflineEmbedder", "greater than"]),
+        ({"embedder": {"cpu_threads": "2"}}, ["models.embedder.cpu_threads = '2'", "valid integer"]),
+        ({"embedder": {"cpu_threads": 2.5}}, ["models.embedder.cpu_threads = 2.5", "valid integer"]),
+        ({"detector": {"thread": 2}}, ["models.detector.thread is not a setting of YoloDetector", "cpu_threads"]),
+        ({"captioner": {"cpu_threads": 2}}, ["models.captioner.cpu_threads", "TemplateCaptioner"]),
+        ({"embeder": {"cpu_threads": 2}}, ["models has unknown key(s) ['embeder']", "embedder"]),
+    ],
+)
+def test_a_bad_model_setting_is_one_line_naming_file_key_and_resource(tmp_path, monkeypatch, models, words):
+    with pytest.raises(SettingsError) as info:
+        _models(tmp_path, monkeypatch, models)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and str(tmp_path / "conceptmine.yaml") in message, message
+    assert all(w in message for w in words), message

@@ -62,3 +62,59 @@ def test_a_vector_does_not_depend_on_its_batch(offline):
         assert np.array_equal(other.encode_images(images), ref_images), batch_size
     assert np.array_equal(offline.encode_texts(texts[::-1])[::-1], ref_texts)
     assert np.array_equal(offline.encode_texts(texts[:1]), ref_texts[:1])
+
+
+def test_a_scene_gets_the_same_vectors_alone_and_with_other_scenes(offline):
+    """A multi-scene run's batches never mix scenes (``embed_crops``): a crop's last bits depend
+    on the other crops of its forward pass, so mixing would make them depend on the run."""
+    import io
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from conceptmine_assets.assets.embeddings import embed_crops
+
+    rng = np.random.default_rng(1)
+
+    def scene(name: str, n: int) -> pd.DataFrame:
+        jpegs = []
+        for i in range(n):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (40 + 3 * i, 56, 3), dtype=np.uint8)).save(buf, "JPEG")
+            jpegs.append(buf.getvalue())
+        return pd.DataFrame({"scene_name": name, "detection_id": [f"{name}-{i}" for i in range(n)], "image_jpeg": jpegs})
+
+    a, b = scene("scene-a", 37), scene("scene-b", 30)
+    together = embed_crops(pd.concat([a, b], ignore_index=True), offline)
+    assert np.array_equal(together, np.concatenate([embed_crops(a, offline), embed_crops(b, offline)]))
+
+
+def test_the_steady_heap_keeps_freed_pages_and_gives_them_back_after(offline):
+    """Inside ``steady_heap`` a freed 64 MB block is reused without page faults (glibc would
+    mmap and unmap it: 16k faults of 4 KiB pages each time, at least 32 with 2 MiB transparent
+    huge pages); after the scope, such blocks are mmapped again."""
+    import platform
+    import resource
+
+    import numpy as np
+    import pytest
+
+    from conceptmine_assets.resources.devices import steady_heap
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only: elsewhere steady_heap does nothing")
+
+    def faults_of_a_fresh_block() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = np.ones(64 << 20, dtype=np.uint8)  # writes every page
+        del block
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    with steady_heap():
+        with steady_heap():  # nested: only the outermost scope restores
+            faults_of_a_fresh_block()
+        faults_of_a_fresh_block()
+        inside = faults_of_a_fresh_block()
+    after = faults_of_a_fresh_block()
+    assert inside < 32 <= after, (inside, after)

@@ -20,6 +20,7 @@ from conceptmine_assets.resources.detector import (
     normalise_class,
     stable_id,
 )
+from conceptmine_assets.resources.devices import steady_heap
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.schemas import DETECTIONS, column_schema
 
@@ -62,6 +63,15 @@ def box_rows(frame: dict, boxes: list[Box], model_id: str) -> list[dict]:
     return rows
 
 
+def _by_scene(frames: list[dict]) -> list[list[dict]]:
+    """The frames of each scene, in order: a batch never mixes scenes, so a scene's boxes do not
+    depend on which scenes shared its run (batched inference can change the last bits)."""
+    groups: dict[str, list[dict]] = {}
+    for frame in frames:
+        groups.setdefault(frame["scene_name"], []).append(frame)
+    return list(groups.values())
+
+
 def _batches(items: list[dict], size: int) -> Iterator[list[dict]]:
     for start in range(0, len(items), max(1, size)):
         yield items[start : start + size]
@@ -74,7 +84,7 @@ def _run_yolo(
     is decoded once and each batch of ``batch_size`` frames goes to the model in one call."""
     rows, skipped, done, model_seconds = [], [], 0, 0.0
     model_id = detector.model_id
-    for batch in _batches(frames, detector.batch_size):
+    for batch in (b for scene in _by_scene(frames) for b in _batches(scene, detector.batch_size)):
         kept, images = [], []
         for frame in batch:
             try:
@@ -137,7 +147,8 @@ def detections(
     skipped = [f"{f['image_path']}: {f['image_error']}" for f in records if not f["image_ok"]]
     dropped: dict[str, int] = {}
     if isinstance(detector, YoloDetector):
-        rows, decode_failures, done, model_seconds = _run_yolo(context, usable, detector, nuscenes)
+        with steady_heap():  # one batch's pages (decoded frames, activations) serve the next: resources/devices.py
+            rows, decode_failures, done, model_seconds = _run_yolo(context, usable, detector, nuscenes)
         skipped += decode_failures
     elif isinstance(detector, AnnotationsDetector):
         rows, dropped = _run_annotations(context, usable, detector, nuscenes)

@@ -11,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.lib.scenes import MODEL_SCENES_PER_RUN, SceneTables, concat_scenes, split_scenes
 from conceptmine_assets.partitions import scene_partitions
+from conceptmine_assets.resources.devices import steady_heap
 from conceptmine_assets.resources.embedder import EmbedderResource
 from conceptmine_assets.schemas import EMBEDDINGS, KEY_COLUMNS, column_schema
 
@@ -38,15 +39,21 @@ def check_finite(vectors: np.ndarray, detection_ids: list[str], scene: str) -> N
 
 
 def embed_crops(crops: pd.DataFrame, embedder: EmbedderResource) -> np.ndarray:
-    """(n, d) image embeddings of the crops, decoding only one batch of JPEGs at a time."""
-    chunks = [np.zeros((0, embedder.load().image_dim), dtype=np.float32)]
-    for start in range(0, len(crops), embedder.batch_size):
-        part = crops.iloc[start : start + embedder.batch_size]
-        images = [
-            decode_crop(b, s, d) for b, s, d in zip(part["image_jpeg"], part["scene_name"], part["detection_id"])
-        ]
-        chunks.append(embedder.encode_images(images))
-    return np.concatenate(chunks)
+    """(n, d) image embeddings of the crops, decoding only one batch of JPEGs at a time.
+
+    Batches never mix scenes: a crop's last bits depend on the other crops of its forward pass
+    (measured with MobileNetV2: 8 % of the rows change when a batch of 32 starts 5 crops later),
+    so a scene run alone and in a run of several scenes stores the same vectors."""
+    out = np.zeros((len(crops), embedder.load().image_dim), dtype=np.float32)
+    scenes = crops["scene_name"].to_numpy()
+    with steady_heap():  # one batch's pages serve the next (resources/devices.py)
+        for scene in dict.fromkeys(scenes):
+            rows = np.flatnonzero(scenes == scene)
+            for start in range(0, len(rows), embedder.batch_size):
+                part = crops.iloc[rows[start : start + embedder.batch_size]]
+                images = [decode_crop(b, scene, d) for b, d in zip(part["image_jpeg"], part["detection_id"])]
+                out[rows[start : start + embedder.batch_size]] = embedder.encode_images(images)
+    return out
 
 
 def embeddings_frame(crops: pd.DataFrame, vectors: np.ndarray, model_id: str) -> pd.DataFrame:

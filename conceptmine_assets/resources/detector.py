@@ -26,7 +26,7 @@ from conceptmine_assets.errors import DatasetError, ModelLoadError
 from conceptmine_assets.lib.geometry import project_corners
 from conceptmine_assets.lib.identity import ModelIdentity, model_identity
 from conceptmine_assets.lib.versions import require
-from conceptmine_assets.resources.devices import DEVICE_PATTERN, resolve_device
+from conceptmine_assets.resources.devices import DEVICE_PATTERN, fixed_torch_threads, resolve_device, steady_heap
 
 if TYPE_CHECKING:
     from nuscenes.nuscenes import NuScenes
@@ -162,6 +162,11 @@ class YoloDetector(DetectorResource):
     iou: float = Field(default=0.45, ge=0.0, le=1.0, description="NMS IoU threshold")
     max_det: int = Field(default=100, ge=1, description="most boxes per image")
     imgsz: int = Field(default=640, ge=32, description="inference image size in pixels")
+    cpu_threads: int = Field(
+        default=0, ge=0, description="torch CPU threads while detecting (0: every available CPU): the model's "
+        "forward pass for .pt weights, pre- and post-processing (NMS) for all. A .tflite model runs on LiteRT's "
+        "own pool, which ultralytics sizes to min(8, CPUs - 1)",
+    )
 
     def identity(self) -> ModelIdentity:
         settings = self.model_dump(include={"conf", "iou", "max_det", "imgsz", "precision"})
@@ -196,7 +201,14 @@ class YoloDetector(DetectorResource):
         if not images:
             return []
         model = self.load()
-        results = model.predict(
+        if model.predictor is None:  # ultralytics sets torch's thread count as it sets its predictor up: before ours
+            self._predict(model, [np.zeros((64, 64, 3), dtype=np.uint8)])
+        with fixed_torch_threads(self.cpu_threads), steady_heap():
+            results = self._predict(model, images)
+        return [_result_boxes(r) for r in results]
+
+    def _predict(self, model: Any, images: list[np.ndarray]) -> list[Any]:
+        return model.predict(
             [np.ascontiguousarray(im[..., ::-1]) for im in images],  # ultralytics takes BGR arrays
             conf=self.conf,
             iou=self.iou,
@@ -206,7 +218,6 @@ class YoloDetector(DetectorResource):
             quantize=16 if self.precision == "fp16" else None,
             verbose=False,
         )
-        return [_result_boxes(r) for r in results]
 
 
 class AnnotationsDetector(DetectorResource):

@@ -14,8 +14,10 @@ an air-gapped host pre-populates that cache or points the settings at local file
 from __future__ import annotations
 
 import os
+from typing import Annotated, Any
 
 import dagster as dg
+import pydantic
 
 from conceptmine_assets.resources.captioner import CaptionerResource, TemplateCaptioner
 from conceptmine_assets.resources.detector import AnnotationsDetector, DetectorResource, YoloDetector
@@ -24,11 +26,12 @@ from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder
 from conceptmine_assets.resources.openai_captioner import OpenAICaptioner
 from conceptmine_assets.resources.qwen2_vl_captioner import PAPER_MODEL, Qwen2VLCaptioner
-from conceptmine_assets.settings import Settings
+from conceptmine_assets.settings import Settings, SettingsError, config_path
 
 PAPER_DETECTOR_WEIGHTS = "yolov8l.pt"  # the paper's detector; ultralytics downloads a bare name where it can
 PAPER_CLIP = ("ViT-B-32", "laion2b_s34b_b79k")  # = laion/CLIP-ViT-B-32-laion2B-s34B-b79K
 VLM_API_KEY_ENV = "CONCEPTMINE_VLM_API_KEY"  # optional: keyless local servers need none
+STRICT = pydantic.ConfigDict(strict=True)  # a YAML "2" or 2.5 is not an int, true is not a number
 
 
 def detector_resource(settings: Settings) -> DetectorResource:
@@ -62,9 +65,31 @@ def captioner_resource(settings: Settings) -> CaptionerResource:
 
 
 def model_resources(settings: Settings) -> dict:
-    """Detector, embedder and captioner for the configured profile (and overrides)."""
-    return {
+    """Detector, embedder and captioner for the configured profile, with the config file's
+    ``models`` section on top (thread counts, batch sizes, ...)."""
+    unknown = sorted(set(settings.models) - {"detector", "embedder", "captioner"})
+    if unknown:
+        raise SettingsError(f"{config_path()}: models has unknown key(s) {unknown}; known: captioner, detector, embedder")
+    resources = {
         "detector": detector_resource(settings),
         "embedder": embedder_resource(settings),
         "captioner": captioner_resource(settings),
     }
+    return {key: with_values(key, r, settings.models.get(key) or {}) for key, r in resources.items()}
+
+
+def with_values(key: str, resource: dg.ConfigurableResource, values: dict[str, Any]) -> dg.ConfigurableResource:
+    """``resource`` with the file's ``models.<key>`` values, each checked against its field (type
+    as written, bounds): a SettingsError naming the file, the key and the resource class."""
+    cls = type(resource)
+    for name, value in values.items():
+        field = cls.model_fields.get(name)
+        if field is None:
+            known = sorted(n for n in cls.model_fields if not n.startswith("_"))
+            raise SettingsError(f"{config_path()}: models.{key}.{name} is not a setting of {cls.__name__}; known: {known}")
+        try:
+            pydantic.TypeAdapter(Annotated[(field.annotation, *field.metadata)], config=STRICT).validate_python(value)
+        except pydantic.ValidationError as exc:
+            why = exc.errors()[0]["msg"]
+            raise SettingsError(f"{config_path()}: models.{key}.{name} = {value!r} ({cls.__name__}): {why}") from None
+    return resource.model_copy(update=values) if values else resource

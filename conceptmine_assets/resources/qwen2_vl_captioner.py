@@ -17,7 +17,7 @@ from conceptmine_assets.lib.captioning import CaptionRequest, CaptionResult, ans
 from conceptmine_assets.lib.identity import ModelIdentity, hub_revision, model_identity
 from conceptmine_assets.lib.versions import require
 from conceptmine_assets.resources.captioner import AnswerError, VLMCaptioner, decode_image
-from conceptmine_assets.resources.devices import DEVICE_PATTERN, fixed_torch_threads, resolve_device, torch_dtype
+from conceptmine_assets.resources.devices import DEVICE_PATTERN, fixed_torch_threads, resolve_device, steady_heap, torch_dtype
 
 PAPER_MODEL = "Qwen/Qwen2-VL-2B-Instruct"
 
@@ -55,6 +55,10 @@ class Qwen2VLCaptioner(VLMCaptioner):
         default="auto", description="auto: bf16 on CUDA, fp32 on CPU"
     )
     batch_size: int = Field(default=8, ge=1, description="crops per generate call")
+    cpu_threads: int = Field(
+        default=0, ge=0, description="torch CPU threads while generating (0: every available CPU); any fixed "
+        "count keeps the greedy tokens independent of what ran before in the process",
+    )
     min_pixels: int = Field(default=56 * 56, ge=28 * 28, description="smallest image area after the processor's resize")
     max_pixels: int = Field(default=512 * 28 * 28, ge=28 * 28, description="largest area: 512 image tokens per crop")
 
@@ -108,7 +112,7 @@ class Qwen2VLCaptioner(VLMCaptioner):
             size={"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
             return_tensors="pt",
         ).to(net.device)
-        with torch.inference_mode(), fixed_torch_threads():  # greedy tokens independent of process state
+        with torch.inference_mode(), fixed_torch_threads(self.cpu_threads), steady_heap():  # tokens independent of process state
             out = net.generate(**inputs, max_new_tokens=self.new_tokens(), do_sample=False)
         return processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
