@@ -41,6 +41,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "scale.py": ([], ["--quick"]),
     "pipeline.py": ([], ["--quick"]),
     "mining_quality.py": ([], ["--scenes", "2"]),
+    "inrun.py": ([], ["--quick"]),
 }
 
 
