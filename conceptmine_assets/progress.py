@@ -7,20 +7,25 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from conceptmine_assets.definitions import Stage
     from conceptmine_assets.runner import Run
 
 
 class Progress:
     """Work done / to do in scene-stages (a run of k scenes counts k, a global run 1), elapsed
-    time and ETA; one line per run. Later stages are planned when they start, so the total is
-    estimated as "as many again" per stage left and corrected at each stage."""
+    time and ETA; one line per run. Later stages are planned when they start (what is stale
+    depends on what ran), so until then a later per-scene stage counts as many scenes as the
+    largest per-scene plan so far and a global one 1; each stage's plan corrects the total."""
 
     def __init__(self, out: Callable[[str], object]) -> None:
         self.out, self.done, self.total, self.started = out, 0, 0, time.perf_counter()
+        self.scenes = 0  # the most scenes a per-scene stage has planned in this run
 
-    def plan(self, runs: list[Run], stages_left: int) -> None:
+    def plan(self, runs: list[Run], later: list[Stage]) -> None:
+        """This stage's runs, and the stages after it (``definitions.PIPELINE`` order)."""
         units = sum(len(r.scenes) or 1 for r in runs)
-        self.total = self.done + units * (1 + stages_left)
+        self.scenes = max(self.scenes, sum(len(r.scenes) for r in runs))
+        self.total = self.done + units + sum(self.scenes if s.per_scene else 1 for s in later)
 
     def step(self, run: Run, seconds: float) -> None:
         self.done += len(run.scenes) or 1

@@ -257,7 +257,7 @@ def _run(
         planned = plan_stage(Records(instance), nodes, names, order, force, files)
         report_damaged(files, out)
         runs = batch(stage.job, planned, partitions, scenes_per_run(defs, names))
-        progress.plan(runs, len(work) - 1 - work.index(stage))
+        progress.plan(runs, work[work.index(stage) + 1 :])
         for item in runs:
             if signals is not None:
                 signals.check()  # a safe point: between runs

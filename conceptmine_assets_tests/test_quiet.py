@@ -58,6 +58,22 @@ def test_the_demo_prints_only_its_own_lines(tmp_path):
     # the demo's tiny data makes two steps warn (lof's k, hdbscan's clusters): one line says so
     assert sum(1 for line in lines if re.fullmatch(ALLOWED[2], line)) == 1
     assert (tmp_path / "fresh-yolo-config").exists()  # ultralytics did create its settings, silently
+    totals = {m.group(1) for line in lines if (m := re.match(r"\[[# ]{20}\] \d+/(\d+) ", line))}
+    assert totals == {"10"}, totals  # estimated right from the first stage: 4 + 1 + 4 + 1
+
+
+def test_progress_counts_later_stages_before_they_are_planned():
+    from conceptmine_assets.definitions import PIPELINE
+    from conceptmine_assets.progress import Progress
+    from conceptmine_assets.runner import Run
+
+    lines: list[str] = []
+    progress, work = Progress(lines.append), [s for s in PIPELINE if not s.observe]
+    first = work[0]
+    progress.plan([Run(first.job, ("frames",), ("s1", "s2")), Run(first.job, ("frames",), ("s3",))], work[1:])
+    assert progress.total == 3 + sum(3 if s.per_scene else 1 for s in work[1:])
+    progress.step(Run(first.job, ("frames",), ("s1", "s2")), 1.0)
+    assert lines[-1].startswith(f"[{'#' * round(20 * 2 / progress.total):<20}] 2/{progress.total} scene-stages")
 
 
 def test_native_noise_is_dropped_and_everything_else_passes():
