@@ -100,7 +100,7 @@ def test_the_summary_line_names_the_runs():
 
 
 PROJECT_WARNINGS = textwrap.dedent("""
-    import json, sys, warnings
+    import json, os, sys, warnings
     from pathlib import Path
 
     with warnings.catch_warnings(record=True) as caught:
@@ -117,7 +117,7 @@ PROJECT_WARNINGS = textwrap.dedent("""
             result = dg.materialize(list(defs.assets), selection=["frames", "detections", "crops"],
                                     partition_key=sys.argv[3], resources=defs.resources, instance=instance)
             assert result.success
-    project = str(Path("conceptmine_assets").resolve())
+    project = str(Path("conceptmine_assets").resolve()) + os.sep
     print(json.dumps([[w.filename, w.lineno, w.category.__name__, str(w.message)[:300]] for w in caught
                       if w.filename.startswith(project) or "varying BackfillPolicies" in str(w.message)]))
 """)
