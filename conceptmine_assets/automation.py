@@ -95,9 +95,17 @@ def with_automation(assets: list, remine_cron: str) -> list:
     ]
 
 
-automation_sensor = dg.AutomationConditionSensorDefinition(
-    "conceptmine_automation",
-    target=dg.AssetSelection.all(include_sources=True),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=60,
-)
+def automation_target(sources: list[dg.SourceAsset]) -> dg.AssetSelection:
+    """Every asset with its checks, and the observable source assets ``sources`` (by key:
+    ``AssetSelection.all(include_sources=True)`` is a beta parameter)."""
+    return dg.AssetSelection.all() | dg.AssetSelection.assets(*(a.key for a in sources))
+
+
+def automation_sensor_for(sources: list[dg.SourceAsset]) -> dg.AutomationConditionSensorDefinition:
+    """The sensor that evaluates the automation conditions of :func:`automation_target`."""
+    return dg.AutomationConditionSensorDefinition(
+        "conceptmine_automation",
+        target=automation_target(sources),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=60,
+    )

@@ -20,7 +20,7 @@ from conceptmine_assets.assets import (
     search_index,
     splits,
 )
-from conceptmine_assets.automation import automation_sensor, with_automation
+from conceptmine_assets.automation import automation_sensor_for, with_automation
 from conceptmine_assets.checks import CHECKS
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.profiles import model_resources
@@ -35,6 +35,10 @@ ASSET_MODULES = [
     models, frames, detections, crops, embeddings, outliers, captions, concepts, splits, mining_quality_report,
     embedding_clusters, gallery, search_index, reviews,
 ]
+# The observable source assets (model and vocabulary identities, reviews: the ``models`` group).
+# Jobs and sensors select them by key: the selections that take source assets by group or all at
+# once (``include_sources=True``) are a beta Dagster parameter.
+SOURCES = [a for a in dg.load_assets_from_modules(ASSET_MODULES) if isinstance(a, dg.SourceAsset)]
 
 @dataclass(frozen=True)
 class Stage:
@@ -57,7 +61,7 @@ class Stage:
 # global mining stages.
 PIPELINE: list[Stage] = [
     Stage(
-        "observe_models_job", dg.AssetSelection.groups("models", include_sources=True),
+        "observe_models_job", dg.AssetSelection.assets(*(a.key for a in SOURCES if a.group_name == "models")),
         "Record the identities of the models and the concept vocabulary.", observe=True,
     ),
     Stage(
@@ -124,7 +128,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         asset_checks=CHECKS,
         resources=build_resources(settings),
         jobs=JOBS,
-        sensors=[scene_discovery_sensor, automation_sensor],
+        sensors=[scene_discovery_sensor, automation_sensor_for(SOURCES)],
     )
 
 

@@ -57,9 +57,11 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
 
 
 def start_cli(args: list[str], env: dict[str, str], cwd: Path, out: Path) -> subprocess.Popen:
-    """``conceptmine ARGS`` in the background, stdout to ``out``, stderr to ``out`` + ``.err``."""
-    return subprocess.Popen([sys.executable, "-m", "conceptmine_assets.cli", *args], env=env, cwd=cwd,
-                            stdout=out.open("w"), stderr=Path(f"{out}.err").open("w"))
+    """``conceptmine ARGS`` in the background, stdout to ``out``, stderr to ``out`` + ``.err`` (the
+    child holds its own copies of the two files; this process closes its own at once)."""
+    with out.open("w") as stdout, Path(f"{out}.err").open("w") as stderr:
+        return subprocess.Popen([sys.executable, "-m", "conceptmine_assets.cli", *args], env=env, cwd=cwd,
+                                stdout=stdout, stderr=stderr)
 
 
 def wait_for_line(out: Path, proc: subprocess.Popen, text: str, count: int = 1, timeout: float = 600) -> None:

@@ -7,6 +7,8 @@ import dagster as dg
 import pytest
 import yaml
 
+from conceptmine_assets.automation import automation_target
+from conceptmine_assets.definitions import SOURCES as SOURCE_ASSETS
 from conceptmine_assets.definitions import build_definitions
 from conceptmine_assets.lib.vocabulary import default_vocabulary_path
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
@@ -21,6 +23,12 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 MONDAY_4AM = datetime(2026, 11, 23, 4, 0, tzinfo=timezone.utc)  # just after the weekly re-mining tick
 
 
+def evaluate(auto: "Automation", when: datetime):
+    """One tick of the automation sensor: what it targets, from ``auto``'s cursor at ``when``."""
+    return dg.evaluate_automation_conditions(auto.defs, auto.instance, asset_selection=automation_target(SOURCE_ASSETS),
+                                             cursor=auto.cursor, evaluation_time=when)
+
+
 class Automation:
     """Drives declarative automation in process: evaluate, then execute what was requested."""
 
@@ -30,7 +38,7 @@ class Automation:
         self.done: list[tuple[str, str | None]] = []
 
     def tick(self, when: datetime) -> int:
-        result = dg.evaluate_automation_conditions(self.defs, self.instance, cursor=self.cursor, evaluation_time=when)
+        result = evaluate(self, when)
         self.cursor = result.cursor
         return self.execute(result)
 
@@ -130,7 +138,7 @@ def test_global_assets_refresh_once_after_the_scene_work_they_wait_for(pipeline)
     assert frames_only.execute_in_process(instance=auto.instance, partition_key=scene, run_config=QUIET).success
 
     when = MONDAY_4AM - timedelta(hours=20)
-    result = dg.evaluate_automation_conditions(auto.defs, auto.instance, cursor=auto.cursor, evaluation_time=when)
+    result = evaluate(auto, when)
     scene_keys = {k for k in auto.defs.resolve_asset_graph().get_all_asset_keys() if k.to_user_string() in SCENE_ASSETS}
     first = {k.to_user_string(): result.get_requested_partitions(k) for k in scene_keys}
     assert first["detections"] == {scene}
@@ -140,7 +148,7 @@ def test_global_assets_refresh_once_after_the_scene_work_they_wait_for(pipeline)
     job = auto.defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("detections")})
     busy = auto.instance.create_run_for_job(job, tags={"dagster/partition": scene}, status=dg.DagsterRunStatus.STARTED)
     auto.cursor = result.cursor
-    during = dg.evaluate_automation_conditions(auto.defs, auto.instance, cursor=auto.cursor, evaluation_time=when + timedelta(minutes=1))
+    during = evaluate(auto, when + timedelta(minutes=1))
     assert not any(during.get_requested_partitions(dg.AssetKey(a)) for a in DERIVED)
     auto.instance.delete_run(busy.run_id)
 

@@ -29,16 +29,18 @@ def devkit_points_in_box(real_slice, box) -> tuple[int, float]:
     """LiDAR points in a CAM_FRONT box by the devkit's own ``map_pointcloud_to_image`` (reference)."""
     nusc = NuScenesResource(dataroot=str(real_slice)).nusc
     sample = nusc.sample[0]
-    uv, depth, _ = nusc.explorer.map_pointcloud_to_image(sample["data"]["LIDAR_TOP"], sample["data"]["CAM_FRONT"])
+    uv, depth, image = nusc.explorer.map_pointcloud_to_image(sample["data"]["LIDAR_TOP"], sample["data"]["CAM_FRONT"])
+    image.close()  # the devkit returns the camera image opened (lazily, its file still open)
     x1, y1, x2, y2 = box
     inside = (uv[0] >= x1) & (uv[0] < x2) & (uv[1] >= y1) & (uv[1] < y2)
     return int(inside.sum()), float(np.median(depth[inside]))
 
 
 def hand_made_detections(boxes: list[tuple[float, float, float, float]]):
-    """A stand-in `detections` asset giving ``boxes`` on every frame of the scene."""
+    """A stand-in `detections` asset giving ``boxes`` on every frame of the scene (with the stage's
+    backfill policy: a job over assets of different policies makes Dagster warn)."""
 
-    @dg.asset(name="detections", partitions_def=scene_partitions)
+    @dg.asset(name="detections", partitions_def=scene_partitions, backfill_policy=detections.backfill_policy)
     def fixed_detections(frames: pd.DataFrame) -> pd.DataFrame:
         rows = [
             {

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from conceptmine_assets.assets.crops import crops as crops_stage
 from conceptmine_assets.assets.embeddings import check_finite, decode_crop, embeddings
 from conceptmine_assets.errors import ConceptmineError
 from conceptmine_assets.partitions import scene_partitions
@@ -24,9 +25,11 @@ from conceptmine_assets_tests.real_crops import to_jpeg
 
 
 def crops_asset(df: pd.DataFrame) -> dg.AssetsDefinition:
-    """A test-only stand-in for the `crops` stage that returns ``df`` for any scene."""
+    """A test-only stand-in for the `crops` stage that returns ``df`` for any scene (with the stage's
+    backfill policy: a job over assets of different policies makes Dagster warn)."""
 
-    @dg.asset(name="crops", partitions_def=scene_partitions, group_name="perception")
+    @dg.asset(name="crops", partitions_def=scene_partitions, group_name="perception",
+              backfill_policy=crops_stage.backfill_policy)
     def crops() -> pd.DataFrame:
         return df
 

@@ -87,6 +87,14 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None
         time.sleep(0.05)
 
 
+def reap(proc: subprocess.Popen) -> None:
+    """``proc`` killed if still running, waited for, its output pipe closed."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+    proc.stdout.close()
+
+
 def all_parquet_files_open(store: Path) -> list[Path]:
     """Every ``*.parquet`` under the store (what DuckDB's views glob) reads completely."""
     files = sorted(store.rglob("*.parquet"))
@@ -122,7 +130,7 @@ def test_sigkill_mid_write_never_exposes_a_half_written_file(highway_root, tmp_p
         assert _frames_rows(store) == (1 if existing else None)  # readers see the old version only
     finally:
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        reap(proc)
     assert proc.returncode == -signal.SIGKILL
 
     assert (target.read_bytes() if target.exists() else None) == old
@@ -182,8 +190,7 @@ def test_concurrent_writers_of_one_scene_last_writer_wins_atomically(real_slice,
         stop.set()
         thread.join(timeout=10)
         for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+            reap(proc)
     assert pq.read_table(target).num_rows == 1  # the last rename wins
     assert not errors, errors[:3]
     assert seen and set(seen) <= {1, 6}  # every read saw one complete version

@@ -2,6 +2,7 @@
 banner, progress bar, native INFO line, traceback or Dagster warning line), and `--verbose` turns
 the library and Dagster output back on."""
 
+import json
 import os
 import re
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conceptmine_assets.quiet import warnings_summary
-from conceptmine_assets_tests.helpers import HIGHWAY, REAL_SLICE, REPO
+from conceptmine_assets_tests.helpers import HIGHWAY, REAL_SCENE, REAL_SLICE, REPO, require
 
 ALLOWED = [
     r"registered \d+ new scene partitions",
@@ -112,3 +113,39 @@ def test_the_summary_line_names_the_runs():
     many = {f"{i:08x}ffff": i for i in range(1, 6)}
     assert warnings_summary(many) == ("15 warnings, see the UI runs 00000005, 00000004, 00000003 and 2 more "
                                       "(make ui, then Runs)")
+
+
+PROJECT_WARNINGS = textwrap.dedent("""
+    import json, os, sys, warnings
+    from pathlib import Path
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import dagster as dg
+
+        from conceptmine_assets.definitions import build_definitions
+        from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
+        from conceptmine_assets.settings import Settings
+
+        defs = build_definitions(Settings(store=sys.argv[1], dataroot=sys.argv[2], detector="annotations"))
+        with dg.DagsterInstance.ephemeral() as instance:
+            instance.add_dynamic_partitions(SCENE_PARTITIONS_NAME, [sys.argv[3]])
+            result = dg.materialize(list(defs.assets), selection=["frames", "detections", "crops"],
+                                    partition_key=sys.argv[3], resources=defs.resources, instance=instance)
+            assert result.success
+    project = str(Path("conceptmine_assets").resolve()) + os.sep
+    print(json.dumps([[w.filename, w.lineno, w.category.__name__, str(w.message)[:300]] for w in caught
+                      if w.filename.startswith(project) or "varying BackfillPolicies" in str(w.message)]))
+""")
+
+
+def test_the_project_raises_no_warnings(tmp_path):
+    """Importing the definitions, building them and materialising a scene's first stages (in a fresh
+    process, so import-time warnings count) raises no Python warning from a file of the project,
+    nor Dagster's warning about a job over assets of varying backfill policies."""
+    cmd = [sys.executable, "-c", PROJECT_WARNINGS, str(tmp_path / "store"), str(require(REAL_SLICE)), REAL_SCENE]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONCEPTMINE_", "NUSCENES_"))}
+    env = {**env, "DAGSTER_HOME": str(tmp_path), "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])}
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == []
