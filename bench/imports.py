@@ -58,8 +58,8 @@ def make_video(root: Path, count: int, fps: float = 30.0) -> Path:
 
 def median_seconds(src: Path, work: Path, repeats: int, **options) -> float:
     """Median wall time of importing ``src`` into a fresh folder, ``repeats`` times."""
-    from conceptmine_assets.import_images import import_images
-    from conceptmine_assets.importer import ImportOptions
+    from conceptmine_assets.cli.import_images import import_images
+    from conceptmine_assets.cli.importer import ImportOptions
 
     times = []
     for k in range(repeats):

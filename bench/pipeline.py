@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from conceptmine_assets.uptodate import MEMO, UpToDate
+from conceptmine_assets.cli.uptodate import MEMO, UpToDate
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "data" / "fixtures"
@@ -139,10 +139,10 @@ def no_change_plan(n: int) -> list[tuple[str, str]]:
     code version, observed input versions), seeded in dependency order."""
     import dagster as dg
 
+    from conceptmine_assets.cli.staleness import CODE_VERSION_TAG, DATA_VERSION_TAG, INPUT_VERSION_TAG, Records, graph_nodes, plan_stage, topological
     from conceptmine_assets.definitions import PIPELINE, build_definitions
     from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
     from conceptmine_assets.settings import load_settings
-    from conceptmine_assets.staleness import CODE_VERSION_TAG, DATA_VERSION_TAG, INPUT_VERSION_TAG, Records, graph_nodes, plan_stage, topological
 
     defs = build_definitions(load_settings(store=tempfile.mkdtemp()))
     nodes, scenes = graph_nodes(defs), [f"scene-{i:04d}" for i in range(n)]
@@ -168,11 +168,11 @@ def runs_per_backfill(counts: list[int]) -> list[tuple[str, str]]:
     """Runs of a first `conceptmine run` over N registered scenes, per stage, as planned."""
     import dagster as dg
 
+    from conceptmine_assets.cli.runner import batch, scenes_per_run
+    from conceptmine_assets.cli.staleness import Records, graph_nodes, plan_stage
     from conceptmine_assets.definitions import PIPELINE, build_definitions
     from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
-    from conceptmine_assets.runner import batch, scenes_per_run
     from conceptmine_assets.settings import load_settings
-    from conceptmine_assets.staleness import Records, graph_nodes, plan_stage
 
     defs = build_definitions(load_settings(store=tempfile.mkdtemp()))
     nodes, rows = graph_nodes(defs), []

@@ -76,8 +76,8 @@ def generate(work: Path, scenes: int, seed: int = 0, workers: int = 2) -> None:
 def _definitions():
     import dagster as dg
 
-    from conceptmine_assets.checks import CHECKS
     from conceptmine_assets.definitions import ASSET_MODULES, build_resources
+    from conceptmine_assets.orchestration.checks import CHECKS
 
     resources = {**build_resources(_settings()), "embedder": bench_embedder()}
     return dg.Definitions(assets=dg.load_assets_from_modules(ASSET_MODULES), asset_checks=CHECKS, resources=resources)

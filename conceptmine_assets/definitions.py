@@ -20,15 +20,15 @@ from conceptmine_assets.assets import (
     search_index,
     splits,
 )
-from conceptmine_assets.automation import automation_sensor_for, with_automation
-from conceptmine_assets.checks import CHECKS
+from conceptmine_assets.orchestration.automation import automation_sensor_for, with_automation
+from conceptmine_assets.orchestration.checks import CHECKS
+from conceptmine_assets.orchestration.scaling import scale
+from conceptmine_assets.orchestration.sensors import scene_discovery_sensor
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.profiles import model_resources
 from conceptmine_assets.resources.search_index import SearchIndexResource
 from conceptmine_assets.resources.storage import ParquetIOManager, PickleIOManager, StoreViews
 from conceptmine_assets.resources.vocabulary import VocabularyResource
-from conceptmine_assets.scaling import scale
-from conceptmine_assets.sensors import scene_discovery_sensor
 from conceptmine_assets.settings import Settings, check_stage_names, load_settings, stage_values_version
 
 ASSET_MODULES = [

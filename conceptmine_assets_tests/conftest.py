@@ -61,7 +61,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     mining-quality report's metadata."""
     from threadpoolctl import threadpool_limits
 
-    from conceptmine_assets import cli
+    from conceptmine_assets.cli import entry as cli
     from conceptmine_assets.definitions import build_definitions
     from conceptmine_assets.settings import Settings
 

@@ -7,12 +7,12 @@ import dagster as dg
 import pytest
 import yaml
 
-from conceptmine_assets.automation import automation_target
 from conceptmine_assets.definitions import SOURCES as SOURCE_ASSETS
 from conceptmine_assets.definitions import build_definitions
 from conceptmine_assets.lib.vocabulary import default_vocabulary_path
+from conceptmine_assets.orchestration.automation import automation_target
+from conceptmine_assets.orchestration.sensors import register_scenes
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
-from conceptmine_assets.sensors import register_scenes
 from conceptmine_assets.settings import Settings
 from conceptmine_assets_tests.helpers import (
     DERIVED, GLOBAL_ASSETS, HIGHWAY_SCENES, SCENE_ASSETS, add_scene, copy_dataroot, drop_scene,

@@ -172,7 +172,7 @@ def test_runs_of_conceptmine_run_are_listed_under_their_jobs(webserver, browser,
     """dagster#17707: a job's page lists runs by the repository label tag, which only runs launched
     through a workspace get; runner.py sets it on the runs of `conceptmine run`. Checked the way
     the job page queries its runs, and on the page itself."""
-    from conceptmine_assets.runner import REPOSITORY_LABEL, REPOSITORY_LABEL_TAG
+    from conceptmine_assets.cli.runner import REPOSITORY_LABEL, REPOSITORY_LABEL_TAG
 
     query = (
         '{ runsOrError(filter: {pipelineName: "perception_job", tags: [{key: "%s", value: "%s"}]}) '

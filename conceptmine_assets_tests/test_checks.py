@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conceptmine_assets.checks import split_violations
 from conceptmine_assets.definitions import build_definitions
+from conceptmine_assets.orchestration.checks import split_violations
 from conceptmine_assets.schemas import SCHEMAS
 from conceptmine_assets.settings import Settings
 from conceptmine_assets_tests.helpers import write_table

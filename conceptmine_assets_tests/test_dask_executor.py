@@ -1,5 +1,5 @@
-"""Guards of the one module that depends on Dagster internals (``conceptmine_assets/dask_executor.py``)
-and of the rule that no other module does.
+"""Guards of the one module that depends on Dagster internals
+(``conceptmine_assets/orchestration/dask_executor.py``) and of the rule that no other module does.
 
 When a test here fails after an upgrade of dagster or dagster-dask, read the module's docstring:
 either adapt the copy to the new upstream executor, or drop it if upstream fixed dagster#21418.
@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 from dagster_dask import executor as upstream
 
-from conceptmine_assets import dask_executor
+from conceptmine_assets.orchestration import dask_executor
 from conceptmine_assets_tests.helpers import REPO
 
 def test_no_module_imports_dagster_internals():
@@ -34,7 +34,7 @@ def test_upstream_still_keys_tasks_by_job_and_step_only():
     source = inspect.getsource(upstream.DaskExecutor.execute)
     assert 'dask_task_name = f"{job_name}.{step.key}"' in source, (
         f"dagster-dask's DaskExecutor.execute changed since {dask_executor.UPSTREAM}: "
-        "see conceptmine_assets/dask_executor.py"
+        "see conceptmine_assets/orchestration/dask_executor.py"
     )
 
 

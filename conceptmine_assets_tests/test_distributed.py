@@ -22,8 +22,8 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from conceptmine_assets import scaling
 from conceptmine_assets.assets import crops, detections, embeddings, frames
+from conceptmine_assets.orchestration import scaling
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
 from conceptmine_assets_tests.helpers import HIGHWAY, HIGHWAY_SCENES, REPO, YOLO_TFLITE, require
 

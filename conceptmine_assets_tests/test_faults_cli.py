@@ -21,7 +21,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from conceptmine_assets.runlock import run_lock
+from conceptmine_assets.cli.runlock import run_lock
 from conceptmine_assets_tests.fault_helpers import (
     Deployment,
     demo_dataroot,

@@ -11,15 +11,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conceptmine_assets.lib.integrity import is_record
 from conceptmine_assets.assets.frames import frames
 from conceptmine_assets.definitions import build_definitions
 from conceptmine_assets.errors import DatasetError
+from conceptmine_assets.lib.integrity import is_record
 from conceptmine_assets.lib.sampling import keep, unit_hash
+from conceptmine_assets.orchestration.sensors import scene_discovery_sensor
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.storage import StoreViews, ParquetIOManager
-from conceptmine_assets.sensors import scene_discovery_sensor
 from conceptmine_assets.settings import Settings
 from conceptmine_assets_tests.helpers import (
     HIGHWAY_SCENES,

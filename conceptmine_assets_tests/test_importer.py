@@ -10,11 +10,11 @@ import dagster as dg
 import pytest
 
 from conceptmine_assets import cli
-from conceptmine_assets.import_images import import_images
-from conceptmine_assets.importer import ImportOptions
+from conceptmine_assets.cli.import_images import import_images
+from conceptmine_assets.cli.importer import ImportOptions
 from conceptmine_assets.lib.importer import IDENTITY_INTRINSIC, Frame, RateGate, assemble, filename_timestamp
+from conceptmine_assets.orchestration.sensors import register_scenes, scene_discovery_sensor
 from conceptmine_assets.resources.nuscenes import NuScenesResource
-from conceptmine_assets.sensors import register_scenes, scene_discovery_sensor
 from conceptmine_assets_tests.importer_sources import VERSION, folder_tree, highway_images, table_bytes, tables, write_video
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:

@@ -11,9 +11,9 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from conceptmine_assets import cli
+from conceptmine_assets.cli import entry as cli
+from conceptmine_assets.cli.import_images import import_images
 from conceptmine_assets.errors import DatasetError
-from conceptmine_assets.import_images import import_images
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets_tests.helpers import REPO, YOLO_TFLITE, materialize_scene, pipeline_env, require
 from conceptmine_assets_tests.importer_sources import folder_tree, tables, write_video

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from upath import UPath
 
+from conceptmine_assets.cli.staleness import Latest, StoreFiles
+from conceptmine_assets.cli.verify import check_files
 from conceptmine_assets.errors import IntegrityError
 from conceptmine_assets.lib.integrity import DigestCache, damage, read_record, record_path
 from conceptmine_assets.resources.storage import CONTENT_KEY, SIZE_KEY, ParquetIOManager, atomic_write
-from conceptmine_assets.staleness import Latest, StoreFiles
-from conceptmine_assets.verify import check_files
 
 SCENES = dg.DynamicPartitionsDefinition(name="scenes_test")
 

@@ -17,6 +17,18 @@ FOLDERS = ("conceptmine_assets", "conceptmine_assets_tests", "bench")
 MAX_MODULE_LINES = 300
 MAX_FUNCTION_LINES = 60
 
+# The package's rooms (README "Layout"): a new module goes in one; the root keeps what every room uses.
+ROOMS = ("assets", "cli", "lib", "orchestration", "resources", "serve")
+ROOT_MODULES = ("__init__.py", "definitions.py", "errors.py", "partitions.py", "schemas.py", "settings.py")
+# room ("" for the root) -> rooms its modules may not import (lazily or not): imports run one way
+NOT_IMPORTED = {
+    "": ("cli", "serve"),
+    "orchestration": ("cli", "serve"),
+    "assets": ("cli", "orchestration", "serve"),
+    "resources": ("cli", "orchestration", "serve"),
+    "lib": ("cli", "orchestration", "serve"),
+}
+
 PENDING = "over the limit when the size guard landed (30 Nov 2026); its owner's to split, never to grow"
 # path -> (lines it may not exceed, why it is allowed over the limit)
 MODULE_EXCEPTIONS: dict[str, tuple[int, str]] = {}
@@ -90,6 +102,38 @@ def test_the_measure_counts_what_it_should(tmp_path, monkeypatch):
     assert function_lines() == {"conceptmine_assets/big.py:f": 61}
     assert module_lines() == {"conceptmine_assets/big.py": 301}
     assert over(function_lines(), MAX_FUNCTION_LINES, {}) == {"conceptmine_assets/big.py:f": 61}
+
+
+def test_the_package_root_holds_only_its_rooms_and_fundamental_modules():
+    package = REPO / "conceptmine_assets"
+    modules = sorted(p.name for p in package.glob("*.py"))
+    rooms = sorted(p.name for p in package.iterdir() if (p / "__init__.py").is_file())
+    assert (modules, rooms) == (sorted(ROOT_MODULES), sorted(ROOMS))
+
+
+def imported_modules(path: Path) -> list[str]:
+    """Every module ``path`` imports, at its top or inside a function (``from a import b``: ``a.b`` too)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+    return names
+
+
+def test_imports_between_rooms_run_one_way():
+    """The command line (``cli/``) sits on top; orchestration, assets, resources and lib never import it."""
+    package = REPO / "conceptmine_assets"
+    offenders = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).parts
+        room = parts[0] if len(parts) > 1 else ""
+        banned = tuple(f"conceptmine_assets.{r}" for r in NOT_IMPORTED.get(room, ()))
+        bad = sorted({n for n in imported_modules(path) if n in banned or n.startswith(tuple(b + "." for b in banned))})
+        if bad:
+            offenders[str(path.relative_to(REPO))] = bad
+    assert offenders == {}
 
 
 def test_no_test_module_imports_another():

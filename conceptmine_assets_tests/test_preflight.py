@@ -5,8 +5,8 @@ import os
 
 import pytest
 
+from conceptmine_assets.cli.preflight import RECORD, CheckedRecord, check_dataroot, check_models_load
 from conceptmine_assets.errors import ConceptmineError
-from conceptmine_assets.preflight import RECORD, CheckedRecord, check_dataroot, check_models_load
 from conceptmine_assets.resources.captioner import TemplateCaptioner
 from conceptmine_assets.resources.detector import YoloDetector
 from conceptmine_assets.resources.nuscenes import NuScenesResource

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conceptmine_assets.quiet import warnings_summary
+from conceptmine_assets.cli.quiet import warnings_summary
 from conceptmine_assets_tests.helpers import HIGHWAY, REAL_SCENE, REAL_SLICE, REPO, require
 
 ALLOWED = [
@@ -64,9 +64,9 @@ def test_the_demo_prints_only_its_own_lines(tmp_path):
 
 
 def test_progress_counts_later_stages_before_they_are_planned():
+    from conceptmine_assets.cli.progress import Progress
+    from conceptmine_assets.cli.runner import Run
     from conceptmine_assets.definitions import PIPELINE
-    from conceptmine_assets.progress import Progress
-    from conceptmine_assets.runner import Run
 
     lines: list[str] = []
     progress, work = Progress(lines.append), [s for s in PIPELINE if not s.observe]
@@ -80,7 +80,7 @@ def test_progress_counts_later_stages_before_they_are_planned():
 def test_native_noise_is_dropped_and_everything_else_passes():
     code = textwrap.dedent("""
         import os, sys
-        from conceptmine_assets.quiet import filtered_stderr
+        from conceptmine_assets.cli.quiet import filtered_stderr
         with filtered_stderr():
             os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n")
             os.write(2, b"a real problem\\n")
@@ -94,7 +94,7 @@ def test_native_noise_is_dropped_and_everything_else_passes():
 
 
 def test_verbose_shows_dagster_at_every_level(monkeypatch):
-    from conceptmine_assets.runner import CONSOLE_LEVEL, run_config_for
+    from conceptmine_assets.cli.runner import CONSOLE_LEVEL, run_config_for
     from conceptmine_assets.settings import Settings
 
     level = lambda: run_config_for(Settings(store="x"))["loggers"]["console"]["config"]["log_level"]  # noqa: E731

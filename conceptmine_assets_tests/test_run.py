@@ -8,14 +8,14 @@ import dagster as dg
 import pytest
 
 from conceptmine_assets import cli
+from conceptmine_assets.cli.runlock import STORE_LOCK_NAME
+from conceptmine_assets.cli.runner import REPOSITORY_LABEL, REPOSITORY_LABEL_TAG
+from conceptmine_assets.cli.uptodate import MEMO, UpToDate
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
 from conceptmine_assets.resources.captioner import TemplateCaptioner
 from conceptmine_assets.resources.detector import YoloDetector
 from conceptmine_assets.resources.nuscenes import NuScenesResource
 from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
-from conceptmine_assets.runlock import STORE_LOCK_NAME
-from conceptmine_assets.runner import REPOSITORY_LABEL, REPOSITORY_LABEL_TAG
-from conceptmine_assets.uptodate import MEMO, UpToDate
 from conceptmine_assets_tests.helpers import (
     DERIVED, GLOBAL_ASSETS, HIGHWAY_SCENES, SCENE_ASSETS, add_scene, copy_dataroot, drop_scene, set_deployment,
 )
@@ -125,7 +125,7 @@ def test_run_is_incremental_batched_and_deterministic(deployment, capsys, monkey
 
 
 def test_batches_are_ranges_of_consecutive_partitions_needing_the_same_assets():
-    from conceptmine_assets.runner import Run, batch
+    from conceptmine_assets.cli.runner import Run, batch
 
     order = ["a", "b", "c", "d", "e", "f"]  # every registered partition; "b" needs nothing
     planned = {"x": ["a", "c", "d", "e", "f"], "y": ["a", "c", "d", "f"], "g": [None]}

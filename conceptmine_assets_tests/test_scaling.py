@@ -9,9 +9,9 @@ import dagster as dg
 import pytest
 import yaml
 
-from conceptmine_assets import scaling
-from conceptmine_assets.dask_executor import unmet_resources
 from conceptmine_assets.errors import ConceptmineError
+from conceptmine_assets.orchestration import scaling
+from conceptmine_assets.orchestration.dask_executor import unmet_resources
 from conceptmine_assets_tests.helpers import REPO
 
 MODEL_ASSETS = {"detections", "embeddings", "captions", "concept_scores", "embedding_clusters", "search_index"}

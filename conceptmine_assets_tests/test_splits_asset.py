@@ -130,7 +130,7 @@ def test_side_files_default_to_the_store_and_zero_budgets_are_explained(store, i
 
 def test_split_check_errors_on_broken_budgets_and_warns_on_zero_budgets():
     from conceptmine_assets.assets.splits import SplitConfig
-    from conceptmine_assets.checks import evaluate_split
+    from conceptmine_assets.orchestration.checks import evaluate_split
 
     split = pd.DataFrame({"sample_token": ["a", "b", "c"], "reason": ["target", "target", "random"]})
     ok = evaluate_split(split, SplitConfig(target_frac=0.2, random_frac=0.1), 10)

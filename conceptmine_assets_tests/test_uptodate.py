@@ -11,10 +11,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from conceptmine_assets import cli
+from conceptmine_assets.cli import entry as cli
+from conceptmine_assets.cli.uptodate import CLOCK, MEMO, UpToDate
 from conceptmine_assets.lib.watched import listing_stamp, newest_mtime, tree_stamp, watch
 from conceptmine_assets.settings import REPO_CONFIG
-from conceptmine_assets.uptodate import CLOCK, MEMO, UpToDate
 from conceptmine_assets_tests.helpers import HIGHWAY_SCENES, copy_dataroot, drop_scene, set_deployment
 
 

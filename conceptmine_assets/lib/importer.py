@@ -1,6 +1,6 @@
 """Folders of images and videos as a camera-only nuScenes dataroot: the pure part.
 
-``conceptmine_assets/importer.py`` scans the source, reads the images and decodes the videos
+``conceptmine_assets/cli/importer.py`` scans the source, reads the images and decodes the videos
 into :class:`Frame` records; this module turns them into the 13 tables nuscenes-devkit loads:
 
 - one scene per source group (a folder of images, or a video; see the I/O module), optionally

@@ -3,7 +3,7 @@
 Whatever reads a file that decides the settings, a model's identity or the dataroot's scenes
 names it here (:func:`watch`): the config file and the files it ``extends``, the files a model
 identity hashes (:func:`conceptmine_assets.lib.identity.fingerprint`), a hub model's cache
-folder, the dataroot's tables, the vocabulary. ``conceptmine_assets/uptodate.py`` stamps them,
+folder, the dataroot's tables, the vocabulary. ``conceptmine_assets/cli/uptodate.py`` stamps them,
 with the package's own files and the Dagster instance's, to remember a no-change plan.
 
 A stamp is (size, mtime in ns) per file, found by ``os.stat`` (symlinks followed); a folder is

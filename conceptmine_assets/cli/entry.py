@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # imported where needed: a no-change `conceptmine run` never imports Dagster
     import dagster as dg
 
-    from conceptmine_assets.uptodate import UpToDate
+    from conceptmine_assets.cli.uptodate import UpToDate
 
 
 class UsageError(Exception):
@@ -47,8 +47,8 @@ def instance_from_env() -> dg.DagsterInstance:
 
 def register_scenes(instance: dg.DagsterInstance, nuscenes=None) -> list[str]:
     """Add every scene of the dataroot as a partition (after the pre-flight checks)."""
-    from conceptmine_assets.preflight import preflight
-    from conceptmine_assets.sensors import register_scenes as register
+    from conceptmine_assets.cli.preflight import preflight
+    from conceptmine_assets.orchestration.sensors import register_scenes as register
 
     if nuscenes is None:
         _, nuscenes = preflight(instance.root_directory, load_models=False)
@@ -59,10 +59,10 @@ def run_pipeline(
     instance: dg.DagsterInstance, scenes: list[str] | None = None, force: bool = False, ops: dict | None = None,
     memo: UpToDate | None = None, signals=None, checked: tuple | None = None,
 ):
-    """Pre-flight checks, register new scenes, then :func:`conceptmine_assets.runner.run`; with
+    """Pre-flight checks, register new scenes, then :func:`conceptmine_assets.cli.runner.run`; with
     ``memo``, a plan that then finds nothing to do is remembered (``uptodate.py``)."""
-    from conceptmine_assets.preflight import preflight
-    from conceptmine_assets.runner import pending, run
+    from conceptmine_assets.cli.preflight import preflight
+    from conceptmine_assets.cli.runner import pending, run
 
     from conceptmine_assets.resources.reviews_log import watch_log
 
@@ -96,10 +96,10 @@ def run_command(scenes: list[str] | None, force: bool, memo: UpToDate | None, wa
     runs' warnings are summed up in one line (``quiet.py``)."""
     import time
 
-    from conceptmine_assets.interrupts import watch_signals
-    from conceptmine_assets.preflight import preflight
-    from conceptmine_assets.quiet import summary
-    from conceptmine_assets.runlock import check_home, check_store, reap_orphaned_runs, run_lock
+    from conceptmine_assets.cli.interrupts import watch_signals
+    from conceptmine_assets.cli.preflight import preflight
+    from conceptmine_assets.cli.quiet import summary
+    from conceptmine_assets.cli.runlock import check_home, check_store, reap_orphaned_runs, run_lock
     from conceptmine_assets.settings import load_settings
 
     settings = load_settings()
@@ -117,7 +117,7 @@ def run_command(scenes: list[str] | None, force: bool, memo: UpToDate | None, wa
             warned = summary(instance, started)  # warnings stay in the runs' logs: one line about them
     if warned:
         sys.stdout.write(warned + "\n")
-    from conceptmine_assets.commands import done
+    from conceptmine_assets.cli.commands import done
 
     return done(settings.store)
 
@@ -138,7 +138,7 @@ def run_memo(scenes: list[str] | None) -> UpToDate | None:
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         return None  # the planned path says what to set
-    from conceptmine_assets.uptodate import UpToDate
+    from conceptmine_assets.cli.uptodate import UpToDate
 
     return UpToDate(home, scenes)
 
@@ -200,20 +200,20 @@ def add_import_parser(sub) -> None:
 
 def dispatch(args: argparse.Namespace, memo: UpToDate | None = None) -> int:
     if args.command == "sql":
-        from conceptmine_assets.commands import sql_command
+        from conceptmine_assets.cli.commands import sql_command
 
         return sql_command(args.query)
     if args.command == "import-images":
-        from conceptmine_assets.import_images import import_command
+        from conceptmine_assets.cli.import_images import import_command
 
         return import_command(args)
     if args.command == "search":
-        from conceptmine_assets.commands import search_command
+        from conceptmine_assets.cli.commands import search_command
 
         return search_command(args.text, args.k)
     if args.command == "verify":
+        from conceptmine_assets.cli.verify import verify
         from conceptmine_assets.settings import load_settings
-        from conceptmine_assets.verify import verify
 
         return verify(load_settings().store, use_instance=bool(os.environ.get("DAGSTER_HOME")))
     if args.command == "serve":
@@ -221,15 +221,15 @@ def dispatch(args: argparse.Namespace, memo: UpToDate | None = None) -> int:
 
         return serve(args.host, args.port, args.verbose)
     if args.command == "reviews":
-        from conceptmine_assets.review_export import export_command
+        from conceptmine_assets.cli.review_export import export_command
 
         return export_command(args.format, args.out)
     if args.command == "synth-dataroot":
-        from conceptmine_assets.commands import synth_command
+        from conceptmine_assets.cli.commands import synth_command
 
         return synth_command(args.sources, args.out, args.copies)
     if args.command == "register-scenes":
-        from conceptmine_assets.runlock import check_home, run_lock
+        from conceptmine_assets.cli.runlock import check_home, run_lock
         from conceptmine_assets.settings import load_settings
 
         settings, home = load_settings(), dagster_home()
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         memo = run_memo(args.scenes) if args.command in ("run", "demo") else None
         if memo is not None and not args.force:
-            from conceptmine_assets.commands import remembered_up_to_date
+            from conceptmine_assets.cli.commands import remembered_up_to_date
 
             code = remembered_up_to_date(memo)
             if code is not None:
@@ -263,12 +263,12 @@ def main(argv: list[str] | None = None) -> int:
             return dispatch(args, memo)
         import dagster as dg
 
-        from conceptmine_assets.quiet import quiet_terminal
+        from conceptmine_assets.cli.quiet import quiet_terminal
 
         warnings.filterwarnings("ignore", category=dg.BetaWarning)  # raised where the asset modules load
         warnings.filterwarnings("ignore", category=dg.PreviewWarning)
         if args.debug and args.command in DAGSTER_RUNS:
-            from conceptmine_assets.runner import CONSOLE_LEVEL
+            from conceptmine_assets.cli.runner import CONSOLE_LEVEL
 
             CONSOLE_LEVEL["level"] = "WARNING"  # Dagster's own console log, stack traces included
         with quiet_terminal(getattr(args, "verbose", False) or args.debug):  # quiet.py: no library banners or bars
@@ -291,7 +291,3 @@ def main(argv: list[str] | None = None) -> int:
         more = "" if known and len(lines) == 1 else " (rerun with --debug for details)"
         sys.stderr.write(f"conceptmine {args.command}: {lines[0][:500]}{more}\n")
         return 2 if isinstance(exc, UsageError) else getattr(exc, "exit_code", 1)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

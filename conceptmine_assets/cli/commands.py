@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from conceptmine_assets.cli import UsageError
 
 if TYPE_CHECKING:
-    from conceptmine_assets.uptodate import UpToDate
+    from conceptmine_assets.cli.uptodate import UpToDate
 
 
 def sql_command(query: str) -> int:

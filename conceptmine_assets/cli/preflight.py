@@ -121,8 +121,8 @@ def check_dataroot(settings: Settings, record: CheckedRecord):
 
 def watch_store(store: str) -> None:
     """Stamp a local store's files in the no-change memo (``uptodate.py``, kind ``store``)."""
+    from conceptmine_assets.cli.runlock import is_local, local_path
     from conceptmine_assets.lib.watched import watch
-    from conceptmine_assets.runlock import is_local, local_path
 
     if is_local(store):
         watch(local_path(store), "store")
@@ -138,7 +138,7 @@ def preflight(instance_root: str | os.PathLike | None = None, load_models: bool 
     nuscenes = check_dataroot(settings, record)
     check_model_files(settings)
     check_vocabulary(settings)
-    from conceptmine_assets.runner import definitions_for
+    from conceptmine_assets.cli.runner import definitions_for
 
     defs = definitions_for(settings)  # executor and resources resolve (built once; the runs reuse them)
     if load_models:

@@ -22,8 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from conceptmine_assets.errors import ConceptmineError, DatasetError
-from conceptmine_assets.importer import (
+from conceptmine_assets.cli.importer import (
     IMAGE_SUFFIXES,
     MARKER,
     VIDEO_SUFFIXES,
@@ -33,6 +32,7 @@ from conceptmine_assets.importer import (
     scan,
     video_frames,
 )
+from conceptmine_assets.errors import ConceptmineError, DatasetError
 from conceptmine_assets.lib.importer import (
     MAP_FILENAME,
     Frame,

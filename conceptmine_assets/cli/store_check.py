@@ -7,14 +7,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from conceptmine_assets.staleness import StoreFiles
+from conceptmine_assets.cli.staleness import StoreFiles
 
 
 def store_files(store: str, instance: dg.DagsterInstance) -> StoreFiles | None:
     """The integrity check of a local store's files (digests cached under ``$DAGSTER_HOME``)."""
+    from conceptmine_assets.cli.preflight import watch_store
+    from conceptmine_assets.cli.runlock import is_local, local_path
     from conceptmine_assets.lib.integrity import DigestCache
-    from conceptmine_assets.preflight import watch_store
-    from conceptmine_assets.runlock import is_local, local_path
 
     if not is_local(store):
         return None

@@ -11,12 +11,12 @@ Three executors, chosen by configuration (``CONCEPTMINE_EXECUTOR``):
 With GPU routing on (``CONCEPTMINE_GPU_ROUTING``), the steps that run a model (those needing the
 ``detector``, ``embedder`` or ``captioner`` resource) are sent to GPU workers by the executor's own
 per-step configuration — dask workers started with ``--resources GPU=1`` (``step_resources`` of
-:mod:`conceptmine_assets.dask_executor`), or Kubernetes nodes with ``nvidia.com/gpu``
+:mod:`conceptmine_assets.orchestration.dask_executor`), or Kubernetes nodes with ``nvidia.com/gpu``
 (``per_step_k8s_config`` of ``dagster_k8s.k8s_job_executor``). The assets themselves are not
 changed. Light steps (frames, crops, outlier flags, global SQL) stay on CPU workers.
 
 Public Dagster APIs only; the patched dask executor, which cannot avoid Dagster's executor
-internals, is isolated in :mod:`conceptmine_assets.dask_executor`.
+internals, is isolated in :mod:`conceptmine_assets.orchestration.dask_executor`.
 """
 
 from collections.abc import Sequence
@@ -74,7 +74,7 @@ def build_executor(name: str, scheduler_address: str | None = None, gpu_steps: S
                 "CONCEPTMINE_EXECUTOR=dask needs CONCEPTMINE_DASK_SCHEDULER, the address of a running "
                 "dask scheduler (e.g. tcp://dask-scheduler:8786)"
             )
-        from conceptmine_assets.dask_executor import dask_executor  # dask.distributed: only when chosen
+        from conceptmine_assets.orchestration.dask_executor import dask_executor  # dask.distributed: only when chosen
 
         config = {"cluster": {"existing": {"address": scheduler_address}},
                   "step_resources": {step: GPU_DASK_RESOURCES for step in gpu_steps}}

@@ -60,7 +60,7 @@ def check_instance(base: Path) -> tuple[int, list[str]]:
     """(files checked, problems) against the digests the Dagster instance recorded."""
     import dagster as dg
 
-    from conceptmine_assets.staleness import _latest_per_partition
+    from conceptmine_assets.cli.staleness import _latest_per_partition
 
     checked, problems = 0, []
     with dg.DagsterInstance.get() as instance:
@@ -80,8 +80,8 @@ def check_instance(base: Path) -> tuple[int, list[str]]:
 
 def verify(store: str, use_instance: bool, out: Callable[[str], object] = sys.stdout.write) -> int:
     """Print the problems and a summary; 0 when every file matches its records, else 1."""
+    from conceptmine_assets.cli.runlock import is_local, local_path
     from conceptmine_assets.errors import ConceptmineError
-    from conceptmine_assets.runlock import is_local, local_path
 
     if not is_local(store):
         raise ConceptmineError(f"conceptmine verify checks a local store; {store} is not one")

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from conceptmine_assets.cli.runner import Run
     from conceptmine_assets.definitions import Stage
-    from conceptmine_assets.runner import Run
 
 
 class Progress:

@@ -1,6 +1,6 @@
 """A no-change ``conceptmine run`` answered from the last plan, before Dagster is even imported.
 
-What needs work is Dagster's answer, computed by :mod:`conceptmine_assets.runner` from the
+What needs work is Dagster's answer, computed by :mod:`conceptmine_assets.cli.runner` from the
 instance's records, the definitions (code, settings, config file) and the models' identities.
 Computing it costs about 3 s of imports and instance start-up before any question is asked
 (``bench/pipeline.py`` measures it). So when a plan finds nothing to do, ``conceptmine run``
@@ -43,7 +43,7 @@ CLOCK = Path("conceptmine") / ".clock"
 ENV_PREFIXES = ("CONCEPTMINE_", "NUSCENES_", "DAGSTER_", "HF_", "HUGGINGFACE_", "YOLO_", "XDG_")
 ENV_NAMES = ("HOME", "PYTHONPATH", "VIRTUAL_ENV", "TORCH_HOME", "TRANSFORMERS_CACHE")
 STORAGE_KEYS = ("storage", "run_storage", "event_log_storage", "schedule_storage")
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # conceptmine_assets/, not just cli/
 # A store is stamped file by file (a truncated or altered stored file changes its size or mtime,
 # so the next run plans, and planning checks its digest); its run lock, rewritten by every run, is not.
 SKIP = {"store": frozenset({".conceptmine-run.lock"})}

@@ -1,7 +1,7 @@
 """``conceptmine run``: materialise only what is missing or stale, stage by stage, as recorded runs.
 
 Each stage of :data:`~conceptmine_assets.definitions.PIPELINE` is planned just before it runs
-(:mod:`conceptmine_assets.staleness`), so a stage sees what the previous ones wrote. Scenes that
+(:mod:`conceptmine_assets.cli.staleness`), so a stage sees what the previous ones wrote. Scenes that
 need the same assets are cut into consecutive partition ranges of at most the stage's backfill
 policy size (8 scenes per run for the model stages), each one Dagster run of the stage's job
 (``dg.execute_job`` of a reconstructable job: the run has its code origin and is tagged with the
@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from conceptmine_assets.cli.interrupts import Interrupted
+from conceptmine_assets.cli.progress import Progress
+from conceptmine_assets.cli.staleness import Records, graph_nodes, plan_stage
+from conceptmine_assets.cli.store_check import report_damaged, store_files
 from conceptmine_assets.errors import ConceptmineError
-from conceptmine_assets.interrupts import Interrupted
 from conceptmine_assets.partitions import SCENE_PARTITIONS_NAME
-from conceptmine_assets.progress import Progress
-from conceptmine_assets.staleness import Records, graph_nodes, plan_stage
-from conceptmine_assets.store_check import report_damaged, store_files
 
 if TYPE_CHECKING:
     from conceptmine_assets.definitions import Stage
@@ -40,7 +40,7 @@ LOCATION_NAME = "conceptmine"  # workspace.yaml / pyproject's code_location_name
 REPOSITORY_LABEL_TAG = ".dagster/repository"
 REPOSITORY_LABEL = f"__repository__@{LOCATION_NAME}"
 RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-# The terminal gets one line per problem (cli.py) and one line counting the runs' warnings
+# The terminal gets one line per problem (cli/entry.py) and one line counting the runs' warnings
 # (quiet.py): Dagster's console logger stays silent but for --debug (warnings and errors with
 # their stack traces) and --verbose (everything). The warnings stay in each run's event log.
 CONSOLE_LEVEL = {"level": "CRITICAL"}
@@ -81,7 +81,7 @@ class Run:
     scenes: tuple[str, ...]
 
     def tags(self) -> dict[str, str]:
-        from conceptmine_assets.runlock import run_tags
+        from conceptmine_assets.cli.runlock import run_tags
 
         tags = {REPOSITORY_LABEL_TAG: REPOSITORY_LABEL, "conceptmine/launched_by": "conceptmine run", **run_tags()}
         if len(self.scenes) == 1:
@@ -150,7 +150,7 @@ def interrupted(instance: dg.DagsterInstance, signals, done: int) -> Interrupted
     """The one-line :class:`Interrupted` for a signal received while (or between) runs executed;
     the runs it stopped are marked CANCELED first."""
     name = signals.name() if signals is not None else "a signal"
-    from conceptmine_assets.runlock import cancel_own_runs
+    from conceptmine_assets.cli.runlock import cancel_own_runs
 
     runs = cancel_own_runs(instance, f"interrupted by {name} (conceptmine run)")
     what = f"run {', '.join(r[:8] for r in runs)} cancelled" if runs else "stopped between runs"
@@ -164,7 +164,7 @@ def execute(
     out: Callable[[str], object] | None = None, signals=None,
 ) -> str:
     """Execute one run through the instance; its run id, RunFailed with the first step error, or
-    (``signals``: a :class:`~conceptmine_assets.interrupts.SignalLog`) Interrupted.
+    (``signals``: a :class:`~conceptmine_assets.cli.interrupts.SignalLog`) Interrupted.
     ``ops``: run config of individual assets (``{asset: {"config": {...}}}``), for tests only."""
     job = dg.build_reconstructable_job(__name__, "job_named", reconstructable_args=(run.job,))
     selected = {a: c for a, c in (ops or {}).items() if a in run.assets}
@@ -217,7 +217,7 @@ def run(
     """Materialise what is missing or stale (everything with ``force``) of ``scenes`` (default:
     every registered scene) and the global assets; returns the runs executed. ``ops`` overrides
     assets' config for this call (tests); a deployment sets its values in the config file.
-    ``signals`` (:func:`~conceptmine_assets.interrupts.watch_signals`): SIGINT/SIGTERM end the
+    ``signals`` (:func:`~conceptmine_assets.cli.interrupts.watch_signals`): SIGINT/SIGTERM end the
     call with Interrupted, the interrupted run marked CANCELED."""
     out = out or sys.stdout.write
     executed: list[Run] = []
