@@ -184,7 +184,7 @@ def stage_config(asset: str):
                 f"{config_path()}: stages.{asset} has unknown setting(s) {unknown}; known: {sorted(cls.model_fields)}"
             )
         for key, value in values.items():  # types first, strictly: no "0.2" or true for a number
-            _check_type(asset, key, value, cls)
+            check_yaml_type(f"stages.{asset}", key, value, cls)
         try:
             cls.model_validate(values)  # the fields' own validation, validators included
         except pydantic.ValidationError as exc:
@@ -230,8 +230,9 @@ def _example(annotation: Any) -> str:
     return _EXAMPLES.get(base, "as the launchpad describes it")
 
 
-def _check_type(asset: str, key: str, value: Any, cls: type[pydantic.BaseModel]) -> None:
-    """A SettingsError unless the YAML ``value`` has the field's type as it is, not after a
+def check_yaml_type(section: str, key: str, value: Any, cls: type[pydantic.BaseModel]) -> None:
+    """A SettingsError naming ``<section>.<key>`` of the config file (``stages.frames``,
+    ``models.embedder``) unless the YAML ``value`` has the field's type as it is, not after a
     conversion: pydantic's strict mode on the field's annotation (an int is a float; a string,
     a bool or a float are not an int; a string or a bool are not a float). ``dg.Config``
     classes validate leniently even when asked to be strict, so the type is checked here."""
@@ -241,7 +242,7 @@ def _check_type(asset: str, key: str, value: Any, cls: type[pydantic.BaseModel])
     except pydantic.ValidationError as exc:
         wanted = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
         raise SettingsError(
-            f"{config_path()}: stages.{asset}.{key} = {json.dumps(value, default=str)} is a YAML "
+            f"{config_path()}: {section}.{key} = {json.dumps(value, default=str)} is a YAML "
             f"{type(value).__name__}, not a {wanted}"
             f" ({exc.errors()[0]['msg']}); write it {_example(annotation)}"
         ) from None

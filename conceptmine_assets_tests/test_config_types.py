@@ -111,8 +111,9 @@ def test_model_settings_from_the_file_reach_the_resources(tmp_path, monkeypatch)
     ("models", "words"),
     [
         ({"embedder": {"cpu_threads": -1}}, ["models.embedder.cpu_threads = -1", "OfflineEmbedder", "greater than"]),
-        ({"embedder": {"cpu_threads": "2"}}, ["models.embedder.cpu_threads = '2'", "valid integer"]),
-        ({"embedder": {"cpu_threads": 2.5}}, ["models.embedder.cpu_threads = 2.5", "valid integer"]),
+        ({"embedder": {"cpu_threads": "2"}}, ['models.embedder.cpu_threads = "2" is a YAML str', "without quotes"]),
+        ({"embedder": {"cpu_threads": 2.5}}, ["models.embedder.cpu_threads = 2.5 is a YAML float", "whole number"]),
+        ({"detector": {"conf": True}}, ["models.detector.conf = true is a YAML bool", "float"]),
         ({"detector": {"thread": 2}}, ["models.detector.thread is not a setting of YoloDetector", "cpu_threads"]),
         ({"captioner": {"cpu_threads": 2}}, ["models.captioner.cpu_threads", "TemplateCaptioner"]),
         ({"embeder": {"cpu_threads": 2}}, ["models has unknown key(s) ['embeder']", "embedder"]),

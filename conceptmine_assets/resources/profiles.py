@@ -26,12 +26,11 @@ from conceptmine_assets.resources.offline_embedder import OfflineEmbedder
 from conceptmine_assets.resources.open_clip_embedder import OpenClipEmbedder
 from conceptmine_assets.resources.openai_captioner import OpenAICaptioner
 from conceptmine_assets.resources.qwen2_vl_captioner import PAPER_MODEL, Qwen2VLCaptioner
-from conceptmine_assets.settings import Settings, SettingsError, config_path
+from conceptmine_assets.settings import Settings, SettingsError, check_yaml_type, config_path
 
 PAPER_DETECTOR_WEIGHTS = "yolov8l.pt"  # the paper's detector; ultralytics downloads a bare name where it can
 PAPER_CLIP = ("ViT-B-32", "laion2b_s34b_b79k")  # = laion/CLIP-ViT-B-32-laion2B-s34B-b79K
 VLM_API_KEY_ENV = "CONCEPTMINE_VLM_API_KEY"  # optional: keyless local servers need none
-STRICT = pydantic.ConfigDict(strict=True)  # a YAML "2" or 2.5 is not an int, true is not a number
 
 
 def detector_resource(settings: Settings) -> DetectorResource:
@@ -87,8 +86,9 @@ def with_values(key: str, resource: dg.ConfigurableResource, values: dict[str, A
         if field is None:
             known = sorted(n for n in cls.model_fields if not n.startswith("_"))
             raise SettingsError(f"{config_path()}: models.{key}.{name} is not a setting of {cls.__name__}; known: {known}")
-        try:
-            pydantic.TypeAdapter(Annotated[(field.annotation, *field.metadata)], config=STRICT).validate_python(value)
+        check_yaml_type(f"models.{key}", name, value, cls)  # the type as written, as for `stages`
+        try:  # then the field's bounds and pattern
+            pydantic.TypeAdapter(Annotated[(field.annotation, *field.metadata)]).validate_python(value)
         except pydantic.ValidationError as exc:
             why = exc.errors()[0]["msg"]
             raise SettingsError(f"{config_path()}: models.{key}.{name} = {value!r} ({cls.__name__}): {why}") from None
