@@ -67,20 +67,14 @@ class CropFilter:
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        if self.reason == "any":
-            where.append("m.reason IS NOT NULL")
-        elif self.reason == "none":
-            where.append("m.reason IS NULL")
-        elif self.reason is not None:
-            where.append("m.reason = ?")
-            params.append(self.reason)
-        if self.detector == "any":
-            where.append("coalesce(o.is_outlier, false)")
-        elif self.detector == "none":
-            where.append("NOT coalesce(o.is_outlier, false)")
-        elif self.detector is not None:
-            where.append("list_contains(o.outlier_detectors, ?)")
-            params.append(self.detector)
+        for value, is_any, is_value in ((self.reason, "m.reason IS NOT NULL", "m.reason = ?"),
+                                        (self.detector, "coalesce(o.is_outlier, false)",
+                                         "list_contains(o.outlier_detectors, ?)")):
+            if value in ("any", "none"):  # "any": mined / an outlier at all; "none": not
+                where.append(is_any if value == "any" else f"NOT ({is_any})")
+            elif value is not None:
+                where.append(is_value)
+                params.append(value)
         return where, params
 
 
