@@ -89,7 +89,10 @@ def test_log_batches_are_separate_files_and_read_back(store):
                                        "verdict": "reject", "reviewer": "bo", "note": "a shadow"}],
                          now=T0 + timedelta(seconds=1))
     assert first != second and [p.name for p in batch_files(str(store))] == [f"{first}.parquet", f"{second}.parquet"]
-    assert not [p for p in (store / "reviews").iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert not [p for p in (store / "reviews").iterdir() if ".tmp" in p.name]  # no temporary file left
+    from conceptmine_assets.cli.verify import check_files
+
+    assert check_files(store) == (2, [])  # each batch has its content record: `conceptmine verify` passes
     raw = read_log(str(store))
     assert raw["verdict"].tolist() == ["confirmed", "reject"] and raw["review_id"].is_unique
     eff = read_effective(str(store))

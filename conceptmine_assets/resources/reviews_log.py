@@ -1,7 +1,8 @@
 """The review log in the store: ``<store>/reviews/<UTC time>-<random>.parquet``, one file per batch.
 
-Append-only: a batch is written whole into a hidden temporary file and renamed into place
-(``os.replace``), under a name no other writer can choose, so two tabs or two servers
+Append-only: a batch is written whole through the store's ``atomic_write`` (a hidden temporary
+file renamed into place, with its content record beside it, which ``conceptmine verify``
+checks), under a name no other writer can choose, so two tabs or two servers
 writing at the same moment both land and a reader never sees half a file. Files are never
 rewritten or deleted here. The rows are :data:`conceptmine_assets.lib.reviews.LOG_SCHEMA`;
 what they mean is ``lib/reviews.py``'s. No Dagster import.
@@ -9,7 +10,6 @@ what they mean is ``lib/reviews.py``'s. No Dagster import.
 
 from __future__ import annotations
 
-import io
 import os
 import uuid
 from datetime import datetime, timezone
@@ -22,6 +22,7 @@ from upath import UPath
 
 from conceptmine_assets.lib.reviews import LOG_SCHEMA, effective_reviews, log_table, reviews_version
 from conceptmine_assets.lib.watched import watch
+from conceptmine_assets.resources.storage import atomic_write
 from conceptmine_assets.resources.store_sql import is_local
 
 FOLDER = "reviews"
@@ -45,22 +46,8 @@ def write_batch(store: str, rows: list[dict[str, Any]], storage_options: dict[st
     batch = new_batch_name(now)
     table = log_table({**r, "review_id": uuid.uuid4().hex, "batch": batch, "seq": i, "reviewed_at": now}
                       for i, r in enumerate(rows))
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    folder = _folder(store, storage_options)
-    target = folder / f"{batch}.parquet"
-    if is_local(folder):
-        local = os.fspath(folder.path if hasattr(folder, "path") else folder)
-        os.makedirs(local, exist_ok=True)
-        tmp = os.path.join(local, f".{batch}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(buffer.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, os.path.join(local, f"{batch}.parquet"))
-    else:  # an object-store put is atomic
-        with target.open("wb") as fh:
-            fh.write(buffer.getvalue())
+    # atomic (a reader sees no half file), with its content record (`conceptmine verify` checks it)
+    atomic_write(_folder(store, storage_options) / f"{batch}.parquet", lambda fh: pq.write_table(table, fh))
     return batch
 
 
